@@ -1,2 +1,29 @@
-"""transferlab: which ImageNet-pretrained ConvNet and transfer strategy works best on your images."""
+"""transferlab: which ImageNet-pretrained ConvNet and transfer strategy works best on your images.
+
+The public API (imported lazily, so `transferlab --help` stays fast):
+
+    train(data=..., model=..., strategy=..., out=...) -> RunDir      one model, one strategy
+    evaluate(run_dir, split="test") -> dict                          metrics of a finished run
+    load_model(run_dir) -> (TransferModel, config)                   the trained model, safely loaded
+    create_model(name, num_classes, weights="default")               an ImageNet model with a new head
+    catalog(names, measure=True) -> list[CatalogEntry]               Task A: the model table
+    TrainConfig                                                      every training setting
+"""
+from importlib import import_module
+
 __version__ = "0.1.0"
+
+_API = {
+    "train": "training", "TrainConfig": "config", "evaluate": "evaluation", "load_model": "evaluation",
+    "create_model": "models.heads", "list_models": "models.registry", "get_spec": "models.registry",
+    "catalog": "catalog", "check_data": "data.check", "RunDir": "rundir", "TransferlabError": "errors",
+}
+
+
+def __getattr__(name):
+    if name in _API:
+        return getattr(import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'transferlab' has no attribute {name!r}")
+
+
+__all__ = sorted(_API)

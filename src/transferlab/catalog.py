@@ -1,0 +1,454 @@
+"""Model catalogue (`transferlab models`): size, compute, ImageNet accuracy and, on request, measured speed.
+
+Without `measure` nothing runs on real tensors: each model is built on PyTorch's meta device (no memory, no
+weights) to count parameters and, when few models are asked for (<= FLOPS_NAMES_LIMIT) or when measuring, FLOPs.
+With `measure`, each model is benchmarked with random weights (same cost as pretrained) in a fresh Python
+process, so its peak memory is its own: inference latency at batch 1, inference throughput, and one training
+step (forward + backward) at `batch_size` for both strategies (finetune: everything trains; features: frozen
+backbone in eval mode, only the new head trains). fp32, no autocast.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
+
+from .errors import ModelError
+from .models.heads import create_model, find_head
+from .models.registry import build_model, get_spec, list_models
+
+NUM_CLASSES = 2                 # NORMAL vs PNEUMONIA: the new head the trainable-parameter counts assume
+FLOPS_NAMES_LIMIT = 20          # count FLOPs without `measure` only for this many models or fewer (~0.3 s each)
+MIN_REPEATS = 3                 # a timing phase stops after `budget_s` once it has this many samples
+HIGHER_IS_BETTER = {"acc1", "acc5", "throughput_ips", "train_ips_finetune", "train_ips_features"}
+
+
+@dataclass
+class CatalogEntry:
+    name: str
+    source: str
+    input_size: int                          # the weights' native resolution
+    params_total: int                        # the ImageNet model as built (1000-class head, no aux heads)
+    params_trainable_finetune: int           # backbone + new 2-class head
+    params_trainable_features: int           # new 2-class head only
+    gflops: float | None                     # counted (FlopCounterMode, GMACs) at `resolution`
+    gflops_meta: float | None                # published (torchvision meta `_ops` / EfficientNet-Lite README)
+    acc1: float | None
+    acc5: float | None
+    file_size_mb: float | None
+    weights_file: str | None
+    resolution: int | None = None            # image size FLOPs were counted and timings measured at
+    latency_ms: float | None = None          # inference, batch 1, median
+    latency_ms_iqr: float | None = None
+    throughput_ips: float | None = None      # inference images/s at batch_size
+    train_step_ms_finetune: float | None = None
+    train_ips_finetune: float | None = None
+    train_step_ms_features: float | None = None
+    train_ips_features: float | None = None
+    peak_mem_mb: float | None = None         # CUDA max allocated, or the process's peak RSS increase on CPU
+    batch_size: int | None = None
+    device: str | None = None
+    error: str | None = None                 # why measuring this model failed (e.g. out of memory)
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def count_gflops(model: torch.nn.Module, input_size: int) -> float:
+    """GMACs for one image (FLOPs / 2 / 1e9, torchvision's `_ops` convention), on the model's own device
+    (the meta device counts without computing anything)."""
+    p = next(model.parameters())
+    x = torch.zeros(1, 3, input_size, input_size, device=p.device, dtype=p.dtype)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+class _AllocateOnMeta(TorchFunctionMode):
+    """Puts new tensors (parameters, buffers) on the meta device but leaves the small index arithmetic some
+    constructors do on the CPU (RegNet calls torch.arange(...).tolist(), which torch.device("meta") breaks)."""
+    _ALLOCATORS = {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._ALLOCATORS and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+def _static_entry(name: str, *, flops: bool, image_size: int | None) -> CatalogEntry:
+    spec = get_spec(name)
+    with _AllocateOnMeta():
+        model = build_model(name, weights="none")
+    model = model.to("meta")
+    _, head = find_head(model)
+    total = sum(p.numel() for p in model.parameters())
+    head_params = sum(p.numel() for p in head.parameters())
+    feature_dim = head.weight.shape[1]
+    new_head = feature_dim * NUM_CLASSES + NUM_CLASSES
+    resolution = image_size or spec.input_size
+    return CatalogEntry(
+        name=name, source=spec.source, input_size=spec.input_size, params_total=total,
+        params_trainable_finetune=total - head_params + new_head, params_trainable_features=new_head,
+        gflops=round(count_gflops(model, resolution), 4) if flops else None, gflops_meta=spec.gflops,
+        acc1=spec.acc1, acc5=spec.acc5, file_size_mb=spec.file_size_mb, weights_file=spec.weights_file,
+        resolution=resolution)
+
+
+def catalog(names: list[str] | None = None, *, measure: bool = False, device: str = "auto", batch_size: int = 32,
+            repeats: int = 10, warmup: int = 3, image_size: int | None = None, progress: bool = True,
+            count_flops: bool | None = None, isolate: bool = True, budget_s: float = 30.0) -> list[CatalogEntry]:
+    """One CatalogEntry per model (all registered models when `names` is None).
+
+    count_flops: None = when measuring or for <= FLOPS_NAMES_LIMIT models (otherwise `gflops_meta` only).
+    repeats / warmup are upper bounds: a timing phase ends once it has run `budget_s` seconds and has at least
+    MIN_REPEATS samples, so big models at batch 32 on a small CPU still finish. isolate=False measures in this
+    process (faster start, but CPU peak memory then includes earlier models).
+    """
+    names = list_models() if names is None else list(names)
+    for name in names:
+        get_spec(name)          # unknown names fail before any work
+    flops = count_flops if count_flops is not None else (measure or len(names) <= FLOPS_NAMES_LIMIT)
+    device = resolve_device(device) if measure else None
+    settings = dict(device=device, batch_size=batch_size, repeats=repeats, warmup=warmup, budget_s=budget_s)
+    entries = []
+    bar = tqdm(names, desc="measuring" if measure else "models", unit="model", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        entry = _static_entry(name, flops=flops, image_size=image_size)
+        if measure:
+            _apply_measurement(entry, _run_measurement(name, entry.resolution, isolate=isolate, **settings))
+        entries.append(entry)
+    return entries
+
+
+# --- measuring ---------------------------------------------------------------------------------------------
+
+_CHILD = ("import json, sys; from transferlab.catalog import _measure; "
+          "print(json.dumps(_measure(**json.load(sys.stdin))))")
+
+
+def _run_measurement(name: str, size: int, *, isolate: bool, **settings) -> dict:
+    """Measure in a fresh Python process (own peak memory; no multiprocessing re-import of __main__)."""
+    if not isolate:
+        return _measure(name, size, **settings)
+    proc = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(dict(name=name, size=size, **settings)),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:   # out of memory, killed, ...: report it and carry on with the other models
+        lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
+        return {"error": lines[-1][:200]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _apply_measurement(entry: CatalogEntry, result: dict) -> None:
+    for key, value in result.items():
+        setattr(entry, key, value)
+
+
+def _reset_peak_rss() -> float:
+    """Reset the kernel's peak-RSS mark (Linux: /proc/self/clear_refs) and return the current RSS in MiB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _proc_status_mb("VmRSS")
+
+
+def _peak_rss_mb() -> float:
+    peak = _proc_status_mb("VmHWM")
+    return peak if peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
+
+
+def _proc_status_mb(field: str) -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
+
+
+def _timeit(fn, *, repeats: int, warmup: int, budget_s: float, sync) -> list[float]:
+    """Seconds per call of `fn` after warm-up; see `catalog` for how `budget_s` bounds the work."""
+    start = time.perf_counter()
+    for _ in range(max(warmup, 1)):
+        fn()
+        sync()
+        if time.perf_counter() - start > budget_s / 2:
+            break
+    times, start = [], time.perf_counter()
+    for _ in range(max(repeats, 1)):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+        if len(times) >= min(MIN_REPEATS, repeats) and time.perf_counter() - start > budget_s:
+            break
+    return times
+
+
+def _quartiles(times: list[float]) -> tuple[float, float]:
+    if len(times) < 2:
+        return times[0], 0.0
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return statistics.median(times), q3 - q1
+
+
+def _measure(name: str, size: int, *, device: str, batch_size: int, repeats: int, warmup: int,
+             budget_s: float) -> dict:
+    """Benchmark one model (random weights) on `device`; returns CatalogEntry fields."""
+    dev = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    rss_before = _reset_peak_rss()
+    torch.manual_seed(0)
+    model = create_model(name, NUM_CLASSES, weights="none").to(dev)
+    one = torch.randn(1, 3, size, size, device=dev)
+    batch = torch.randn(batch_size, 3, size, size, device=dev)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size,), device=dev)
+    timing = dict(repeats=repeats, warmup=warmup, budget_s=budget_s, sync=sync)
+
+    model.eval()
+    with torch.inference_mode():
+        latency = _timeit(lambda: model(one), **timing)
+        infer = _timeit(lambda: model(batch), **timing)
+
+    def finetune_step():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(batch), labels).backward()
+
+    def features_step():
+        model.head.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            feats = model.features(batch)
+        F.cross_entropy(model.head(feats), labels).backward()
+
+    model.train()
+    finetune = _timeit(finetune_step, **timing)
+    model.backbone.requires_grad_(False).eval()
+    features = _timeit(features_step, **timing)
+
+    lat, lat_iqr = _quartiles(latency)
+    step = {k: statistics.median(v) for k, v in (("infer", infer), ("ft", finetune), ("feat", features))}
+    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
+            else _peak_rss_mb() - rss_before)
+    return dict(latency_ms=lat * 1e3, latency_ms_iqr=lat_iqr * 1e3, throughput_ips=batch_size / step["infer"],
+                train_step_ms_finetune=step["ft"] * 1e3, train_ips_finetune=batch_size / step["ft"],
+                train_step_ms_features=step["feat"] * 1e3, train_ips_features=batch_size / step["feat"],
+                peak_mem_mb=peak, batch_size=batch_size, device=_device_label(dev))
+
+
+# --- analysis ----------------------------------------------------------------------------------------------
+
+def _value(entry: CatalogEntry, key: str):
+    value = getattr(entry, key)
+    if value is None and key == "gflops":
+        value = entry.gflops_meta
+    return value if value is not None and math.isfinite(value) else None
+
+
+def default_x(entries: list[CatalogEntry]) -> str:
+    """The cost axis: measured latency when available, else GFLOPs."""
+    return "latency_ms" if any(e.latency_ms is not None for e in entries) else "gflops"
+
+
+def pareto_front(entries: list[CatalogEntry], x: str = "latency_ms", y: str = "acc1") -> list[str]:
+    """Names of the models no other model beats on both: lower `x` and higher `y`; ordered by `x`."""
+    points = [(_value(e, x), _value(e, y), e.name) for e in entries]
+    points = sorted((p for p in points if p[0] is not None and p[1] is not None), key=lambda p: (p[0], -p[1]))
+    front, best = [], -math.inf
+    for _, yv, name in points:
+        if yv > best:
+            front.append(name)
+            best = yv
+    return front
+
+
+def filter_entries(entries: list[CatalogEntry], max_latency_ms: float | None = None, max_params: int | None = None,
+                   max_gflops: float | None = None) -> list[CatalogEntry]:
+    """Entries within every given budget (an entry missing a budgeted value is left out)."""
+    limits = {"latency_ms": max_latency_ms, "params_total": max_params, "gflops": max_gflops}
+    return [e for e in entries
+            if all(limit is None or (_value(e, k) is not None and _value(e, k) <= limit) for k, limit in limits.items())]
+
+
+def sort_entries(entries: list[CatalogEntry], by: str = "acc1", descending: bool | None = None) -> list[CatalogEntry]:
+    """Sorted by `by` (best first by default: high accuracy/throughput, low cost); missing values last."""
+    descending = by in HIGHER_IS_BETTER if descending is None else descending
+    present = [e for e in entries if _value(e, by) is not None]
+    missing = [e for e in entries if _value(e, by) is None]
+    return sorted(present, key=lambda e: _value(e, by), reverse=descending) + missing
+
+
+_X_LABELS = {"latency_ms": "latency", "gflops": "GFLOPs"}
+
+
+def _fmt_x(x: str, value: float) -> str:
+    return f"{value:.1f} ms" if x == "latency_ms" else f"{value:.2f} GFLOPs"
+
+
+def recommend(entries: list[CatalogEntry], max_latency_ms: float | None = None, max_params: int | None = None,
+              max_gflops: float | None = None) -> list[str]:
+    """Short data-driven sentences: the Pareto-optimal models (ImageNet acc@1 vs cost) under the budget."""
+    x = default_x(entries)
+    budget = ", ".join(f"{k}={v:g}" for k, v in
+                       (("max_latency_ms", max_latency_ms), ("max_params", max_params), ("max_gflops", max_gflops))
+                       if v is not None)
+    pool = filter_entries(entries, max_latency_ms, max_params, max_gflops)
+    if not pool:
+        cheapest = sort_entries(entries, x)[:1]
+        hint = f"; the cheapest is {cheapest[0].name} ({_fmt_x(x, _value(cheapest[0], x))})" if cheapest else ""
+        return [f"No model fits the budget ({budget}){hint}."]
+    by_name = {e.name: e for e in pool}
+    front = [by_name[n] for n in pareto_front(pool, x, "acc1")]
+    where = f" within {budget}" if budget else ""
+    device = f" on {pool[0].device}" if x == "latency_ms" and pool[0].device else ""
+    out = [f"Pareto-optimal{where} (ImageNet acc@1 vs {_X_LABELS[x]}{device}): "
+           + ", ".join(f"{e.name} ({e.acc1:.1f}%, {_fmt_x(x, _value(e, x))})" for e in front) + "."]
+    for cheap, better in zip(front, front[1:]):
+        ratio = _value(better, x) / max(_value(cheap, x), 1e-12)
+        out.append(f"{better.name} gains {better.acc1 - cheap.acc1:+.1f} points of acc@1 over {cheap.name} "
+                   f"for {ratio:.1f}x the {_X_LABELS[x]}.")
+    dominated = [e for e in pool if e not in front and _value(e, x) is not None and e.acc1 is not None]
+    for e in sort_entries(dominated, "acc1")[:5]:
+        beater = next(f for f in front if _value(f, x) <= _value(e, x) and f.acc1 >= e.acc1)
+        out.append(f"{e.name} is dominated by {beater.name} ({_fmt_x(x, _value(beater, x))} vs "
+                   f"{_fmt_x(x, _value(e, x))}, {beater.acc1:.1f}% vs {e.acc1:.1f}%).")
+    if len(dominated) > 5:
+        out.append(f"{len(dominated) - 5} more models are dominated.")
+    trained = [e for e in front if e.train_ips_finetune is not None]
+    if trained:
+        out.append(f"Training throughput at batch {trained[0].batch_size} (fine-tune / frozen features, images/s): "
+                   + ", ".join(f"{e.name} {e.train_ips_finetune:.1f} / {e.train_ips_features:.1f}" for e in trained)
+                   + ".")
+    out.append("ImageNet accuracy is only a proxy for transfer to chest X-rays: train the front models on your "
+               "data before choosing.")
+    return out
+
+
+# --- output ------------------------------------------------------------------------------------------------
+
+def write_catalog(entries: list[CatalogEntry], out_dir: str | Path) -> list[Path]:
+    """catalog.csv, catalog.json and catalog.png (acc@1 vs cost, Pareto front marked) in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(e) for e in entries]
+    x = default_x(entries)
+    csv_path, json_path, png_path = out / "catalog.csv", out / "catalog.json", out / "catalog.png"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(CatalogEntry)])
+        writer.writeheader()
+        writer.writerows(rows)
+    doc = {"entries": rows, "pareto_x": x, "pareto_y": "acc1", "pareto_front": pareto_front(entries, x, "acc1"),
+           "recommendations": recommend(entries)}
+    json_path.write_text(json.dumps(doc, indent=2))
+    _plot(entries, x, png_path)
+    return [csv_path, json_path, png_path]
+
+
+def _plot(entries: list[CatalogEntry], x: str, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shown = [e for e in entries if _value(e, x) is not None and e.acc1 is not None]
+    front = set(pareto_front(shown, x, "acc1"))
+    fig = Figure(figsize=(10, 6.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for on_front, color in ((False, "tab:blue"), (True, "tab:red")):
+        group = [e for e in shown if (e.name in front) == on_front]
+        ax.scatter([_value(e, x) for e in group], [e.acc1 for e in group], c=color, alpha=0.6,
+                   s=[15 + 4 * math.sqrt(e.params_total / 1e5) for e in group],
+                   label="Pareto front" if on_front else "dominated", edgecolors="k", linewidths=0.5)
+    line = sorted((e for e in shown if e.name in front), key=lambda e: _value(e, x))
+    ax.plot([_value(e, x) for e in line], [e.acc1 for e in line], color="tab:red", lw=1.2)
+    for e in shown:
+        ax.annotate(e.name, (_value(e, x), e.acc1), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    if shown and max(_value(e, x) for e in shown) / max(min(_value(e, x) for e in shown), 1e-9) > 20:
+        ax.set_xscale("log")
+    device = next((e.device for e in shown if e.device), "")
+    ax.set_xlabel(f"inference latency, batch 1 (ms) — {device}" if x == "latency_ms"
+                  else "GFLOPs per image (multiply-adds)")
+    ax.set_ylabel("ImageNet-1K top-1 accuracy (%)")
+    ax.set_title("ImageNet accuracy vs cost (marker area ∝ parameters)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+_STATIC_COLUMNS = [
+    ("model", lambda e: e.name),
+    ("input", lambda e: str(e.input_size)),
+    ("params M", lambda e: _num(e.params_total / 1e6, ".2f")),
+    ("head→2", lambda e: f"{e.params_trainable_features:,}"),
+    ("GFLOPs", lambda e: _num(_value(e, "gflops"), ".2f")),
+    ("acc@1", lambda e: _num(e.acc1, ".1f")),
+    ("acc@5", lambda e: _num(e.acc5, ".1f")),
+    ("MB", lambda e: _num(e.file_size_mb, ".1f")),
+]
+_MEASURED_COLUMNS = [
+    ("lat ms", lambda e: e.error[:30] if e.error else _num(e.latency_ms, ".1f")),
+    ("±IQR", lambda e: _num(e.latency_ms_iqr, ".1f")),
+    ("inf img/s", lambda e: _num(e.throughput_ips, ".1f")),
+    ("ft ms/step", lambda e: _num(e.train_step_ms_finetune, ".0f")),
+    ("ft img/s", lambda e: _num(e.train_ips_finetune, ".1f")),
+    ("feat ms/step", lambda e: _num(e.train_step_ms_features, ".0f")),
+    ("feat img/s", lambda e: _num(e.train_ips_features, ".1f")),
+    ("peak MB", lambda e: _num(e.peak_mem_mb, ".0f")),
+]
+
+
+def format_table(entries: list[CatalogEntry]) -> str:
+    """A plain-text table for the terminal (measured columns only when something was measured)."""
+    measured = any(e.latency_ms is not None or e.error for e in entries)
+    columns = _STATIC_COLUMNS + (_MEASURED_COLUMNS if measured else [])
+    cells = [[head for head, _ in columns]] + [[get(e) for _, get in columns] for e in entries]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = []
+    if measured:
+        e = next((e for e in entries if e.device), entries[0])
+        sizes = {e.resolution for e in entries}
+        size = f"{sizes.pop()}px" if len(sizes) == 1 else "each model's input size"
+        notes.append(f"measured on {e.device} at {size}; inference throughput and training steps at batch "
+                     f"{e.batch_size}; ft = fine-tune, feat = frozen features (only the new head trains)")
+    notes.append("head→2 = parameters of the new 2-class head (all that trains with frozen features); "
+                 "GFLOPs = multiply-adds per image")
+    return "\n".join(lines + notes)

@@ -1,0 +1,167 @@
+"""Command line: argument parsing only; every command calls the Python API."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from typing import get_args, get_type_hints
+
+from .config import STRATEGIES, STRATEGY_DEFAULTS, TrainConfig
+from .errors import TransferlabError
+
+TRAIN_OPTIONS = {
+    # field: (flags, help); defaults come from TrainConfig so the two never disagree
+    "model": ("--model", "model name: any torchvision classification model or efficientnet_lite0/1/2 "
+                         "(see `transferlab models`)"),
+    "strategy": ("--strategy", "finetune: train the whole network; features: frozen backbone as a fixed "
+                               "feature extractor, only the new head trains"),
+    "weights": ("--weights", "'default' (ImageNet weights), 'none' (random init: the no-transfer control), "
+                             "or a torchvision weights name such as IMAGENET1K_V2"),
+    "weights_dir": ("--weights-dir", "folder holding torchvision weight files for offline use "
+                                     "(also $TRANSFERLAB_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints)"),
+    "epochs": ("--epochs", "maximum epochs (default: finetune %d, features %d)" % (
+        STRATEGY_DEFAULTS["finetune"]["epochs"], STRATEGY_DEFAULTS["features"]["epochs"])),
+    "batch_size": ("--batch-size", "batch size (default: finetune %d, features %d)" % (
+        STRATEGY_DEFAULTS["finetune"]["batch_size"], STRATEGY_DEFAULTS["features"]["batch_size"])),
+    "lr": ("--lr", "learning rate of the new head (AdamW, cosine schedule; default 1e-3)"),
+    "backbone_lr_factor": ("--backbone-lr-factor", "finetune: backbone learning rate = lr x this"),
+    "weight_decay": ("--weight-decay", "AdamW weight decay"),
+    "patience": ("--patience", "early stopping: epochs without improvement of --monitor on validation"),
+    "monitor": ("--monitor", "validation metric for early stopping and best-epoch selection: "
+                             "val_loss, val_auc or val_balanced_accuracy"),
+    "balance": ("--balance", "class imbalance: weights (class-weighted loss), sampler (balanced batches), none"),
+    "image_size": ("--image-size", "input resolution (default: the model's own, e.g. 224)"),
+    "val_fraction": ("--val-fraction", "share of train/ carved out as a stratified, patient-disjoint validation split"),
+    "test_fraction": ("--test-fraction", "when the data has no test/, carve a patient-disjoint test split of this share"),
+    "official_val": ("--official-val", "what to do with an official val/ folder: auto (keep it if it has >= 100 "
+                                       "images, else merge it into train before carving), keep, merge, drop"),
+    "patient_pattern": ("--patient-pattern", "regex with a named group 'patient' that finds the patient id in a "
+                                             "file name (images without one are their own patient)"),
+    "manifest": ("--manifest", "CSV of path,label[,patient_id][,split] (paths inside --data) instead of class folders"),
+    "positive_class": ("--positive-class", "binary problems: the positive class (default: the one not called NORMAL)"),
+    "threshold_method": ("--threshold-method", "how the decision threshold is chosen on validation: youden or f1"),
+    "seed": ("--seed", "seed for initialisation, data order and augmentation (and the splits, unless --split-seed)"),
+    "split_seed": ("--split-seed", "seed for the validation/test split (default: --seed)"),
+    "device": ("--device", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N"),
+    "precision": ("--precision", "auto (mixed precision on CUDA, 32-bit on CPU) or a Lightning precision, e.g. 32-true"),
+    "num_workers": ("--num-workers", "data-loading worker processes (default: 0 on CPU, where images are cached in memory)"),
+    "max_images": ("--max-images", "use at most this many images per split (quick trials)"),
+    "cache_dir": ("--cache-dir", "cache of decoded images and features (default ~/.cache/transferlab or $TRANSFERLAB_CACHE)"),
+}
+FLAGS = {"skip_bad": ("--skip-bad", "skip unreadable images (listed in bad_files.csv) instead of stopping"),
+         "augment": ("--no-augment", "finetune: no training augmentation"),
+         "resume": ("--resume", "continue an interrupted run from its last checkpoint"),
+         "progress": ("--no-progress", "no progress bars")}
+
+
+CHOICES = {"strategy": STRATEGIES, "monitor": ("val_loss", "val_auc", "val_balanced_accuracy"),
+           "balance": ("weights", "sampler", "none"), "official_val": ("auto", "keep", "merge", "drop"),
+           "threshold_method": ("youden", "f1")}
+
+
+def _field_type(field: str) -> type:
+    """int for `int | None`, etc.: argument types come from TrainConfig's annotations."""
+    hint = get_type_hints(TrainConfig)[field]
+    return next((t for t in get_args(hint) if t is not type(None)), hint)
+
+
+def add_train_options(parser: argparse.ArgumentParser, *, for_study: bool = False) -> None:
+    """Every TrainConfig setting as an option; unset options keep TrainConfig's (per-strategy) defaults."""
+    defaults = TrainConfig()
+    for field, (flag, help_text) in TRAIN_OPTIONS.items():
+        if for_study and field in ("model", "strategy", "seed"):
+            continue
+        default = getattr(defaults, field)
+        if field not in STRATEGY_DEFAULTS["features"] and default not in (None, "") and "default" not in help_text:
+            help_text += f" (default: {default})"
+        parser.add_argument(flag, dest=field, type=_field_type(field), choices=CHOICES.get(field),
+                            default=argparse.SUPPRESS, help=help_text)
+    for field, (flag, help_text) in FLAGS.items():
+        if for_study and field == "resume":
+            continue
+        store = "store_false" if flag.startswith("--no-") else "store_true"
+        parser.add_argument(flag, dest=field, action=store, default=argparse.SUPPRESS, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transferlab",
+        description="Which ImageNet-pretrained ConvNet, and which transfer strategy, works best on your "
+                    "medical images - and why.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one model with one strategy into a run directory",
+                       description="Train one model with one transfer strategy. Writes config.json, splits.csv, "
+                                   "history.csv, metrics.json, predictions.csv and model.safetensors to --out.")
+    p.add_argument("--data", required=True, help="dataset folder: ROOT/{train,val,test}/CLASS/* or ROOT/CLASS/*")
+    p.add_argument("--out", required=True, help="run directory to write")
+    add_train_options(p)
+
+    p = sub.add_parser("evaluate", help="metrics of a finished run on a split",
+                       description="Evaluate a finished run. Splits are rebuilt with the run's own settings and "
+                                   "seed; the decision threshold is the one chosen on its validation split.")
+    p.add_argument("run", help="run directory written by `transferlab train`")
+    p.add_argument("--data", help="dataset folder (default: the run's own)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate (default: test)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+    p = sub.add_parser("check-data", help="scan a dataset folder and report every problem at once",
+                       description="Reads every image; reports class counts, unreadable files, image sizes, "
+                                   "duplicates (identical bytes) and patients shared between splits.")
+    p.add_argument("--data", required=True)
+    p.add_argument("--manifest")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def run_train(args) -> None:
+    from .training import train
+
+    settings = {k: v for k, v in vars(args).items() if k != "command"}
+    run = train(TrainConfig(**settings))
+    metrics = run.read_metrics()
+    print(f"run directory: {run.path}")
+    for split in ("val", "test"):
+        if split in metrics:
+            m = metrics[split]
+            at = m.get("at_threshold", m)
+            print(f"{split:>5}: accuracy {at['accuracy']:.3f}  balanced {at['balanced_accuracy'] or float('nan'):.3f}  "
+                  f"AUC {m.get('roc_auc') or float('nan'):.3f}  (n={m['n']}, threshold {at.get('threshold', 0.5):.3f} "
+                  f"chosen on val)")
+
+
+def run_evaluate(args) -> None:
+    from .evaluation import evaluate
+
+    result = evaluate(args.run, data=args.data, split=args.split, device=args.device, progress=args.progress)
+    print(json.dumps({k: v for k, v in result.items() if k != "at_threshold"} | {"at_threshold": result.get("at_threshold")}, indent=2))
+
+
+def run_check_data(args) -> None:
+    from .data.check import check_data
+
+    report = check_data(args.data, manifest=args.manifest)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+
+
+COMMANDS = {"train": run_train, "evaluate": run_evaluate, "check-data": run_check_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=UserWarning)
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except TransferlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

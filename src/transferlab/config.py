@@ -1,0 +1,109 @@
+"""Settings of one training run, with per-strategy defaults; read and written as JSON/YAML."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .data.discover import DEFAULT_PATIENT_PATTERN
+from .errors import TransferlabError
+
+STRATEGIES = ("finetune", "features")
+
+# Defaults that differ by strategy: the head alone on cached features trains in milliseconds per epoch,
+# so it can afford many epochs and a large learning rate; the whole network cannot.
+STRATEGY_DEFAULTS = {
+    "finetune": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "patience": 3},
+    "features": {"epochs": 30, "batch_size": 64, "lr": 1e-3, "patience": 8},
+}
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    model: str = "efficientnet_lite0"
+    strategy: str = "features"
+    out: str = ""
+    weights: str = "default"          # "default" (ImageNet), "none" (random init), or a torchvision weights name
+    weights_dir: str | None = None
+    epochs: int | None = None         # None: the strategy's default
+    batch_size: int | None = None
+    lr: float | None = None           # learning rate of the head
+    backbone_lr_factor: float = 0.1   # finetune: backbone lr = lr * factor
+    weight_decay: float = 1e-4
+    patience: int | None = None       # early stopping on the monitored validation metric
+    monitor: str = "val_loss"         # val_loss | val_auc | val_balanced_accuracy
+    balance: str = "weights"          # class imbalance: weights (weighted loss) | sampler | none
+    augment: bool = True
+    image_size: int | None = None     # None: the model's own input size
+    val_fraction: float = 0.15
+    test_fraction: float = 0.0        # >0 carves a patient-disjoint test split when the data has no test/
+    official_val: str = "auto"        # auto | keep | merge | drop
+    patient_pattern: str = DEFAULT_PATIENT_PATTERN
+    manifest: str | None = None
+    positive_class: str | None = None  # binary problems; None: the class that is not NORMAL, else the second
+    threshold_method: str = "youden"  # youden | f1, always chosen on validation
+    seed: int = 0                     # initialisation, data order, augmentation
+    split_seed: int | None = None     # the validation/test split; None: same as seed. A study fixes it so
+                                      # that every run is scored on the same test images (paired tests)
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    precision: str = "auto"           # auto: 16-mixed on CUDA, 32-true on CPU
+    num_workers: int | None = None
+    max_images: int | None = None     # per split, for quick trials
+    skip_bad: bool = False
+    cache_dir: str | None = None      # on-disk cache of decoded images and features; None: ~/.cache/transferlab
+    resume: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise TransferlabError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
+        for name, value in STRATEGY_DEFAULTS[self.strategy].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if not 0 < self.val_fraction < 1:
+            raise TransferlabError(f"--val-fraction must be between 0 and 1, not {self.val_fraction}")
+        if not 0 <= self.test_fraction < 1:
+            raise TransferlabError(f"--test-fraction must be in [0, 1), not {self.test_fraction}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TransferlabError("--epochs and --batch-size must be at least 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TransferlabError(f"unknown setting(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+def read_settings(path: str | Path) -> dict:
+    """A YAML or JSON file of settings as a dict (one clear error if it cannot be read)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TransferlabError(f"cannot read settings file {path}: {exc.strerror}") from None
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise TransferlabError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                               f"{str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise TransferlabError(f"{path}: expected a mapping of settings")
+    return values
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON atomically (tmp file + rename), so an interrupted run never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)

@@ -1,0 +1,188 @@
+"""Training on PyTorch Lightning: one LightningModule for every strategy, checkpoints, resume, early stopping.
+
+Lightning gives us checkpoint/resume, early stopping, mixed precision, progress bars with ETA and
+multi-GPU strategies; this module only says what a step is and what is recorded each epoch.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from sklearn.metrics import roc_auc_score, balanced_accuracy_score
+from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
+
+MONITOR_MODES = {"val_loss": "min", "val_auc": "max", "val_balanced_accuracy": "max"}
+
+for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Classifier(L.LightningModule):
+    """Trains `net` (a whole TransferModel, or only its head on cached features) with cross-entropy."""
+
+    def __init__(self, net: torch.nn.Module, param_groups: list[dict], *, class_weights: torch.Tensor | None,
+                 epochs: int, weight_decay: float, seed: int, channels_last: bool = False):
+        super().__init__()
+        self.net = net
+        self.param_groups = param_groups
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.epochs, self.weight_decay, self.seed = epochs, weight_decay, seed
+        self.channels_last = channels_last
+        self.history: list[dict] = []
+        self._train_sums = np.zeros(3)   # loss * n, correct, n
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._epoch_start = 0.0
+
+    def forward(self, x):
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def on_train_epoch_start(self):
+        # Reseeding from (seed, epoch) makes each epoch's shuffling, augmentation and dropout independent of
+        # what ran before, so a run resumed from an epoch checkpoint is bit-identical to an uninterrupted one.
+        # The samplers draw from the global RNG, so this also fixes the epoch's data order.
+        seed_all(self.seed * 100_003 + self.current_epoch)
+        self._train_sums[:] = 0
+        self._epoch_start = time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, weight=self.class_weights)
+        n = len(y)
+        self._train_sums += (loss.item() * n, (logits.argmax(1) == y).sum().item(), n)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self._val_outputs.append((self(x).float(), y))
+
+    def on_validation_epoch_end(self):
+        logits = torch.cat([o[0] for o in self._val_outputs])
+        y = torch.cat([o[1] for o in self._val_outputs])
+        self._val_outputs.clear()
+        loss = F.cross_entropy(logits, y, weight=self.class_weights).item()
+        probs = logits.softmax(1).cpu().numpy()
+        y_np = y.cpu().numpy()
+        pred = probs.argmax(1)
+        both = len(np.unique(y_np)) > 1
+        auc = (roc_auc_score(y_np, probs[:, 1]) if probs.shape[1] == 2 else
+               roc_auc_score(y_np, probs, multi_class="ovr", labels=list(range(probs.shape[1])))) if both else float("nan")
+        values = {"val_loss": loss, "val_acc": float((pred == y_np).mean()), "val_auc": float(auc),
+                  "val_balanced_accuracy": float(balanced_accuracy_score(y_np, pred)) if both else float("nan")}
+        self.log_dict(values, prog_bar=True)
+        if self.trainer.sanity_checking:
+            return
+        loss_sum, correct, n = self._train_sums.tolist()
+        # plain Python numbers only: the history travels in checkpoints loaded with weights_only=True
+        self.history.append({
+            "epoch": self.current_epoch + 1,
+            "train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1), **values,
+            "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
+            "seconds": time.perf_counter() - self._epoch_start,
+        })
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.param_groups, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint):
+        self.history = list(checkpoint.get("history", []))
+
+
+def class_weights_for(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, n / (k * count_c): each class contributes equally to the loss."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def make_loader(dataset: Dataset, labels: np.ndarray | None, *, batch_size: int, shuffle: bool,
+                balance: str = "none", num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    sampler = None
+    if shuffle and balance == "sampler":
+        weights = class_weights_for(labels, int(labels.max()) + 1)[labels]
+        sampler = WeightedRandomSampler(weights.double(), len(labels))
+    elif shuffle:
+        sampler = RandomSampler(dataset)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=False)
+
+
+def fit(module: Classifier, train_loader: DataLoader, val_loader: DataLoader, *, checkpoint_dir: Path,
+        epochs: int, monitor: str, patience: int, device: torch.device, precision: str, resume: bool,
+        progress: bool) -> dict:
+    """Train with early stopping; returns the best epoch, its score and the checkpoint paths."""
+    mode = MONITOR_MODES[monitor]
+    best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=monitor, mode=mode,
+                           save_top_k=1, save_last=True, enable_version_counter=False)
+    callbacks = [best, EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False)]
+    if progress:
+        callbacks.append(TQDMProgressBar(leave=True))
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=[device.index or 0] if device.type == "cuda" else 1, precision=precision,
+        callbacks=callbacks, logger=False, enable_progress_bar=progress, enable_model_summary=False,
+        num_sanity_val_steps=0, deterministic=device.type == "cpu", default_root_dir=checkpoint_dir,
+    )
+    last = checkpoint_dir / "last.ckpt"
+    ckpt_path = str(last) if resume and last.exists() else None
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    best_epoch = None
+    if module.history:
+        scores = [row[monitor] for row in module.history]
+        finite = [s if np.isfinite(s) else (np.inf if mode == "min" else -np.inf) for s in scores]
+        best_epoch = int((np.argmin(finite) if mode == "min" else np.argmax(finite)) + 1)
+    return {"best_epoch": best_epoch, "best_checkpoint": best.best_model_path or None,
+            "stopped_epoch": len(module.history), "resumed_from": ckpt_path}
+
+
+def load_best_weights(module: Classifier, checkpoint_path: str | Path) -> None:
+    """Load the best epoch's weights from a Lightning checkpoint, safely (weights_only=True)."""
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["state_dict"])
+
+
+@torch.inference_mode()
+def predict_probs(net: torch.nn.Module, dataset: Dataset, *, batch_size: int = 64, device: torch.device,
+                  channels_last: bool = False, progress: bool = False, desc: str = "predict") -> np.ndarray:
+    """Class probabilities (N, C) of `net` on `dataset`, in eval mode."""
+    from tqdm.auto import tqdm
+
+    net.eval().to(device)
+    out = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for x, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        x = x.to(device)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            out.append(net(x).float().softmax(1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 2), dtype=np.float32)

@@ -1,0 +1,89 @@
+"""The one place that knows the layout of a run directory, and what is recorded about the environment."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import resource
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    config = property(lambda self: self.path / "config.json")            # settings, versions, data fingerprint
+    splits = property(lambda self: self.path / "splits.csv")             # every image: split, label, patient
+    history = property(lambda self: self.path / "history.csv")           # per epoch: losses, accuracy, lr, seconds
+    metrics = property(lambda self: self.path / "metrics.json")          # per split, at 0.5 and at the threshold
+    predictions = property(lambda self: self.path / "predictions.csv")   # per image: probability and prediction
+    weights = property(lambda self: self.path / "model.safetensors")     # the best epoch's TransferModel
+    bad_files = property(lambda self: self.path / "bad_files.csv")       # files skipped with --skip-bad
+    checkpoints = property(lambda self: self.path / "checkpoints")       # Lightning last.ckpt / best.ckpt
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def finished(self) -> bool:
+        return self.metrics.exists() and self.weights.exists()
+
+    def read_config(self) -> dict:
+        if not self.config.exists():
+            raise CheckpointError(f"{self.path} is not a transferlab run directory (no config.json)")
+        return json.loads(self.config.read_text())
+
+    def read_metrics(self) -> dict:
+        if not self.metrics.exists():
+            raise CheckpointError(f"{self.path} has no metrics.json: the run did not finish (resume it with --resume)")
+        return json.loads(self.metrics.read_text())
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Write rows atomically; columns are the union of the rows' keys in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def environment() -> dict:
+    """Software versions and hardware, recorded in every config.json."""
+    import lightning
+    import sklearn
+    import torchvision
+
+    from . import __version__
+
+    env = {
+        "transferlab": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "lightning": lightning.__version__, "sklearn": sklearn.__version__,
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return env
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

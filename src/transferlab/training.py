@@ -1,0 +1,218 @@
+"""`train`: dataset folder -> patient-disjoint splits -> pretrained model -> strategy -> fit -> run directory.
+
+Stages, in order (each one a call into its own module):
+    1. data      discover the images, carve the splits, decode each image once (cached)
+    2. model     the registry builds the ImageNet model and swaps its classifier for a new head
+    3. strategy  finetune (whole net, augmented images) or features (cached backbone outputs, head only)
+    4. fit       Lightning: early stopping and best-epoch selection on validation, checkpoints every epoch
+    5. evaluate  probabilities on val/test, threshold chosen on validation only, metrics from sklearn
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .config import TrainConfig, write_json
+from .data.discover import DatasetIndex, Sample, discover
+from .data.images import load_images
+from .data.split import Splits, make_splits
+from .engine import Classifier, class_weights_for, fit, load_best_weights, make_loader, predict_probs, resolve_device, seed_all
+from .errors import TransferlabError
+from .evaluation import positive_index, split_metrics
+from .metrics import choose_threshold
+from .models.heads import create_model
+from .models.registry import get_spec
+from .rundir import RunDir, environment, peak_rss_mb, write_csv
+from .strategies import get_strategy
+
+
+
+def cache_dir(cfg: TrainConfig) -> Path:
+    """Decoded images and features are cached here: --cache-dir, $TRANSFERLAB_CACHE, ~/.cache/transferlab."""
+    return Path(cfg.cache_dir or os.environ.get("TRANSFERLAB_CACHE") or Path.home() / ".cache" / "transferlab")
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs from the data stage."""
+    index: DatasetIndex
+    splits: Splits
+    pixels: dict[str, np.ndarray]          # split -> uint8 (N, C, H, W)
+    samples: dict[str, list[Sample]]       # split -> the samples behind those rows (bad files removed)
+    bad: list[tuple[str, str]]
+    decode_seconds: float
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.array([s.label for s in self.samples[split]], dtype=np.int64)
+
+
+def prepare_data(cfg: TrainConfig, image_size: int) -> Prepared:
+    start = time.perf_counter()
+    index = discover(cfg.data, patient_pattern=cfg.patient_pattern, manifest=cfg.manifest)
+    if len(index.classes) < 2:
+        raise TransferlabError(f"{cfg.data}: need at least two classes, found {index.classes}")
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    splits = make_splits(index, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                         seed=split_seed, official_val=cfg.official_val)
+    samples = {name: _subsample(getattr(splits, name), cfg.max_images, split_seed) for name in ("train", "val", "test")}
+    pixels, bad = {}, []
+    for name, split_samples in samples.items():
+        if not split_samples:
+            continue
+        loaded = load_images([s.path for s in split_samples], image_size, cache_dir=cache_dir(cfg) / "images",
+                             skip_bad=cfg.skip_bad, progress=cfg.progress)
+        pixels[name] = loaded.pixels
+        samples[name] = [split_samples[i] for i in loaded.kept]
+        bad += loaded.bad
+    for name in ("train", "val"):
+        if len(samples[name]) == 0 or len({s.label for s in samples[name]}) < 2:
+            raise TransferlabError(f"the {name} split needs images of every class; check --data, "
+                                   f"--val-fraction and --max-images")
+    return Prepared(index, splits, pixels, samples, bad, time.perf_counter() - start)
+
+
+def _subsample(samples: list[Sample], n: int | None, seed: int) -> list[Sample]:
+    """A class-stratified random subset of at most n images (for quick trials and tests)."""
+    if n is None or len(samples) <= n:
+        return samples
+    rng = np.random.default_rng(seed)
+    labels = np.array([s.label for s in samples])
+    keep = []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        take = max(1, round(n * len(idx) / len(samples)))
+        keep += rng.choice(idx, size=min(take, len(idx)), replace=False).tolist()
+    return [samples[i] for i in sorted(keep)]
+
+
+def train(config: TrainConfig | None = None, **settings) -> RunDir:
+    """Train one model with one strategy; returns the run directory (see README for its layout).
+
+    >>> run = train(data="chest_xray", model="efficientnet_lite0", strategy="features", out="runs/lite0")
+    """
+    cfg = config or TrainConfig(**settings)
+    if not cfg.out:
+        raise TransferlabError("--out is required: the run directory to write")
+    run = RunDir(cfg.out)
+    if run.finished():
+        if cfg.resume:
+            return run
+        raise TransferlabError(f"{run.path} already holds a finished run; choose another --out")
+    if (run.checkpoints / "last.ckpt").exists() and not cfg.resume:
+        raise TransferlabError(f"{run.path} holds an unfinished run; add --resume to continue it, or choose another --out")
+    run.path.mkdir(parents=True, exist_ok=True)
+    total_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    # 1. data
+    spec = get_spec(cfg.model)
+    size = cfg.image_size or spec.input_size
+    data = prepare_data(cfg, size)
+    classes = data.index.classes
+    pos = positive_index(classes, cfg.positive_class)
+    _write_run_start(run, cfg, data, spec, size, pos, device)
+
+    # 2. model, 3. strategy
+    seed_all(cfg.seed)
+    model = create_model(cfg.model, len(classes), weights=cfg.weights, weights_dir=cfg.weights_dir)
+    strategy = get_strategy(cfg.strategy)
+    net = strategy.trainable(model)
+    prep_start = time.perf_counter()
+    encode = dict(mean=spec.mean, std=spec.std, device=device, progress=cfg.progress,
+                  cache_dir=cache_dir(cfg))
+    inputs = {name: strategy.dataset(model, data.pixels[name], data.labels(name), augment=False, **encode)
+              for name in data.pixels}
+    train_set = (strategy.dataset(model, data.pixels["train"], data.labels("train"), augment=True, **encode)
+                 if cfg.augment and strategy.name == "finetune" else inputs["train"])
+    prepare_seconds = time.perf_counter() - prep_start
+
+    # 4. fit
+    train_labels = data.labels("train")
+    module = Classifier(
+        net, strategy.param_groups(model, cfg.lr, cfg.backbone_lr_factor),
+        class_weights=class_weights_for(train_labels, len(classes)) if cfg.balance == "weights" else None,
+        epochs=cfg.epochs, weight_decay=cfg.weight_decay, seed=cfg.seed,
+        channels_last=strategy.channels_last)
+    if strategy.channels_last:
+        net.to(memory_format=torch.channels_last)
+    workers = cfg.num_workers if cfg.num_workers is not None else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
+    loader_args = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    fit_start = time.perf_counter()
+    fitted = fit(module, make_loader(train_set, train_labels, shuffle=True, balance=cfg.balance, **loader_args),
+                 make_loader(inputs["val"], None, shuffle=False, **loader_args),
+                 checkpoint_dir=run.checkpoints, epochs=cfg.epochs, monitor=cfg.monitor, patience=cfg.patience,
+                 device=device, precision=_precision(cfg.precision, device), resume=cfg.resume, progress=cfg.progress)
+    fit_seconds = time.perf_counter() - fit_start
+    if fitted["best_checkpoint"]:
+        load_best_weights(module, fitted["best_checkpoint"])
+    write_csv(run.history, module.history)
+
+    # 5. evaluate: the threshold comes from validation predictions only
+    eval_start = time.perf_counter()
+    probs = {name: predict_probs(net, inputs[name], batch_size=cfg.batch_size, device=device,
+                                 channels_last=strategy.channels_last, progress=cfg.progress, desc=f"predict {name}")
+             for name in inputs}
+    val_y = (data.labels("val") == pos).astype(int) if len(classes) == 2 else None
+    threshold = choose_threshold(val_y, probs["val"][:, pos], cfg.threshold_method) if val_y is not None else None
+    metrics = {name: split_metrics(data.labels(name), probs[name], pos, threshold) for name in probs}
+    eval_seconds = time.perf_counter() - eval_start
+
+    model.cpu()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run.weights))
+    write_csv(run.predictions, [
+        {"split": name, "file": str(s.path.relative_to(data.index.root)) if s.path.is_relative_to(data.index.root) else str(s.path),
+         "label": classes[s.label], "prob_" + classes[pos]: float(p[pos]),
+         "predicted": classes[(pos if p[pos] >= threshold else 1 - pos) if threshold is not None else int(p.argmax())]}
+        for name in probs for s, p in zip(data.samples[name], probs[name])])
+    summary = {
+        "classes": classes, "positive_class": classes[pos], "threshold": threshold,
+        "threshold_method": cfg.threshold_method, "threshold_chosen_on": "val",
+        "best_epoch": fitted["best_epoch"], "epochs_run": fitted["stopped_epoch"], "monitor": cfg.monitor,
+        "seconds": {"decode": data.decode_seconds, "prepare": prepare_seconds, "fit": fit_seconds,
+                    "evaluate": eval_seconds, "total": time.perf_counter() - total_start},
+        "peak_rss_mb": peak_rss_mb(),
+        "cuda_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "trainable_params": sum(p.numel() for p in net.parameters()),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        **metrics,
+    }
+    write_json(run.metrics, summary)
+    return run
+
+
+def _precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def _write_run_start(run: RunDir, cfg: TrainConfig, data: Prepared, spec, size: int, pos: int, device) -> None:
+    """config.json and splits.csv are written before training, so an interrupted run still documents itself."""
+    root = data.index.root
+    write_json(run.config, {
+        "settings": cfg.to_dict(),
+        "model": {"name": spec.name, "weights": cfg.weights, "weights_name": spec.weights_name if cfg.weights != "none" else None,
+                  "image_size": size, "mean": list(spec.mean), "std": list(spec.std)},
+        "data": {"root": str(root), "fingerprint": data.index.fingerprint(), "classes": data.index.classes,
+                 "positive_class": data.index.classes[pos], "splits": data.splits.method,
+                 "counts": {name: np.bincount([s.label for s in ss], minlength=len(data.index.classes)).tolist()
+                            for name, ss in data.samples.items()},
+                 "skipped_at_discovery": len(data.index.skipped), "bad_files_skipped": len(data.bad)},
+        "device": str(device),
+        "environment": environment(),
+    })
+    write_csv(run.splits, [{"split": name, "file": str(s.path.relative_to(root)) if s.path.is_relative_to(root) else str(s.path),
+                            "label": data.index.classes[s.label], "patient": s.patient}
+                           for name, ss in data.samples.items() for s in ss])
+    if data.bad:
+        write_csv(run.bad_files, [{"file": f, "reason": r} for f, r in data.bad])

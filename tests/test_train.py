@@ -1,0 +1,106 @@
+"""End to end: both strategies train, evaluate and write a complete run directory."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from transferlab import cli
+from transferlab.config import TrainConfig
+from transferlab.evaluation import evaluate, load_model
+from transferlab.models.heads import create_model
+from transferlab.rundir import RunDir, read_csv
+from transferlab.training import train
+
+FAST = dict(image_size=64, batch_size=16, progress=False, val_fraction=0.25)
+
+
+def test_features_strategy_end_to_end(xray_dir, tmp_path):
+    run = train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=15,
+                out=str(tmp_path / "run"), **FAST)
+    for path in (run.config, run.splits, run.history, run.metrics, run.predictions, run.weights):
+        assert path.exists(), path
+    metrics = run.read_metrics()
+    assert metrics["threshold_chosen_on"] == "val" and 0 <= metrics["threshold"] <= 1
+    assert metrics["positive_class"] == "PNEUMONIA"
+    # the synthetic task is easy: genuine ImageNet features separate the classes
+    assert metrics["val"]["roc_auc"] > 0.9
+    assert set(metrics) >= {"train", "val", "test"}
+    for key in ("loss", "accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1",
+                "roc_auc", "pr_auc", "confusion_matrix"):
+        assert key in metrics["test"]
+    assert metrics["trainable_params"] == 1280 * 2 + 2      # only the new head trains
+    history = read_csv(run.history)
+    assert len(history) == metrics["epochs_run"] and {"train_loss", "val_loss", "val_acc", "lr", "seconds"} <= set(history[0])
+    config = run.read_config()
+    assert config["data"]["fingerprint"] and config["environment"]["torch"] == torch.__version__
+
+
+def test_features_backbone_untouched(xray_dir, tmp_path):
+    """Fixed feature extractor: backbone weights *and BatchNorm running statistics* equal the ImageNet ones."""
+    run = train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=3,
+                out=str(tmp_path / "run"), **FAST)
+    trained = load_file(str(run.weights))
+    pretrained = create_model("efficientnet_lite0", 2).state_dict()
+    backbone_keys = [k for k in pretrained if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in backbone_keys)
+    for k in backbone_keys:
+        assert torch.equal(trained[k], pretrained[k]), k
+    assert not torch.equal(trained["head.weight"], pretrained["head.weight"])
+
+
+def test_finetune_end_to_end_and_evaluate(xray_dir, tmp_path):
+    run = train(data=str(xray_dir), model="mobilenet_v3_small", weights="none", strategy="finetune", epochs=2,
+                out=str(tmp_path / "run"), **FAST)
+    metrics = run.read_metrics()
+    assert metrics["trainable_params"] == metrics["total_params"]
+    assert metrics["epochs_run"] == 2
+    # evaluate() rebuilds the same splits and reproduces the run's own test metrics
+    result = evaluate(run.path, split="test", progress=False)
+    assert result["n"] == metrics["test"]["n"]
+    assert result["roc_auc"] == pytest.approx(metrics["test"]["roc_auc"], abs=1e-6)
+    model, config = load_model(run.path)
+    assert config["model"]["name"] == "mobilenet_v3_small"
+
+
+def test_same_seed_same_result(xray_dir, tmp_path):
+    a = train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=3, out=str(tmp_path / "a"), **FAST)
+    b = train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=3, out=str(tmp_path / "b"), **FAST)
+    assert a.splits.read_text() == b.splits.read_text()
+    ma, mb = a.read_metrics(), b.read_metrics()
+    assert ma["val"] == mb["val"] and ma["test"] == mb["test"]
+
+
+def test_validation_split_is_patient_disjoint_on_real_data(real_subset, tmp_path):
+    run = train(data=str(real_subset), model="efficientnet_lite0", strategy="features", epochs=2,
+                out=str(tmp_path / "run"), test_fraction=0.2, **FAST)
+    rows = read_csv(run.splits)
+    patients = {split: {r["patient"] for r in rows if r["split"] == split} for split in ("train", "val", "test")}
+    assert patients["val"] and patients["test"]
+    assert not patients["train"] & patients["val"]
+    assert not patients["train"] & patients["test"]
+    assert not patients["val"] & patients["test"]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "missing" in err and "\n" not in err
+    assert cli.main(["train", "--data", str(tmp_path), "--model", "resnet19", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "resnet18" in err and "\n" not in err
+
+
+def test_cli_train_runs(xray_dir, tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    code = cli.main(["train", "--data", str(xray_dir), "--model", "efficientnet_lite0", "--strategy", "features",
+                     "--epochs", "2", "--image-size", "64", "--no-progress", "--out", str(out)])
+    assert code == 0
+    assert "val" in capsys.readouterr().out
+    settings = json.loads((out / "config.json").read_text())["settings"]
+    assert settings["epochs"] == 2 and settings["strategy"] == "features"
+    # a finished run is never overwritten silently
+    assert cli.main(["train", "--data", str(xray_dir), "--epochs", "2", "--out", str(out)]) == 2
