@@ -24,6 +24,7 @@ from .metrics import BOOTSTRAP_METRICS, bootstrap_ci, expected_calibration_error
 from .rundir import RunDir, read_csv
 
 SPLITS = ("train", "val", "test")
+N_BOOT = 1000   # bootstrap resamples of the test images for the 95% CIs
 
 
 # --- loading ------------------------------------------------------------------------------------------------
@@ -480,7 +481,7 @@ COMPARE_METRICS = ("accuracy", "balanced_accuracy", "recall", "specificity", "f1
 CI_METRICS = ("accuracy", "f1", "roc_auc")
 
 
-def comparison(groups: dict[tuple[str, str], list[Run]], n_boot: int = 1000) -> list[dict]:
+def comparison(groups: dict[tuple[str, str], list[Run]], n_boot: int | None = None) -> list[dict]:
     """Per model x strategy: test metrics at the validation threshold (mean and sd over seeds), bootstrap 95%
     CIs over the test images of the first seed's run, training time and peak memory."""
     out = []
@@ -498,10 +499,11 @@ def comparison(groups: dict[tuple[str, str], list[Run]], n_boot: int = 1000) -> 
         row["cuda_peak_mb"] = _mean_sd(cuda) if cuda else None
         row["trainable_params"] = runs[0].metrics["trainable_params"]
         first = runs[0]
-        row["ci_seed"] = first.seed
+        row["ci_seed"], row["n_boot"] = first.seed, n_boot or N_BOOT
         if first.binary and "test" in first.predictions:
             p = first.predictions["test"]
-            row["ci"] = {k: bootstrap_ci(p.y, p.prob, BOOTSTRAP_METRICS[k], threshold=first.threshold, n_boot=n_boot)
+            row["ci"] = {k: bootstrap_ci(p.y, p.prob, BOOTSTRAP_METRICS[k], threshold=first.threshold,
+                                         n_boot=n_boot or N_BOOT)
                          for k in CI_METRICS}
             row["first_seed"] = {k: first.at("test").get(k) for k in CI_METRICS}
         out.append(row)

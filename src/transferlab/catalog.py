@@ -182,19 +182,23 @@ def _peak_rss_mb() -> float:
 
 
 def _proc_status_mb(field: str) -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    lines = [line for line in _read("/proc/self/status").splitlines() if line.startswith(field + ":")]
+    return int(lines[0].split()[1]) / 1024 if lines else 0.0
 
 
 def _device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.machine())
+    return f"cpu ({torch.get_num_threads()} threads, {cpu})"
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
 
 
 def _timeit(fn, *, repeats: int, warmup: int, budget_s: float, sync) -> list[float]:
@@ -297,9 +301,9 @@ def pareto_front(entries: list[CatalogEntry], x: str = "latency_ms", y: str = "a
 def filter_entries(entries: list[CatalogEntry], max_latency_ms: float | None = None, max_params: int | None = None,
                    max_gflops: float | None = None) -> list[CatalogEntry]:
     """Entries within every given budget (an entry missing a budgeted value is left out)."""
-    limits = {"latency_ms": max_latency_ms, "params_total": max_params, "gflops": max_gflops}
-    return [e for e in entries
-            if all(limit is None or (_value(e, k) is not None and _value(e, k) <= limit) for k, limit in limits.items())]
+    limits = {k: v for k, v in (("latency_ms", max_latency_ms), ("params_total", max_params),
+                                ("gflops", max_gflops)) if v is not None}
+    return [e for e in entries if all(_value(e, k) is not None and _value(e, k) <= v for k, v in limits.items())]
 
 
 def sort_entries(entries: list[CatalogEntry], by: str = "acc1", descending: bool | None = None) -> list[CatalogEntry]:
@@ -317,10 +321,14 @@ def _fmt_x(x: str, value: float) -> str:
     return f"{value:.1f} ms" if x == "latency_ms" else f"{value:.2f} GFLOPs"
 
 
+KNEE_POINTS_PER_DOUBLING = 1.0   # a front step "pays" if it buys this much acc@1 per doubling of cost
+
+
 def recommend(entries: list[CatalogEntry], max_latency_ms: float | None = None, max_params: int | None = None,
-              max_gflops: float | None = None) -> list[str]:
+              max_gflops: float | None = None, max_dominated: int = 3) -> list[str]:
     """Short data-driven sentences: the Pareto-optimal models (ImageNet acc@1 vs cost) under the budget."""
     x = default_x(entries)
+    cost = _X_LABELS[x]
     budget = ", ".join(f"{k}={v:g}" for k, v in
                        (("max_latency_ms", max_latency_ms), ("max_params", max_params), ("max_gflops", max_gflops))
                        if v is not None)
@@ -331,21 +339,29 @@ def recommend(entries: list[CatalogEntry], max_latency_ms: float | None = None, 
         return [f"No model fits the budget ({budget}){hint}."]
     by_name = {e.name: e for e in pool}
     front = [by_name[n] for n in pareto_front(pool, x, "acc1")]
+    if not front:
+        return [f"No model has both ImageNet acc@1 and {cost} to compare."]
+    label = {e.name: f"{e.name} ({e.acc1:.1f}%, {_fmt_x(x, _value(e, x))})" for e in pool if e in front}
     where = f" within {budget}" if budget else ""
     device = f" on {pool[0].device}" if x == "latency_ms" and pool[0].device else ""
-    out = [f"Pareto-optimal{where} (ImageNet acc@1 vs {_X_LABELS[x]}{device}): "
-           + ", ".join(f"{e.name} ({e.acc1:.1f}%, {_fmt_x(x, _value(e, x))})" for e in front) + "."]
-    for cheap, better in zip(front, front[1:]):
-        ratio = _value(better, x) / max(_value(cheap, x), 1e-12)
-        out.append(f"{better.name} gains {better.acc1 - cheap.acc1:+.1f} points of acc@1 over {cheap.name} "
-                   f"for {ratio:.1f}x the {_X_LABELS[x]}.")
+    out = [f"Pareto-optimal{where} (ImageNet acc@1 vs {cost}{device}): "
+           + ", ".join(label[e.name] for e in front) + "."]
+    cheap, best = front[0], front[-1]
+    if len(front) > 1:
+        ratio = _value(best, x) / max(_value(cheap, x), 1e-12)
+        out.append(f"The most accurate, {best.name}, gains {best.acc1 - cheap.acc1:+.1f} points over the cheapest, "
+                   f"{cheap.name}, for {ratio:.1f}x the {cost}.")
+        knee = _knee(front, x)
+        if knee is not best:
+            out.append(f"Past {label[knee.name]} every step along the front gains less than "
+                       f"{KNEE_POINTS_PER_DOUBLING:g} point of acc@1 per doubling of {cost}.")
     dominated = [e for e in pool if e not in front and _value(e, x) is not None and e.acc1 is not None]
-    for e in sort_entries(dominated, "acc1")[:5]:
+    for e in sort_entries(dominated, "acc1")[:max_dominated]:
         beater = next(f for f in front if _value(f, x) <= _value(e, x) and f.acc1 >= e.acc1)
         out.append(f"{e.name} is dominated by {beater.name} ({_fmt_x(x, _value(beater, x))} vs "
                    f"{_fmt_x(x, _value(e, x))}, {beater.acc1:.1f}% vs {e.acc1:.1f}%).")
-    if len(dominated) > 5:
-        out.append(f"{len(dominated) - 5} more models are dominated.")
+    if len(dominated) > max_dominated:
+        out.append(f"{len(dominated) - max_dominated} more models are dominated.")
     trained = [e for e in front if e.train_ips_finetune is not None]
     if trained:
         out.append(f"Training throughput at batch {trained[0].batch_size} (fine-tune / frozen features, images/s): "
@@ -354,6 +370,16 @@ def recommend(entries: list[CatalogEntry], max_latency_ms: float | None = None, 
     out.append("ImageNet accuracy is only a proxy for transfer to chest X-rays: train the front models on your "
                "data before choosing.")
     return out
+
+
+def _knee(front: list[CatalogEntry], x: str) -> CatalogEntry:
+    """The last front model reached by a step worth >= KNEE_POINTS_PER_DOUBLING points per doubling of cost."""
+    knee = front[0]
+    for cheap, better in zip(front, front[1:]):
+        doublings = math.log2(max(_value(better, x), 1e-12) / max(_value(cheap, x), 1e-12))
+        if doublings <= 0 or (better.acc1 - cheap.acc1) / doublings >= KNEE_POINTS_PER_DOUBLING:
+            knee = better
+    return knee
 
 
 # --- output ------------------------------------------------------------------------------------------------
@@ -392,7 +418,7 @@ def _plot(entries: list[CatalogEntry], x: str, path: Path) -> None:
                    label="Pareto front" if on_front else "dominated", edgecolors="k", linewidths=0.5)
     line = sorted((e for e in shown if e.name in front), key=lambda e: _value(e, x))
     ax.plot([_value(e, x) for e in line], [e.acc1 for e in line], color="tab:red", lw=1.2)
-    for e in shown:
+    for e in shown if len(shown) <= 25 else line:      # crowded plots: label the front only
         ax.annotate(e.name, (_value(e, x), e.acc1), fontsize=7, xytext=(4, 3), textcoords="offset points")
     if shown and max(_value(e, x) for e in shown) / max(min(_value(e, x) for e in shown), 1e-9) > 20:
         ax.set_xscale("log")
@@ -449,6 +475,8 @@ def format_table(entries: list[CatalogEntry]) -> str:
         size = f"{sizes.pop()}px" if len(sizes) == 1 else "each model's input size"
         notes.append(f"measured on {e.device} at {size}; inference throughput and training steps at batch "
                      f"{e.batch_size}; ft = fine-tune, feat = frozen features (only the new head trains)")
-    notes.append("head→2 = parameters of the new 2-class head (all that trains with frozen features); "
-                 "GFLOPs = multiply-adds per image")
+    counted = {e.resolution for e in entries if e.gflops is not None}
+    at = f" at {counted.pop()}px" if len(counted) == 1 else ""
+    notes.append(f"head→2 = parameters of the new 2-class head (all that trains with frozen features); "
+                 f"GFLOPs = multiply-adds per image{at}")
     return "\n".join(lines + notes)

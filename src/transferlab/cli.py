@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to write")
     add_train_options(p)
 
+    p = sub.add_parser("study", help="Tasks B-E: every model x strategy x seed, compared, in one HTML report",
+                       description="Runs every model under every strategy and seed through `train`, then writes "
+                                   "results.csv, summary.csv, report.html and report.md. Run the same command "
+                                   "again to continue an interrupted study: finished runs are kept.")
+    from .study import add_study_arguments
+    add_study_arguments(p)
+
     p = sub.add_parser("evaluate", help="metrics of a finished run on a split",
                        description="Evaluate a finished run. Splits are rebuilt with the run's own settings and "
                                    "seed; the decision threshold is the one chosen on its validation split.")
@@ -105,6 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (default: the run's own)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate (default: test)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+    p = sub.add_parser("models", help="Task A: the model catalogue, measured on this machine",
+                       description="Parameters, GFLOPs, ImageNet accuracy, weights file and (with --measure) latency, "
+                                   "throughput, training-step time and peak memory, measured here. Writes "
+                                   "catalog.csv, catalog.json and catalog.png with --out.")
+    p.add_argument("names", nargs="*", help="model names (default: every model)")
+    p.add_argument("--measure", action="store_true", help="time inference and training steps (random weights: "
+                                                          "same cost, works offline)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size for throughput and training steps")
+    p.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
+    p.add_argument("--image-size", type=int, help="resolution (default: each model's own)")
+    p.add_argument("--max-latency-ms", type=float, help="keep models with batch-1 latency at most this")
+    p.add_argument("--max-params", type=float, help="keep models with at most this many parameters (e.g. 3e7)")
+    p.add_argument("--sort", default="acc1", help="column to sort by, e.g. acc1, latency_ms, params_total, gflops")
+    p.add_argument("--out", help="folder for catalog.csv, catalog.json and catalog.png")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
     p = sub.add_parser("check-data", help="scan a dataset folder and report every problem at once",
@@ -139,6 +163,26 @@ def run_evaluate(args) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "at_threshold"} | {"at_threshold": result.get("at_threshold")}, indent=2))
 
 
+def run_study(args) -> None:
+    from .study import run_study_command
+
+    run_study_command(args)
+
+
+def run_models(args) -> None:
+    from . import catalog as cat
+
+    entries = cat.catalog(args.names or None, measure=args.measure, device=args.device, batch_size=args.batch_size,
+                          repeats=args.repeats, image_size=args.image_size, progress=args.progress)
+    budget = dict(max_latency_ms=args.max_latency_ms, max_params=args.max_params)
+    shown = cat.sort_entries(cat.filter_entries(entries, **budget), args.sort)
+    print(cat.format_table(shown))
+    print("\n".join(cat.recommend(entries, **budget)))
+    if args.out:
+        for path in cat.write_catalog(shown, args.out):
+            print(f"wrote {path}")
+
+
 def run_check_data(args) -> None:
     from .data.check import check_data
 
@@ -146,7 +190,7 @@ def run_check_data(args) -> None:
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "check-data": run_check_data}
+COMMANDS = {"train": run_train, "study": run_study, "evaluate": run_evaluate, "models": run_models, "check-data": run_check_data}
 
 
 def main(argv: list[str] | None = None) -> int:

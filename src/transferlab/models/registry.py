@@ -73,11 +73,17 @@ _ARCH_KWARGS = {
     "googlenet": lambda meta: _INCEPTION_KWARGS,
     "inception": lambda meta: _INCEPTION_KWARGS,
 }
-_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 # Fixes torchvision applies to a checkpoint before loading it (densenet's files use pre-0.4 key names).
-_STATE_DICT_FIXES = {
-    "densenet": lambda sd: {_DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in sd.items()},
-}
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+def _rename_densenet_keys(state_dict: dict) -> dict:
+    for key in list(state_dict):
+        if match := _DENSENET_OLD_KEY.match(key):
+            state_dict[match.group(1) + match.group(2)] = state_dict.pop(key)
+    return state_dict
+
+
+_STATE_DICT_FIXES = {"densenet": _rename_densenet_keys}
 _AUX_HEADS = ("AuxLogits", "aux1", "aux2")   # Inception v3 / GoogLeNet auxiliary classifiers
 
 
@@ -170,7 +176,8 @@ def _build_torchvision(name: str, weights: str, weights_dir) -> nn.Module:
     kwargs = _ARCH_KWARGS.get(_family(name), lambda m: {})(meta)
     model = tvm.get_model(name, weights=None, num_classes=len(meta["categories"]), **kwargs)
     if w is not None:
-        state_dict = _STATE_DICT_FIXES.get(_family(name), dict)(load_torchvision_weights(w, weights_dir))
+        state_dict = load_torchvision_weights(w, weights_dir)
+        state_dict = _STATE_DICT_FIXES.get(_family(name), lambda sd: sd)(state_dict)
         _load(model, state_dict, name, w.url.rsplit("/", 1)[-1])
     return model
 

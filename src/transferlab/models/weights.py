@@ -3,16 +3,16 @@
 A torchvision weights file is searched, under the name torchvision downloads it as (e.g. resnet18-f37072fd.pth), in:
 the ``weights_dir`` argument (--weights-dir), ``$TRANSFERLAB_WEIGHTS_DIR``, then torch's own cache
 ``torch.hub.get_dir()/checkpoints`` (= ``$TORCH_HOME/hub/checkpoints``). Only if it is in none of them is
-torchvision's download tried; without a network that fails within a fraction of a second (DNS error), and a
-short reachability probe keeps a firewalled network from hanging it.
+torchvision's download tried (so it keeps working with internet); offline it fails within a fraction of a second
+(DNS error), and a short HEAD probe keeps a firewalled network from hanging it.
 """
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import Request, urlopen
 
 import torch
 import torch.hub
@@ -61,7 +61,7 @@ def load_state_dict_file(path: str | Path) -> dict:
         raise ModelError(f"cannot load weights file {path}: {reason}") from None
     if not isinstance(state_dict, Mapping):
         raise ModelError(f"weights file {path} holds a {type(state_dict).__name__}, not a state_dict")
-    return dict(state_dict)
+    return state_dict
 
 
 def load_torchvision_weights(weights_enum_member, weights_dir: str | Path | None = None) -> dict:
@@ -84,8 +84,8 @@ def _model_name(weights_enum_member) -> str:
 
 
 def _download(weights_enum_member) -> dict:
-    """torchvision's own download into hub_checkpoints_dir(), then a safe load of the file."""
-    host = urlparse(weights_enum_member.url).hostname
-    socket.create_connection((host, 443), timeout=_PROBE_TIMEOUT_S).close()   # fail fast when unreachable
+    """torchvision's own download into hub_checkpoints_dir(), then a safe load of the file. torch.hub sets no
+    timeout, so a quick HEAD request (proxy-aware, like the download) first makes an unreachable host fail fast."""
+    urlopen(Request(weights_enum_member.url, method="HEAD"), timeout=_PROBE_TIMEOUT_S).close()
     return weights_enum_member.get_state_dict(progress=True, check_hash=True, weights_only=True,
                                               map_location="cpu")

@@ -22,9 +22,15 @@ def figure(width: float, height: float, rows: int = 1, cols: int = 1):
 
 
 def to_png(fig: Figure) -> bytes:
+    """The figure as a PNG with a 256-colour palette (a third of the size of RGBA, no visible difference)."""
+    from PIL import Image
+
     fig.tight_layout()
+    fig.set_dpi(DPI)
+    fig.canvas.draw()
+    rgb = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    rgb.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -183,7 +189,7 @@ def class_balance(balance: dict, classes: list[str]) -> bytes:
     return to_png(fig)
 
 
-def image_grid(items: list[tuple[np.ndarray, str]], cols: int, title: str = "", cell: float = 1.9) -> bytes:
+def image_grid(items: list[tuple[np.ndarray, str]], cols: int, title: str = "", cell: float = 1.55) -> bytes:
     """Images (uint8 gray or RGB) with a caption under each."""
     rows, cols = _grid(len(items), cols)
     fig, axes = figure(cell * cols, (cell + 0.35) * rows + (0.3 if title else 0), rows, cols)

@@ -1,0 +1,407 @@
+"""The study report: one self-contained report.html (plots embedded as base64 PNG, no external files, no
+JavaScript) and report.md with the same tables and findings.
+
+The report is a list of sections, each a list of blocks (heading, paragraph, table, findings, image); the
+Jinja2 template renders them as HTML and `to_markdown` renders the same blocks as Markdown.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from jinja2 import Environment, FileSystemLoader
+
+from ..analysis import SHIFT_FEATURES, Run, analyze_study
+from . import plots
+
+TEMPLATES = Path(__file__).parent / "templates"
+STRATEGY_SECTIONS = {"finetune": ("B", "B — Fine-tuning the whole network"),
+                     "features": ("C", "C — Frozen backbone as a fixed feature extractor")}
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    blocks: list[tuple[str, object]] = field(default_factory=list)
+
+    def h3(self, text: str):
+        self.blocks.append(("h3", text))
+
+    def p(self, text: str):
+        self.blocks.append(("p", text))
+
+    def table(self, table: Table):
+        self.blocks.append(("table", table))
+
+    def findings(self, items: list[str]):
+        if items:
+            self.blocks.append(("findings", items))
+
+    def image(self, png: bytes, caption: str, width: int | None = None):
+        """A figure; `width` caps its displayed width in CSS pixels."""
+        self.blocks.append(("images", [{"uri": plots.data_uri(png), "caption": caption, "width": width}]))
+
+    def images(self, figures: list[tuple[bytes, str]]):
+        """Several figures side by side (wrapping on narrow screens)."""
+        self.blocks.append(("images", [{"uri": plots.data_uri(png), "caption": caption, "width": None}
+                                       for png, caption in figures]))
+
+
+def write_report(study_dir: str | Path, *, gradcam: bool = True) -> tuple[Path, Path]:
+    """report.html and report.md in `study_dir` (a folder written by `run_study`)."""
+    study_dir = Path(study_dir)
+    info = json.loads((study_dir / "study.json").read_text())
+    a = analyze_study(study_dir, info["runs"], gradcam=gradcam)
+    sections = [
+        catalog_section(study_dir, info),
+        data_section(a, info),
+        *[strategy_section(a, s) for s in ("finetune", "features")],
+        comparison_section(a),
+        test_analysis_section(a),
+        methods_section(a, info),
+    ]
+    title = f"transferlab study: {', '.join(info['config']['models'])} × {', '.join(info['config']['strategies'])}"
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    html = env.get_template("report.html.j2").render(title=title, sections=sections,
+                                                     subtitle=_subtitle(a, info))
+    html_path, md_path = study_dir / "report.html", study_dir / "report.md"
+    html_path.write_text(html, encoding="utf-8")
+    md_path.write_text(to_markdown(title, sections), encoding="utf-8")
+    return html_path, md_path
+
+
+def _subtitle(a: dict, info: dict) -> str:
+    c = info["config"]
+    run = a["runs"][0]
+    return (f"{len(a['runs'])} runs: {len(c['models'])} model(s) × {len(c['strategies'])} strateg"
+            f"{'y' if len(c['strategies']) == 1 else 'ies'} × seeds {', '.join(map(str, c['seeds']))}; data "
+            f"{run.config['data']['root']}; positive class {run.positive}; test metrics at each run's "
+            f"validation-chosen threshold unless marked.")
+
+
+# --- formatting -------------------------------------------------------------------------------------------------
+
+def fmt(value, spec: str = ".3f") -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    return format(value, spec)
+
+
+def mean_sd(values, spec: str = ".3f") -> str:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{format(np.mean(values), spec)} ± {format(np.std(values, ddof=1), spec)}"
+
+
+def _ms(d: dict | None, spec: str = ".3f") -> str:
+    if not d or d.get("mean") is None:
+        return "–"
+    return format(d["mean"], spec) + (f" ± {format(d['sd'], spec)}" if d.get("sd") is not None else "")
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and np.isfinite(ci[0]) else "–"
+
+
+# --- sections ---------------------------------------------------------------------------------------------------
+
+def catalog_section(study_dir: Path, info: dict) -> Section:
+    s = Section("section-A", "A — Model catalogue")
+    entries = info.get("catalog") or []
+    if not entries:
+        s.p("No catalogue was made for this study.")
+        return s
+    measured = any(e.get("latency_ms") is not None for e in entries)
+    columns = ["model", "input px", "params (M)", "trainable: finetune (M)", "trainable: features", "GFLOPs",
+               "ImageNet acc@1 %", "acc@5 %", "weights MB"]
+    if measured:
+        columns += ["latency ms (batch 1)", "inference img/s", "train step ms: finetune", "train step ms: features",
+                    "peak MB"]
+    rows = []
+    for e in entries:
+        gflops = e.get("gflops") if e.get("gflops") is not None else e.get("gflops_meta")
+        row = [e.get("name"), fmt(e.get("input_size"), "d"), fmt(_div(e.get("params_total"), 1e6), ".2f"),
+               fmt(_div(e.get("params_trainable_finetune"), 1e6), ".2f"), fmt(e.get("params_trainable_features"), ",d"),
+               fmt(gflops, ".3f"), fmt(e.get("acc1"), ".1f"), fmt(e.get("acc5"), ".1f"), fmt(e.get("file_size_mb"), ".1f")]
+        if measured:
+            row += [e.get("error") or fmt(e.get("latency_ms"), ".1f"), fmt(e.get("throughput_ips"), ".1f"),
+                    fmt(e.get("train_step_ms_finetune"), ".0f"), fmt(e.get("train_step_ms_features"), ".0f"),
+                    fmt(e.get("peak_mem_mb"), ".0f")]
+        rows.append(row)
+    device = next((e.get("device") for e in entries if e.get("device")), None)
+    batch = next((e.get("batch_size") for e in entries if e.get("batch_size")), None)
+    caption = ("GFLOPs = multiply-adds per image at the measured resolution; ImageNet accuracy as published for "
+               "the weights. ")
+    caption += (f"Speed measured on {device} (throughput and training steps at batch {batch}, random weights)."
+                if measured else "Speed not measured (--no-catalog).")
+    s.table(Table(columns, rows, caption))
+    png = study_dir / "catalog" / "catalog.png"
+    if png.exists():
+        s.image(png.read_bytes(), "ImageNet top-1 accuracy vs cost for the study's models (Pareto front in red).",
+                width=720)
+    catalog_json = study_dir / "catalog" / "catalog.json"
+    if catalog_json.exists():
+        s.findings(json.loads(catalog_json.read_text()).get("recommendations", []))
+    return s
+
+
+def _div(value, by: float):
+    return None if value is None else value / by
+
+
+def data_section(a: dict, info: dict) -> Section:
+    s = Section("section-data", "Data")
+    run: Run = a["runs"][0]
+    d = run.config["data"]
+    method = d.get("splits", {})
+    leak = a["leakage"]
+    rows = []
+    for split, b in a["balance"].items():
+        rows.append([split, *[fmt(b["counts"][c], ",d") for c in run.classes], fmt(b["n"], ",d"),
+                     f"{b['positive_share']:.1%}", fmt(leak["patients"].get(split), ",d")])
+    s.table(Table(["split", *run.classes, "total", f"{run.positive} share", "patients"], rows,
+                  "Images used per split (after --max-images, if set) and distinct patients."))
+    s.p(f"How the splits were made (seed {method.get('seed')}): validation — {method.get('val', '?')}; test — "
+        f"{method.get('test', '?')}; official val/ folder — {method.get('official_val', '?')}.")
+    for note in info.get("notes", []):
+        s.p(note)
+    s.images([(plots.class_balance(a["balance"], run.classes), "Class balance per split."),
+              (sample_grid(run), f"Sample training images, a few per class ({', '.join(run.classes)}).")])
+    s.h3("Leakage and distribution shift")
+    s.findings(a["data_findings"])
+    if a["image_stats"]:
+        s.image(plots.shift_histograms(a["image_stats"], SHIFT_FEATURES),
+                "Image statistics per split (up to 600 images a split): mean intensity, contrast and stored size.")
+    shift = a["shift"]
+    rows = [[pair, *[f"D={t[k]['statistic']:.3f}, p={t[k]['p_value']:.2g}" for k in SHIFT_FEATURES]]
+            for pair, t in shift.get("ks", {}).items()]
+    if rows:
+        s.table(Table(["splits", *SHIFT_FEATURES.values()], rows, "Two-sample Kolmogorov-Smirnov tests (scipy)."))
+    return s
+
+
+def sample_grid(run: Run, per_class: int = 4) -> bytes:
+    from PIL import Image
+
+    from ..analysis import splits_table
+    from ..data.images import read_image
+
+    rows = [r for r in splits_table(run) if r["split"] == "train"]
+    rng = np.random.default_rng(0)
+    root = Path(run.config["data"]["root"])
+    items = []
+    for c in run.classes:
+        chosen = [r for r in rows if r["label"] == c]
+        for i in sorted(rng.choice(len(chosen), min(per_class, len(chosen)), replace=False)):
+            img = Image.fromarray(read_image(root / chosen[i]["file"]))
+            img.thumbnail((160, 160))
+            items.append((np.asarray(img), f"{c}\n{Path(chosen[i]['file']).name[:28]}"))
+    return plots.image_grid(items, cols=per_class)
+
+
+TEST_COLUMNS = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("recall", "sensitivity"),
+                ("specificity", "specificity"), ("precision", "precision"), ("f1", "F1"), ("roc_auc", "ROC-AUC"),
+                ("pr_auc", "PR-AUC")]
+
+
+def strategy_section(a: dict, strategy: str) -> Section:
+    sid, title = STRATEGY_SECTIONS[strategy]
+    s = Section(f"section-{sid}", title)
+    groups = {k: v for k, v in a["groups"].items() if k[1] == strategy}
+    if not groups:
+        s.p(f"The {strategy} strategy is not part of this study.")
+        return s
+    rows = []
+    for (model, _), runs in groups.items():
+        rows.append([model, str(len(runs)), *[mean_sd([r.at("test").get(k) for r in runs]) for k, _ in TEST_COLUMNS],
+                     mean_sd([r.metrics["val"].get("roc_auc") for r in runs]),
+                     mean_sd([r.metrics.get("threshold") for r in runs]),
+                     mean_sd([r.metrics.get("best_epoch") for r in runs], ".1f") + " / " +
+                     mean_sd([r.metrics.get("epochs_run") for r in runs], ".1f")])
+    s.table(Table(["model", "seeds", *[f"test {label}" for _, label in TEST_COLUMNS], "val ROC-AUC",
+                   "threshold (val)", "best epoch / run"], rows,
+                  "Test metrics at each run's validation-chosen threshold (ROC-AUC and PR-AUC are threshold-free); "
+                  "mean ± sd over seeds."))
+    for (model, _), runs in groups.items():
+        first = runs[0]
+        s.h3(f"{model} — {strategy}")
+        figures = [(plots.learning_curves([r.history for r in runs], f"{model} {strategy}"),
+                    "Learning curves: training and validation loss and accuracy per epoch.")]
+        if first.binary:
+            cm = first.at("test")["confusion_matrix"]
+            curves = [(f"seed {r.seed}", r.predictions["test"].y, r.predictions["test"].prob) for r in runs
+                      if "test" in r.predictions]
+            figures += [(plots.roc_pr(curves, f"{model} {strategy}"), "ROC and precision-recall curves on test, one per seed."),
+                        (plots.confusion(cm, [first.negative, first.positive],
+                                         f"test, seed {first.seed}, threshold {first.threshold:.3f}"),
+                         f"Confusion matrix on test (seed {first.seed}, at its validation threshold).")]
+        s.images(figures)
+    return s
+
+
+def comparison_section(a: dict) -> Section:
+    s = Section("section-D", "D — Comparison of models and strategies")
+    rows = []
+    for r in a["comparison"]:
+        ci, memory = r.get("ci", {}), _ms(r["peak_rss_mb"], ".0f")
+        if r.get("cuda_peak_mb"):
+            memory += f" (CUDA {_ms(r['cuda_peak_mb'], '.0f')})"
+        rows.append([r["model"], r["strategy"], str(len(r["seeds"])), _ms(r["accuracy"]), _ci(ci.get("accuracy")),
+                     _ms(r["f1"]), _ci(ci.get("f1")), _ms(r["roc_auc"]), _ci(ci.get("roc_auc")),
+                     _ms(r["balanced_accuracy"]), _ms(r["fit_seconds"], ".1f"), _ms(r["total_seconds"], ".1f"),
+                     memory, fmt(r["trainable_params"], ",d")])
+    seed, n_boot = (a["comparison"][0]["ci_seed"], a["comparison"][0]["n_boot"]) if a["comparison"] else (0, 0)
+    s.table(Table(["model", "strategy", "seeds", "test accuracy", "95% CI", "test F1", "95% CI", "test ROC-AUC",
+                   "95% CI", "balanced acc.", "fit s", "total s", "peak RSS MB", "trainable params"], rows,
+                  f"Mean ± sd over seeds. 95% CI: percentile bootstrap ({n_boot} resamples of the test images) of the "
+                  f"first seed's run (seed {seed}) only. Accuracy and F1 at each run's validation threshold. "
+                  f"Times are wall-clock seconds per run (fit = training epochs; total includes decoding and "
+                  f"feature caching); peak RSS is the training process's resident memory."))
+    s.findings(a["comparison_findings"])
+    tests = a["mcnemar"]
+    if tests:
+        s.table(Table(["A", "B", "seed", "test images", "acc. A", "acc. B", "only A right", "only B right", "p (exact)"],
+                      [[t["a"], t["b"], str(t["seed"]), str(t["n"]), fmt(t["accuracy_a"]), fmt(t["accuracy_b"]),
+                        str(t["only_a_correct"]), str(t["only_b_correct"]), fmt(t["p_value"], ".3g")] for t in tests],
+                      "Exact McNemar tests on the same test images, runs paired by seed, predictions at each run's "
+                      "validation threshold: fine-tune vs features per model, and model vs model per strategy."))
+    else:
+        s.p("No paired McNemar test: the study needs two strategies or two models.")
+    points = [{"label": f"{r['model']} {r['strategy']}", "strategy": r["strategy"], "x": r["fit_seconds"]["mean"],
+               "x_sd": r["fit_seconds"]["sd"], "y": r["accuracy"]["mean"], "y_sd": r["accuracy"]["sd"]}
+              for r in a["comparison"]]
+    s.image(plots.accuracy_vs_time(points), "Test accuracy vs training time (error bars: sd over seeds).")
+    return s
+
+
+def test_analysis_section(a: dict) -> Section:
+    s = Section("section-E", "E — Why the test numbers are what they are")
+    analysed = [r for r in a["runs"] if a["per_run"].get(r.name)]
+    if not analysed:
+        s.p("The test-set analysis needs a two-class problem with a test split.")
+        return s
+    rows = []
+    for r in analysed:
+        x = a["per_run"][r.name]
+        g, pv, cal, fit = x["gap"], x["prevalence"], x["calibration"], x["fitting"]
+        rows.append([r.name, fmt(r.threshold), fmt(g["val_accuracy"]), fmt(g["test_accuracy"]), fmt(g["accuracy_gap"], "+.3f"),
+                     fmt(pv["expected_test_accuracy"]), fmt(g["val_roc_auc"]), fmt(g["test_roc_auc"]),
+                     f"{fmt(pv['val_sensitivity'])} / {fmt(pv['test_sensitivity'])}",
+                     f"{fmt(pv['val_specificity'])} / {fmt(pv['test_specificity'])}",
+                     fmt(cal["val"]["ece"]), fmt(cal["test"]["ece"]),
+                     f"{fit.get('best_epoch', '–')} / {fit.get('last_epoch', '–')}",
+                     f"{fmt(fit.get('gap_best'), '+.3f')} / {fmt(fit.get('gap_last'), '+.3f')}"])
+    s.table(Table(["run", "threshold (val)", "val acc.", "test acc.", "gap", "expected test acc.*", "val AUC", "test AUC",
+                   "sensitivity val / test", "specificity val / test", "ECE val", "ECE test", "best / last epoch",
+                   "val−train loss: best / last"], rows,
+                  "Every run. *Accuracy the validation sensitivity and specificity would give at the test set's "
+                  "class balance: prev × sens + (1 − prev) × spec."))
+    first_runs = [g[0] for g in a["groups"].values() if a["per_run"].get(g[0].name)]
+    for r in first_runs:
+        s.h3(f"{r.model} — {r.strategy} (seed {r.seed})")
+        s.findings(a["run_findings"][r.name])
+    s.h3("Calibration and threshold")
+    s.images([(plots.reliability([(f"{r.model} {r.strategy} s{r.seed}", a["per_run"][r.name]["calibration"])
+                               for r in first_runs]),
+            "Reliability diagrams (10 equal-width bins) on validation and test; the diagonal is perfect calibration."),
+             (plots.threshold_curves([(f"{r.model} {r.strategy} s{r.seed}", a["per_run"][r.name]["threshold_curve"])
+                                    for r in first_runs]),
+            "Sensitivity and specificity as the threshold moves, validation dashed and test solid; black line: the "
+            "threshold chosen on validation (used for every reported number); dotted: the test set's own Youden "
+            "threshold, for diagnosis only.")])
+    if a["gallery"]:
+        s.h3("Most confident test errors, with Grad-CAM")
+        s.p("Grad-CAM (pytorch-grad-cam) for the positive class on the last convolution of the backbone; red = "
+            "regions that raise the positive-class score. Each pair: the image as the model sees it, then the overlay.")
+        for (model, strategy), items in a["gallery"].items():
+            if not items:
+                s.p(f"{model} {strategy}: no test errors.")
+                continue
+            cells = []
+            for err, (img, overlay) in items:
+                caption = f"true {err['label']} → {err['predicted']}\np({a['runs'][0].positive})={err['prob_positive']:.3f}"
+                cells += [(img, Path(err["file"]).name[:26]), (overlay, caption)]
+            seed = a["groups"][(model, strategy)][0].seed
+            s.image(plots.image_grid(cells, cols=8, title=f"{model} {strategy}, seed {seed}"),
+                    f"{model} {strategy} (seed {seed}): the {len(items)} most confident test errors at the validation "
+                    f"threshold.")
+    return s
+
+
+SETTINGS_SHOWN = ("weights", "epochs", "batch_size", "lr", "backbone_lr_factor", "weight_decay", "patience", "monitor",
+                  "balance", "augment", "threshold_method", "val_fraction", "test_fraction", "max_images", "precision")
+
+
+def methods_section(a: dict, info: dict) -> Section:
+    s = Section("section-methods", "Methods")
+    run: Run = a["runs"][0]
+    c, d = info["config"], run.config["data"]
+    s.p(f"Data: {d['root']} (fingerprint {str(d.get('fingerprint', ''))[:12]}), classes {', '.join(d['classes'])}, "
+        f"positive class {d['positive_class']}. {d.get('skipped_at_discovery', 0)} files skipped at discovery, "
+        f"{d.get('bad_files_skipped', 0)} unreadable files skipped.")
+    method = d.get("splits", {})
+    s.p(f"Splits: patient-disjoint and stratified by class (scikit-learn StratifiedGroupKFold; patient id from the file "
+        f"name), split seed {c['split_seed']} for every run, so every run saw the same train/validation/test images. "
+        f"Validation: {method.get('val', '?')}. Test: {method.get('test', '?')}. The decision threshold "
+        f"({run.metrics.get('threshold_method', 'youden')}) and the best epoch were chosen on validation only; the test "
+        f"split was only ever scored.")
+    sizes = ", ".join(dict.fromkeys(f"{r.model} {r.config['model']['image_size']} px" for r in a["runs"]))
+    s.p(f"Preprocessing: each image decoded once (grayscale kept as 1 channel and broadcast to the 3 input channels), "
+        f"resized without cropping to the model's input size ({sizes}), normalised with the weights' own mean and std. "
+        f"Fine-tuning augments training images (small rotation, translation, scale, brightness/contrast; no flips); "
+        f"frozen features are computed once per image from un-augmented images with the backbone in eval mode.")
+    s.p(f"Seeds: {', '.join(map(str, c['seeds']))} (initialisation of the new head, data order, augmentation); "
+        f"results are reported as mean ± sd over seeds.")
+    rows = [[f"{m} {st}", *[str(runs[0].config["settings"].get(k)) for k in SETTINGS_SHOWN],
+             str(runs[0].config["model"]["image_size"])] for (m, st), runs in a["groups"].items()]
+    s.table(Table(["run group", *SETTINGS_SHOWN, "image_size"], rows,
+                  "Training settings (AdamW, cosine learning-rate schedule, early stopping on the monitored "
+                  "validation metric; class-weighted loss unless balance says otherwise)."))
+    env = run.config.get("environment", {})
+    s.table(Table(["software / hardware", "value"], [[k, str(v)] for k, v in env.items()] +
+                  [["training device", str(run.config.get("device"))],
+                   ["study wall time (training stage)", f"{info.get('train_seconds', 0):.0f} s"]],
+                  "From the runs' config.json."))
+    return s
+
+
+# --- markdown -----------------------------------------------------------------------------------------------------
+
+def to_markdown(title: str, sections: list[Section]) -> str:
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for kind, value in section.blocks:
+            if kind == "h3":
+                lines += [f"### {value}", ""]
+            elif kind == "p":
+                lines += [value, ""]
+            elif kind == "findings":
+                lines += [f"- {item}" for item in value] + [""]
+            elif kind == "table":
+                lines += _md_table(value)
+            elif kind == "images":
+                lines += [f"*Figure (in report.html): {f['caption']}*" for f in value] + [""]
+    return "\n".join(lines)
+
+
+def _md_table(t: Table) -> list[str]:
+    def cell(text) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(map(cell, t.columns)) + " |", "|" + "---|" * len(t.columns)]
+    out += ["| " + " | ".join(map(cell, row)) + " |" for row in t.rows]
+    return out + ([""] + [f"*{t.caption}*"] if t.caption else []) + [""]
