@@ -200,7 +200,7 @@ def fitting(run: Run) -> dict:
     h = run.history
     if not h:
         return {}
-    best = int(run.metrics.get("best_epoch") or len(h))
+    best = min(int(run.metrics.get("best_epoch") or len(h)), len(h))
     b, last = h[best - 1], h[-1]
     min_val = min(r["val_loss"] for r in h)
     after = [r["val_loss"] for r in h[best:]]
@@ -633,17 +633,20 @@ def analyze_study(study_dir: str | Path, runs: list[dict], *, gradcam: bool = Tr
     shift = distribution_shift(stats)
     same = same_splits(loaded)
     table, tests = comparison(groups), mcnemar_tests(groups)
-    gallery = {}
+    gallery, gradcam_failures = {}, []
     if gradcam:
         for key, group in groups.items():
             run = group[0]
             errors = per_run[run.name].get("errors", [])
-            gallery[key] = list(zip(errors, gradcam_overlays(run, [e["file"] for e in errors])))
+            try:
+                gallery[key] = list(zip(errors, gradcam_overlays(run, [e["file"] for e in errors])))
+            except (RuntimeError, ValueError) as exc:   # an architecture Grad-CAM cannot handle: say so, go on
+                gradcam_failures.append(f"Grad-CAM failed for {run.name}: {str(exc).splitlines()[0][:200]}")
     return {
         "runs": loaded, "groups": groups, "per_run": per_run,
         "run_findings": {r.name: run_findings(r, per_run[r.name]) for r in loaded},
         "balance": balance, "leakage": leak, "image_stats": stats, "shift": shift, "same_splits": same,
         "data_findings": data_findings(balance, leak, shift, same, first.positive),
         "comparison": table, "mcnemar": tests, "comparison_findings": comparison_findings(table, tests),
-        "gallery": gallery,
+        "gallery": gallery, "gradcam_failures": gradcam_failures,
     }

@@ -125,7 +125,7 @@ def catalog(names: list[str] | None = None, *, measure: bool = False, device: st
     count_flops: None = when measuring or for <= FLOPS_NAMES_LIMIT models (otherwise `gflops_meta` only).
     repeats / warmup are upper bounds: a timing phase ends once it has run `budget_s` seconds and has at least
     MIN_REPEATS samples, so big models at batch 32 on a small CPU still finish. isolate=False measures in this
-    process (faster start, but CPU peak memory then includes earlier models).
+    process (no ~3 s interpreter start per model; CPU peak memory then relies on resetting the peak-RSS mark).
     """
     names = list_models() if names is None else list(names)
     for name in names:

@@ -6,7 +6,10 @@ multi-GPU strategies; this module only says what a step is and what is recorded 
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import random
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -16,8 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.plugins import TorchCheckpointIO
 from sklearn.metrics import roc_auc_score, balanced_accuracy_score
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
+
+from .errors import CheckpointError
 
 MONITOR_MODES = {"val_loss": "min", "val_auc": "max", "val_balanced_accuracy": "max"}
 
@@ -113,9 +119,11 @@ class Classifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["history"] = self.history
+        checkpoint["should_stop"] = self.trainer.should_stop   # early stopping's decision, which Lightning drops
 
     def on_load_checkpoint(self, checkpoint):
         self.history = list(checkpoint.get("history", []))
+        self.trainer.should_stop = bool(checkpoint.get("should_stop", False))
 
 
 def class_weights_for(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -132,29 +140,74 @@ def make_loader(dataset: Dataset, labels: np.ndarray | None, *, batch_size: int,
         sampler = WeightedRandomSampler(weights.double(), len(labels))
     elif shuffle:
         sampler = RandomSampler(dataset)
+    # Creating an iterator draws a base seed; from its own generator it leaves the global RNG alone, so the
+    # epoch's order does not depend on whether Lightning created the iterator before or after the reseed.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=False)
+                      pin_memory=pin_memory, persistent_workers=False, generator=torch.Generator())
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint beside its target, then rename it into place: a killed run never leaves half a file.
+
+    (Lightning's own save goes through a temporary file in the system temp folder; where that is another file
+    system, the final move is a copy that a kill can interrupt.)"""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        tmp = Path(f"{path}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint, loaded with weights_only=True (never plain unpickling); failures are CheckpointErrors."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain data, which "
+                              f"weights_only=True does not unpickle ({str(exc).splitlines()[-1].strip()})") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({str(exc).splitlines()[0]}); "
+                              f"delete it to start the run over") from None
 
 
 def fit(module: Classifier, train_loader: DataLoader, val_loader: DataLoader, *, checkpoint_dir: Path,
         epochs: int, monitor: str, patience: int, device: torch.device, precision: str, resume: bool,
         progress: bool) -> dict:
-    """Train with early stopping; returns the best epoch, its score and the checkpoint paths."""
+    """Train with early stopping; returns the best epoch, its score and the checkpoint paths.
+
+    checkpoints/last.ckpt is written after every epoch (model, optimizer, scheduler, epoch, early-stopping
+    state, history); with resume=True training continues from it. Every epoch reseeds all RNGs, so a resumed
+    run ends bit-identical (on CPU) to an uninterrupted one."""
     mode = MONITOR_MODES[monitor]
     best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=monitor, mode=mode,
-                           save_top_k=1, save_last=True, enable_version_counter=False)
-    callbacks = [best, EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False)]
+                           save_top_k=1, enable_version_counter=False)
+    # Without a monitor, save_top_k=1 keeps the latest epoch: "last" every epoch (save_last=True would only
+    # write it in epochs where "best" improved). Lightning runs it after `best`, so it holds best's state.
+    last = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False)
+    callbacks = [best, last, EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False)]
     if progress:
         callbacks.append(TQDMProgressBar(leave=True))
     trainer = L.Trainer(
         max_epochs=epochs, accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1, precision=precision,
-        callbacks=callbacks, logger=False, enable_progress_bar=progress, enable_model_summary=False,
-        num_sanity_val_steps=0, deterministic=device.type == "cpu", default_root_dir=checkpoint_dir,
+        callbacks=callbacks, plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=progress,
+        enable_model_summary=False, num_sanity_val_steps=0, deterministic=device.type == "cpu",
+        default_root_dir=checkpoint_dir,
     )
-    last = checkpoint_dir / "last.ckpt"
-    ckpt_path = str(last) if resume and last.exists() else None
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    last_path = checkpoint_dir / "last.ckpt"
+    ckpt_path = str(last_path) if resume and last_path.exists() else None
+    if ckpt_path:
+        load_checkpoint(ckpt_path)   # a clear CheckpointError for an unsafe or corrupt file, before Lightning reads it
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        # Lightning turns Ctrl+C into sys.exit(1) and leaves Ctrl+C ignored; give the caller its interrupt back
+        signal.signal(signal.SIGINT, sigint)
+        raise KeyboardInterrupt from None
     best_epoch = None
     if module.history:
         scores = [row[monitor] for row in module.history]
@@ -166,8 +219,7 @@ def fit(module: Classifier, train_loader: DataLoader, val_loader: DataLoader, *,
 
 def load_best_weights(module: Classifier, checkpoint_path: str | Path) -> None:
     """Load the best epoch's weights from a Lightning checkpoint, safely (weights_only=True)."""
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])
+    module.load_state_dict(load_checkpoint(checkpoint_path)["state_dict"])
 
 
 @torch.inference_mode()

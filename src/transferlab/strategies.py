@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections import OrderedDict
 from pathlib import Path
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
@@ -85,15 +87,139 @@ class FixedFeatures:
 @torch.inference_mode()
 def extract_features(model: TransferModel, pixels: np.ndarray, *, mean, std, device: torch.device,
                      progress: bool = True, batch_size: int = 64) -> torch.Tensor:
-    """One forward pass of the frozen backbone (eval mode) over uint8 images -> float32 features on CPU."""
-    backbone = model.backbone.eval().to(device).to(memory_format=torch.channels_last)
+    """One forward pass of the frozen backbone (eval mode) over uint8 images -> float32 features on CPU.
+
+    The pass runs on `inference_backbone(model.backbone)`: a copy with BatchNorm folded into the convolutions,
+    symmetric 'same' padding folded into them and in-place activations (checked against the original backbone
+    on the first batch; the original is used when they differ or the copy cannot be made). The model itself is
+    not modified."""
     images = torch.from_numpy(np.ascontiguousarray(pixels))
+    if len(images) == 0:
+        return torch.zeros(0, model.feature_dim)
+    model.backbone.eval().to(device).to(memory_format=torch.channels_last)
+    first = _channels_last(normalize(images[:batch_size], mean, std).to(device))
+    backbone = inference_backbone(model.backbone, first[:2], device=device)
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, leave=False):
-        x = normalize(images[start:start + batch_size], mean, std).to(device)
+        x = first if start == 0 else _channels_last(normalize(images[start:start + batch_size], mean, std).to(device))
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            out.append(backbone(x.contiguous(memory_format=torch.channels_last)).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, model.feature_dim)
+            out.append(backbone(x).float().cpu())
+        del x
+    return torch.cat(out)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+# --- a faster copy of a frozen backbone for inference ------------------------------------------------------
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.Mish)
+
+
+class _ConvLeafTracer(fx.Tracer):
+    """fx tracer that keeps every Conv2d subclass (e.g. EfficientNet-Lite's Conv2dStaticSamePadding) a leaf."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, qualname)
+
+
+@torch.inference_mode(False)
+def inference_backbone(backbone: nn.Module, example: torch.Tensor | None = None, *,
+                       device: torch.device | str = "cpu", rtol: float = 1e-3) -> nn.Module:
+    """An inference-only copy of an eval-mode backbone that computes the same function with less memory traffic:
+
+    - BatchNorm after a convolution is folded into the convolution's weights and bias (eval statistics);
+    - TF-style static 'same' padding that is symmetric (EfficientNet-Lite's ZeroPad2d + conv) becomes the
+      convolution's own padding, instead of a padded copy of every activation map;
+    - activations whose input is used by nothing else run in place.
+    The effect on 2 CPU cores is measured by benchmarks/transfer_speed.py (BENCHMARKS.md).
+    With `example`, the copy's output is checked against the original's (relative max error <= rtol); on any
+    failure - tracing, folding or a mismatch - the original backbone is returned unchanged."""
+    if backbone.training:
+        return backbone
+    try:
+        work = copy.deepcopy(backbone).eval()
+        graph = _ConvLeafTracer().trace(work)
+        gm = fx.GraphModule(work, graph)
+        _fold_batchnorm(gm)
+        _fold_symmetric_padding(gm)
+        _inplace_activations(gm)
+        gm.graph.eliminate_dead_code()
+        gm.graph.lint()
+        gm.recompile()
+        gm.requires_grad_(False).eval().to(device=device, memory_format=torch.channels_last)
+        if example is not None:
+            with torch.inference_mode():
+                want, got = backbone(example), gm(example.clone())
+            scale = want.abs().max().clamp_min(1e-6)
+            if want.shape != got.shape or not bool(((want - got).abs().max() / scale) <= rtol):
+                return backbone
+        return gm
+    except Exception:   # any model fx cannot trace or rewrite: the plain backbone is always correct
+        return backbone
+
+
+def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _fold_batchnorm(gm: fx.GraphModule) -> None:
+    for node in list(gm.graph.nodes):
+        bn = _module(gm, node)
+        if not isinstance(bn, nn.BatchNorm2d) or bn.training or not bn.track_running_stats or len(node.args) != 1:
+            continue
+        src = node.args[0]
+        conv = _module(gm, src) if isinstance(src, fx.Node) else None
+        if not isinstance(conv, nn.Conv2d) or len(src.users) != 1:
+            continue
+        _set_submodule(gm, src.target, fuse_conv_bn_eval(conv, bn))
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+
+
+def _fold_symmetric_padding(gm: fx.GraphModule) -> None:
+    for node in gm.graph.nodes:
+        conv = _module(gm, node)
+        pad = getattr(conv, "static_padding", None)
+        if not isinstance(conv, nn.Conv2d) or type(conv) is nn.Conv2d or pad is None:
+            continue
+        if isinstance(pad, nn.ZeroPad2d):
+            left, right, top, bottom = pad.padding
+        elif type(pad).__name__ == "Identity" and not list(pad.parameters()):
+            left = right = top = bottom = 0
+        else:
+            continue
+        if left != right or top != bottom or tuple(conv.padding) != (0, 0) or conv.padding_mode != "zeros":
+            continue
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                          padding=(top, left), dilation=conv.dilation, groups=conv.groups,
+                          bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+        plain.weight = conv.weight
+        plain.bias = conv.bias
+        _set_submodule(gm, node.target, plain)
+
+
+def _inplace_activations(gm: fx.GraphModule) -> None:
+    for i, node in enumerate(list(gm.graph.nodes)):
+        act = _module(gm, node)
+        if not isinstance(act, _ACTIVATIONS) or getattr(act, "inplace", True) or len(node.args) != 1:
+            continue
+        src = node.args[0]
+        producer = _module(gm, src) if isinstance(src, fx.Node) else None
+        # only outputs that are fresh tensors used by this activation alone
+        if not isinstance(producer, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) or len(src.users) != 1:
+            continue
+        inplace = copy.deepcopy(act)
+        inplace.inplace = True
+        name = f"_inplace_act_{i}"
+        gm.add_submodule(name, inplace)
+        node.target = name
+
+
+def _set_submodule(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, name, module)
 
 
 def _digest(pixels: np.ndarray, module: nn.Module) -> str:

@@ -157,21 +157,22 @@ def run_study(config: StudyConfig) -> Path:
         else:
             notes.append(f"The dataset has no test/ folder; the test split is a stratified, patient-disjoint "
                          f"{config.train['test_fraction']:.0%} of the images (test_fraction given).")
+    # every run's settings first, so that a conflict with an earlier study stops before anything is written
+    planned = [(model, strategy, seed, train_config(config, model, strategy, seed))
+               for model, strategy, seed in config.run_names()]
+    fingerprint = index.fingerprint()
+    states = [_check_existing(RunDir(cfg.out), cfg, fingerprint) for *_, cfg in planned]
     (out / "study.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    planned = config.run_names()
     runs = []
-    for i, (model, strategy, seed) in enumerate(planned, 1):
-        cfg = train_config(config, model, strategy, seed)
-        run = RunDir(cfg.out)
-        state = _check_existing(run, cfg, index.fingerprint())
+    for i, ((model, strategy, seed, cfg), state) in enumerate(zip(planned, states), 1):
         print(f"run {i}/{len(planned)}: {model} {strategy} seed {seed}{state}", flush=True)
-        train(cfg)
+        run = train(cfg)
         runs.append({"model": model, "strategy": strategy, "seed": seed, "run": str(run.path.relative_to(out))})
 
     catalog_entries = study_catalog(config, out)
     write_json(out / "study.json", {"config": config.to_dict(), "runs": runs, "notes": notes,
-                                    "catalog": catalog_entries, "train_seconds": time.perf_counter() - start})
+                                    "catalog": catalog_entries, "seconds": time.perf_counter() - start})
     rows = results_rows(out, runs)
     write_csv(out / "results.csv", rows)
     write_csv(out / "summary.csv", summary_rows(rows))

@@ -10,6 +10,7 @@ Stages, in order (each one a call into its own module):
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from safetensors.torch import save_file
 
 from .config import TrainConfig, write_json
 from .data.discover import DatasetIndex, Sample, discover
-from .data.images import load_images
+from .data.images import load_images, unreadable_error
 from .data.split import Splits, make_splits
 from .engine import Classifier, class_weights_for, fit, load_best_weights, make_loader, predict_probs, resolve_device, seed_all
 from .errors import TransferlabError
@@ -61,19 +62,21 @@ def prepare_data(cfg: TrainConfig, image_size: int) -> Prepared:
     splits = make_splits(index, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                          seed=split_seed, official_val=cfg.official_val)
     samples = {name: _subsample(getattr(splits, name), cfg.max_images, split_seed) for name in ("train", "val", "test")}
-    pixels, bad = {}, []
+    pixels, bad, total = {}, [], sum(len(ss) for ss in samples.values())
     for name, split_samples in samples.items():
         if not split_samples:
             continue
         loaded = load_images([s.path for s in split_samples], image_size, cache_dir=cache_dir(cfg) / "images",
-                             skip_bad=cfg.skip_bad, progress=cfg.progress)
+                             skip_bad=True, progress=cfg.progress)
         pixels[name] = loaded.pixels
         samples[name] = [split_samples[i] for i in loaded.kept]
         bad += loaded.bad
-    for name in ("train", "val"):
-        if len(samples[name]) == 0 or len({s.label for s in samples[name]}) < 2:
-            raise TransferlabError(f"the {name} split needs images of every class; check --data, "
-                                   f"--val-fraction and --max-images")
+    if bad and not cfg.skip_bad:   # one error that counts the unreadable files of every split
+        raise unreadable_error(bad, total)
+    for name, need in (("train", 2), ("val", 2), ("test", 1 if "test" in pixels else 0)):
+        if len({s.label for s in samples[name]}) < need:
+            raise TransferlabError(f"the {name} split needs readable images{' of every class' * (need > 1)}; "
+                                   f"check --data, --val-fraction and --max-images")
     return Prepared(index, splits, pixels, samples, bad, time.perf_counter() - start)
 
 
@@ -113,12 +116,20 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
         torch.cuda.reset_peak_memory_stats(device)
 
     # 1. data
-    spec = get_spec(cfg.model)
+    spec = get_spec(cfg.model, cfg.weights)
     size = cfg.image_size or spec.input_size
     data = prepare_data(cfg, size)
+    if cfg.resume and run.config.exists():
+        _check_same_run(run, cfg, data)
     classes = data.index.classes
     pos = positive_index(classes, cfg.positive_class)
     _write_run_start(run, cfg, data, spec, size, pos, device)
+    if data.index.skipped:
+        _warn(f"left out {len(data.index.skipped)} files or folders that are not images of a class: "
+              + "; ".join(f"{path} ({reason})" for path, reason in data.index.skipped[:3])
+              + ("; ... (`transferlab check-data` lists them all)" if len(data.index.skipped) > 3 else ""))
+    if data.bad:
+        _warn(f"skipped {len(data.bad)} unreadable images (listed in {run.bad_files})")
 
     # 2. model, 3. strategy
     seed_all(cfg.seed)
@@ -186,6 +197,26 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
     }
     write_json(run.metrics, summary)
     return run
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# Settings that may differ when a run is resumed. The data is compared by its fingerprint, not by its path.
+RESUME_MAY_CHANGE = {"data", "manifest", "resume", "progress", "device", "num_workers", "cache_dir", "weights_dir"}
+
+
+def _check_same_run(run: RunDir, cfg: TrainConfig, data: Prepared) -> None:
+    """--resume continues a run only with the settings and the data it was started with."""
+    started = run.read_config()
+    changed = [f"{k} {started['settings'].get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items()
+               if k not in RESUME_MAY_CHANGE and started["settings"].get(k) != v]
+    if started["data"]["fingerprint"] != data.index.fingerprint():
+        changed.append("the data's files differ")
+    if changed:
+        raise TransferlabError(f"cannot resume {run.path} with other settings or data ({'; '.join(changed)}); "
+                               f"use the original options, or choose another --out")
 
 
 def _precision(precision: str, device: torch.device) -> str:

@@ -214,10 +214,16 @@ def load_images(paths: list[Path], size: int, *, cache_dir: Path | None = None, 
     pixels, kept, bad_rows = result
     bad = [(str(paths[i]), reason) for i, reason in bad_rows]
     if bad and not skip_bad:
-        shown = "; ".join(f"{p}: {r}" for p, r in bad[:3])
-        raise DataError(f"{len(bad)} of {len(paths)} images cannot be read ({shown}"
-                        f"{'; ...' if len(bad) > 3 else ''}); fix or remove them, or use --skip-bad")
+        raise unreadable_error(bad, len(paths))
     return LoadedImages(pixels, list(kept), bad)
+
+
+def unreadable_error(bad: list[tuple[str, str]], total: int) -> DataError:
+    """One line that counts the unreadable files and names the first three."""
+    shown = "; ".join(f"{p}: {r}" for p, r in bad[:3])
+    more = f"; ... (`transferlab check-data` lists all {len(bad)})" if len(bad) > 3 else ""
+    return DataError(f"{len(bad)} of {total} images cannot be read ({shown}{more}); "
+                     f"fix or remove them, or use --skip-bad")
 
 
 def _hash_file(path: Path) -> tuple[str | None, str | None]:

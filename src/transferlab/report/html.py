@@ -244,10 +244,10 @@ def strategy_section(a: dict, strategy: str) -> Section:
             cm = first.at("test")["confusion_matrix"]
             curves = [(f"seed {r.seed}", r.predictions["test"].y, r.predictions["test"].prob) for r in runs
                       if "test" in r.predictions]
-            figures += [(plots.roc_pr(curves, f"{model} {strategy}"), "ROC and precision-recall curves on test, one per seed."),
-                        (plots.confusion(cm, [first.negative, first.positive],
+            figures += [(plots.confusion(cm, [first.negative, first.positive],
                                          f"test, seed {first.seed}, threshold {first.threshold:.3f}"),
-                         f"Confusion matrix on test (seed {first.seed}, at its validation threshold).")]
+                         f"Confusion matrix on test (seed {first.seed}, at its validation threshold)."),
+                        (plots.roc_pr(curves, f"{model} {strategy}"), "ROC and precision-recall curves on test, one per seed.")]
         s.images(figures)
     return s
 
@@ -322,6 +322,7 @@ def test_analysis_section(a: dict) -> Section:
             "Sensitivity and specificity as the threshold moves, validation dashed and test solid; black line: the "
             "threshold chosen on validation (used for every reported number); dotted: the test set's own Youden "
             "threshold, for diagnosis only.")])
+    s.findings(a["gradcam_failures"])
     if a["gallery"]:
         s.h3("Most confident test errors, with Grad-CAM")
         s.p("Grad-CAM (pytorch-grad-cam) for the positive class on the last convolution of the backbone; red = "
@@ -373,7 +374,8 @@ def methods_section(a: dict, info: dict) -> Section:
     env = run.config.get("environment", {})
     s.table(Table(["software / hardware", "value"], [[k, str(v)] for k, v in env.items()] +
                   [["training device", str(run.config.get("device"))],
-                   ["study wall time (training stage)", f"{info.get('train_seconds', 0):.0f} s"]],
+                   ["training time, all runs", f"{sum(r.metrics['seconds']['total'] for r in a['runs']):.0f} s "
+                                               f"(sum of the runs' total seconds)"]],
                   "From the runs' config.json."))
     return s
 

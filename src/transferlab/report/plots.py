@@ -50,7 +50,7 @@ def _hide_unused(axes, n: int) -> None:
 
 def learning_curves(histories: list[list[dict]], title: str) -> bytes:
     """Train and validation loss and accuracy per epoch: mean over seeds, band = ±1 sd (where >= 2 seeds)."""
-    fig, axes = figure(9, 3.2, 1, 2)
+    fig, axes = figure(7.5, 3.0, 1, 2)
     epochs = max((len(h) for h in histories), default=0)
     for ax, (metric, label) in zip(axes[0], (("loss", "loss (class-weighted CE)"), ("acc", "accuracy"))):
         for split, color in (("train", SPLIT_COLORS["train"]), ("val", SPLIT_COLORS["val"])):

@@ -1,0 +1,106 @@
+"""`export`: a finished run's model as ONNX or TorchScript, with the preprocessing baked into the graph.
+
+The exported graph takes `pixels`, float32 (N, 3, H, W) with values 0..255 (a grayscale image repeated on the
+three channels), resized to H x W without cropping; it applies the run's ImageNet normalisation itself and
+returns `probabilities`, float32 (N, classes) after softmax. The sidecar `<file>.json` documents all of this
+plus the classes, the positive class and the decision threshold the run chose on validation.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import write_json
+from .data.transforms import normalize
+from .errors import TransferlabError
+from .evaluation import load_model
+from .rundir import RunDir
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+OPSET = 17
+
+
+class Deployable(nn.Module):
+    """pixels 0..255 (N, 3, H, W) -> class probabilities: normalisation + model + softmax in one module."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model, self.mean, self.std = model, tuple(mean), tuple(std)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(normalize(pixels, self.mean, self.std)).softmax(1)
+
+
+def export(run_dir, format: str = "onnx", out=None) -> Path:
+    """Write the run's model to `out` (default RUN_DIR/model.onnx or model.pt) and its sidecar `out`.json;
+    returns the model file. ONNX is checked against PyTorch with onnxruntime when that is installed."""
+    if format not in FORMATS:
+        raise TransferlabError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    run = RunDir(run_dir)
+    model, config = load_model(run)
+    metrics = run.read_metrics()
+    size, mean, std = config["model"]["image_size"], config["model"]["mean"], config["model"]["std"]
+    net = Deployable(model, mean, std).eval()
+    out = Path(out) if out else run.path / FORMATS[format]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.rand(2, 3, size, size) * 255
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")   # tracer and deprecation chatter
+        if format == "onnx":
+            torch.onnx.export(net, (example,), str(out), input_names=["pixels"], output_names=["probabilities"],
+                              dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)
+        else:
+            torch.jit.trace(net, example).save(str(out))
+    check = _check_onnx(net, out, example) if format == "onnx" else None
+    write_json(out.with_name(out.name + ".json"), {
+        "file": out.name, "format": format, "opset": OPSET if format == "onnx" else None,
+        "model": config["model"]["name"], "run": str(run.path.resolve()),
+        "input": {"name": "pixels", "dtype": "float32", "shape": ["batch", 3, size, size], "range": [0, 255],
+                  "channels": "RGB; a grayscale image repeated on the 3 channels",
+                  "resize": f"to {size}x{size} px, bilinear with antialiasing, no crop (aspect ratio not kept)"},
+        "normalisation": {"baked_into_graph": True, "formula": "(pixels / 255 - mean) / std", "mean": mean, "std": std},
+        "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(config["data"]["classes"])],
+                   "classes": config["data"]["classes"], "softmax": True},
+        "positive_class": metrics["positive_class"], "threshold": metrics.get("threshold"),
+        "threshold_rule": "predict the positive class when its probability >= threshold (chosen on validation)",
+        "max_abs_diff_vs_pytorch": check,
+    })
+    return out
+
+
+def _check_onnx(net: nn.Module, path: Path, example: torch.Tensor) -> float | None:
+    """Largest difference between onnxruntime's and PyTorch's probabilities on `example` (None: no onnxruntime)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["probabilities"], {"pixels": example.numpy()})[0]
+    with torch.no_grad():
+        want = net(example).numpy()
+    diff = float(abs(got - want).max())
+    if diff > 1e-4:
+        raise TransferlabError(f"{path}: the exported model differs from PyTorch by {diff:.2g} (more than 1e-4)")
+    return diff
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+def add_export_arguments(subparsers) -> None:
+    p = subparsers.add_parser("export", help="a run's model as ONNX or TorchScript, for deployment",
+                              description="Export a finished run's model with normalisation and softmax in the "
+                                          "graph: input float32 pixels 0..255 (N, 3, H, W), output class "
+                                          "probabilities. A sidecar <file>.json records size, mean/std, classes "
+                                          "and the validation-chosen threshold.")
+    p.add_argument("run", help="run directory written by `transferlab train` (or a study's runs/NAME)")
+    p.add_argument("--format", default="onnx", choices=tuple(FORMATS), help="onnx (default) or torchscript")
+    p.add_argument("--out", help="model file to write (default: RUN/model.onnx or RUN/model.pt)")
+
+
+def run_export(args) -> None:
+    path = export(args.run, args.format, args.out)
+    print(f"wrote {path} and {path.name}.json (input: float32 pixels 0..255, normalisation in the graph)")

@@ -1,0 +1,156 @@
+"""`predict`: class probabilities of new images from a finished run, optionally with Grad-CAM overlays.
+
+Images are decoded and resized exactly as in training (`load_images`), normalised with the run's mean/std,
+and classified at the decision threshold the run chose on its validation split.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.discover import IMAGE_EXTENSIONS
+from .data.images import load_images
+from .data.transforms import ImageTensorDataset, normalize
+from .engine import predict_probs, resolve_device
+from .errors import TransferlabError
+from .evaluation import load_model
+from .rundir import RunDir, write_csv
+
+
+def find_images(paths) -> list[Path]:
+    """The given files, plus every image file (by extension, hidden ones left out) under the given folders."""
+    found = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise TransferlabError(f"{p}: no such file or folder")
+    if not found:
+        raise TransferlabError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(map(str, paths))}")
+    return found
+
+
+def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = False, device: str = "auto",
+            progress: bool = False) -> list[dict]:
+    """One row per image: file, prob_<class> for every class, predicted (at the run's validation-chosen
+    threshold), and with cam=True the path of its Grad-CAM overlay PNG (written to cam/ beside `out`).
+    Unreadable files stop with one line naming them, or with skip_bad are left out with a warning.
+    `out`: CSV file to write the rows to."""
+    if cam and out is None:
+        raise TransferlabError("Grad-CAM overlays are written beside the CSV: give out= (--out) as well")
+    run = RunDir(run_dir)
+    model, config = load_model(run)
+    metrics = run.read_metrics()
+    classes, threshold = config["data"]["classes"], metrics.get("threshold")
+    pos = classes.index(metrics["positive_class"])
+    files = find_images(paths)
+    loaded = load_images(files, config["model"]["image_size"], skip_bad=skip_bad, progress=progress)
+    for path, reason in loaded.bad:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    if not loaded.kept:
+        raise TransferlabError("none of the images could be read")
+    mean, std = config["model"]["mean"], config["model"]["std"]
+    dataset = ImageTensorDataset(loaded.pixels, np.zeros(len(loaded.kept)), mean=mean, std=std)
+    probs = predict_probs(model, dataset, device=resolve_device(device), progress=progress)
+    rows = []
+    for i, p in zip(loaded.kept, probs):
+        if threshold is not None and len(classes) == 2:
+            predicted = pos if p[pos] >= threshold else 1 - pos
+        else:
+            predicted = int(p.argmax())
+        rows.append({"file": str(files[i]), **{f"prob_{c}": float(v) for c, v in zip(classes, p)},
+                     "predicted": classes[predicted], "threshold": threshold})
+    if cam:
+        folder = Path(out).parent / "cam"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = pos if len(classes) == 2 else None
+        overlays = gradcam_overlays(model, loaded.pixels, mean=mean, std=std,
+                                    targets=[target if target is not None else classes.index(r["predicted"]) for r in rows])
+        names: set[str] = set()
+        for row, overlay in zip(rows, overlays):
+            name = _unique(Path(row["file"]).stem, names)
+            row["cam"] = str(folder / f"{name}.png")
+            Image.fromarray(overlay).save(row["cam"])
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_csv(Path(out), rows)
+    return rows
+
+
+def _unique(stem: str, taken: set[str]) -> str:
+    name, k = stem, 1
+    while name in taken:
+        k += 1
+        name = f"{stem}-{k}"
+    taken.add(name)
+    return name
+
+
+def gradcam_overlays(model, pixels: np.ndarray, *, mean, std, targets: list[int], batch_size: int = 16) -> list[np.ndarray]:
+    """Grad-CAM of class targets[i] at the backbone's last Conv2d, over each uint8 (C, H, W) image in
+    `pixels`, blended onto the image: uint8 RGB (H, W, 3) at the model's input size."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from .analysis import last_conv
+
+    layer = last_conv(model.backbone)
+    if layer is None:
+        raise TransferlabError(f"{type(model.backbone).__name__} has no Conv2d layer for Grad-CAM")
+    model.cpu().eval().requires_grad_(True)
+    out = []
+    with GradCAM(model=model, target_layers=[layer]) as cam:
+        for start in range(0, len(pixels), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size]))
+            maps = cam(input_tensor=normalize(batch, mean, std),
+                       targets=[ClassifierOutputTarget(t) for t in targets[start:start + batch_size]])
+            rgb = np.broadcast_to(batch.numpy().transpose(0, 2, 3, 1), (*batch.shape[:1], *batch.shape[2:], 3))
+            out += [show_cam_on_image(img.astype(np.float32) / 255, m, use_rgb=True, image_weight=0.55)
+                    for img, m in zip(rgb, maps)]
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as an aligned text table (file, probabilities, prediction)."""
+    columns = [c for c in rows[0] if c.startswith("prob_")]
+    width = min(60, max(len(r["file"]) for r in rows))
+    lines = [f"{'file':<{width}}  " + "  ".join(f"{c[5:]:>10}" for c in columns) + "  predicted"]
+    for r in rows:
+        name = r["file"] if len(r["file"]) <= width else "..." + r["file"][-width + 3:]
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{r[c]:>10.4f}" for c in columns) + f"  {r['predicted']}")
+    return "\n".join(lines)
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+def add_predict_arguments(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="class probabilities of new images (and Grad-CAM overlays)",
+                              description="Classify image files or folders (JPEG, PNG, DICOM, ...) with a finished "
+                                          "run, at the decision threshold it chose on validation. Prints a table "
+                                          "and writes it to --out.")
+    p.add_argument("run", help="run directory written by `transferlab train` (or a study's runs/NAME)")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
+    p.add_argument("--cam", action="store_true", help="also write Grad-CAM overlay PNGs (for the positive class of "
+                                                      "a binary problem) to cam/ beside the CSV")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning instead of stopping")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run_predict(args) -> None:
+    rows = predict(args.run, args.images, cam=args.cam, out=args.out, skip_bad=args.skip_bad, device=args.device,
+                   progress=args.progress)
+    print(format_table(rows))
+    threshold = rows[0]["threshold"]
+    print(f"{len(rows)} image(s)" + (f"; threshold {threshold:.3f} chosen on the run's validation split" if threshold
+                                     is not None else "") + f"; wrote {args.out}" + (
+        f" and {len(rows)} Grad-CAM overlays in {Path(args.out).parent / 'cam'}" if args.cam else ""))

@@ -1,0 +1,165 @@
+"""`study`: a tiny model x strategy x seed grid end to end, resume after an interruption, and the HTML report
+checked as files and in a real headless browser."""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from PIL import Image
+
+from transferlab import analysis
+from transferlab.errors import TransferlabError
+from transferlab.rundir import RunDir, read_csv
+from transferlab.study import StudyConfig, add_study_arguments, read_study_file, run_study, run_study_command
+
+MODELS = ["efficientnet_lite0", "mobilenet_v3_small"]
+SECTIONS = ["section-A", "section-data", "section-B", "section-C", "section-D", "section-E", "section-methods"]
+TRAIN = dict(image_size=64, epochs=2, batch_size=16, max_images=16, val_fraction=0.25, progress=False)
+
+
+@pytest.fixture(scope="module")
+def study(xray_dir, tmp_path_factory):
+    """2 models x 2 strategies x 2 seeds = 8 runs, each a few seconds (mobilenet without ImageNet weights)."""
+    config = StudyConfig(data=str(xray_dir), models=MODELS, strategies=["finetune", "features"], seeds=2,
+                         out=str(tmp_path_factory.mktemp("study") / "s"), split_seed=3, measure_catalog=False,
+                         train=TRAIN, model_overrides={"mobilenet_v3_small": {"weights": "none"}})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(analysis, "N_BOOT", 100)
+        return run_study(config)
+
+
+def test_results_and_summary(study):
+    rows = read_csv(study / "results.csv")
+    assert len(rows) == 8
+    assert {(r["model"], r["strategy"], r["seed"]) for r in rows} == {
+        (m, s, str(k)) for m in MODELS for s in ("finetune", "features") for k in (0, 1)}
+    for key in ("test_accuracy", "test_at_threshold_accuracy", "val_roc_auc", "test_f1", "best_epoch", "threshold",
+                "seconds_fit", "peak_rss_mb", "test_tp", "train_loss"):
+        assert key in rows[0], key
+    summary = read_csv(study / "summary.csv")
+    assert len(summary) == 4 and all(r["seeds"] == "2" for r in summary)
+    assert {"test_at_threshold_accuracy_mean", "test_at_threshold_accuracy_sd", "seconds_fit_mean"} <= set(summary[0])
+    # every run: the study's split seed, its own seed, the same test images (so McNemar pairs are valid)
+    tests = set()
+    for row in rows:
+        run = RunDir(study / row["run"])
+        settings = run.read_config()["settings"]
+        assert settings["split_seed"] == 3 and settings["seed"] == int(row["seed"]) and settings["epochs"] == 2
+        tests.add(tuple(r["file"] for r in read_csv(run.splits) if r["split"] == "test"))
+    assert len(tests) == 1
+    # the study file re-creates the same study
+    again = read_study_file(study / "study.yaml")
+    assert again.models == MODELS and again.seeds == [0, 1] and again.split_seed == 3
+    assert again.train["epochs"] == 2 and again.model_overrides == {"mobilenet_v3_small": {"weights": "none"}}
+    assert (study / "catalog" / "catalog.csv").exists()
+
+
+def test_interrupted_study_resumes_only_the_unfinished_run(study, capsys, monkeypatch):
+    monkeypatch.setattr(analysis, "N_BOOT", 100)
+    victim = RunDir(study / "runs" / "mobilenet_v3_small-finetune-seed1")
+    others = [RunDir(p) for p in (study / "runs").iterdir() if p != victim.path]
+    before = {r.path.name: (r.metrics.stat().st_mtime_ns, r.weights.stat().st_mtime_ns) for r in others}
+    victim.metrics.unlink()
+    victim.weights.unlink()
+    capsys.readouterr()
+    run_study(read_study_file(study / "study.yaml"))
+    out = capsys.readouterr().out
+    assert victim.finished()
+    assert "run 6/8: mobilenet_v3_small finetune seed 1 (resuming)" in out
+    assert out.count("(finished: kept)") == 7
+    after = {r.path.name: (r.metrics.stat().st_mtime_ns, r.weights.stat().st_mtime_ns) for r in others}
+    assert after == before
+    assert len(read_csv(study / "results.csv")) == 8
+
+
+def test_changed_settings_are_refused(study):
+    config = read_study_file(study / "study.yaml")
+    config.train["epochs"] = 3
+    with pytest.raises(TransferlabError, match="other settings.*epochs 2 -> 3"):
+        run_study(config)
+
+
+def test_report_is_self_contained(study):
+    html = (study / "report.html").read_text()
+    for section in SECTIONS:
+        assert f'id="{section}"' in html
+    sources = re.findall(r"<img\s[^>]*src=\"([^\"]+)\"", html)
+    assert len(sources) >= 15
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        Image.open(io.BytesIO(png)).verify()
+    assert not re.search(r"<(script|link|iframe)\b", html)
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)
+    # findings are built from the measured numbers
+    metrics = RunDir(study / "runs" / "efficientnet_lite0-finetune-seed0").read_metrics()
+    assert f"{metrics['test']['at_threshold']['accuracy']:.3f} vs {metrics['val']['at_threshold']['accuracy']:.3f}" in html
+    assert "McNemar" in html and "Grad-CAM" in html
+    md = (study / "report.md").read_text()
+    assert "| model | strategy | seeds | test accuracy |" in md
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed")
+def test_report_renders_in_headless_chromium(study, tmp_path):
+    """Load the page in a real browser: no console errors, no failed loads, every image decoded."""
+    page = tmp_path / "report.html"
+    probe = ("<script>window.addEventListener('load', function () {"
+             "var bad = 0; for (var i = 0; i < document.images.length; i++) {"
+             "var im = document.images[i]; if (!im.complete || im.naturalWidth === 0) bad++; }"
+             "document.title = 'images ' + document.images.length + ' broken ' + bad; });</script>")
+    html = (study / "report.html").read_text()
+    page.write_text(html.replace("</body>", probe + "</body>"))
+    result = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    dom, log = result.stdout, result.stderr
+    assert result.returncode == 0, log[-2000:]
+    for section in SECTIONS:
+        assert f'id="{section}"' in dom
+    n_images = len(re.findall(r"<img\s", html))
+    assert f"<title>images {n_images} broken 0</title>" in dom, re.search(r"<title>.*?</title>", dom)
+    errors = [line for line in log.splitlines() if "Uncaught" in line or "CONSOLE" in line or "net::ERR" in line]
+    assert not errors, errors
+
+
+def test_cli_options_override_the_study_file(tmp_path, monkeypatch):
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
+        "data": "somewhere", "models": ["resnet18"], "seeds": 3, "out": "o", "split_seed": 1,
+        "epochs": 5, "train": {"lr": 0.01}}))
+    parser = argparse.ArgumentParser()
+    add_study_arguments(parser)
+    args = parser.parse_args([str(tmp_path / "study.yaml"), "--models", "resnet18,mobilenet_v3_small",
+                              "--seeds", "0,4", "--epochs", "3", "--split-seed", "7", "--no-catalog"])
+    seen = {}
+    monkeypatch.setattr("transferlab.study.run_study", lambda config: seen.setdefault("config", config))
+    run_study_command(args)
+    config = seen["config"]
+    assert config.models == ["resnet18", "mobilenet_v3_small"] and config.seeds == [0, 4]
+    assert config.split_seed == 7 and config.measure_catalog is False and config.data == "somewhere"
+    assert config.train == {"lr": 0.01, "epochs": 3}
+    assert parser.parse_args(["--seeds", "2"]).seeds == 2
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(strategies="finetune,frozen"), "strategies"),
+    (dict(seeds=0), "at least 1"),
+    (dict(train={"model": "resnet18"}), "cannot set model"),
+    (dict(train={"epoch": 3}), "unknown training setting"),
+])
+def test_bad_study_settings(bad, message):
+    with pytest.raises(TransferlabError, match=message):
+        StudyConfig(**{"data": "d", "models": ["resnet18"], "out": "o", **bad})
