@@ -282,15 +282,19 @@ def _calibration_sentence(cal: dict, pos: str) -> str:
     if bins:
         _, m, f, n = max(bins)
         text += (f"; worst test bin: predicted {m:.2f}, observed {f:.2f} over {n} images "
-                 f"({'over' if m > f else 'under'}-confident for {pos})")
+                 f"(the model {'over' if m > f else 'under'}-states the {pos} probability there)")
     return text + "."
 
 
 def _threshold_sentence(run: Run, tc: dict) -> str:
-    i = int(np.argmin(np.abs(np.array(tc["thresholds"]) - run.threshold)))
-    text = (f"Moving the threshold: at the validation-chosen {run.threshold:.3f}, sensitivity/specificity are "
-            f"{tc['val']['sensitivity'][i]:.3f}/{tc['val']['specificity'][i]:.3f} on validation and "
-            f"{tc['test']['sensitivity'][i]:.3f}/{tc['test']['specificity'][i]:.3f} on test")
+    val, test = run.at("val"), run.at("test")
+    grid = np.array(tc["thresholds"])
+    lo, hi = (int(np.argmin(np.abs(grid - t))) for t in (max(run.threshold - 0.1, 0), min(run.threshold + 0.1, 1)))
+    sens, spec = tc["test"]["sensitivity"], tc["test"]["specificity"]
+    text = (f"Threshold: at the validation-chosen {run.threshold:.3f}, sensitivity/specificity are "
+            f"{val['recall']:.3f}/{val['specificity']:.3f} on validation and {test['recall']:.3f}/"
+            f"{test['specificity']:.3f} on test; moving it from {grid[lo]:.3f} to {grid[hi]:.3f} takes test sensitivity "
+            f"from {sens[lo]:.3f} to {sens[hi]:.3f} and specificity from {spec[lo]:.3f} to {spec[hi]:.3f}")
     if "test_youden_threshold" in tc:
         text += (f"; the test set's own best (Youden) threshold would be {tc['test_youden_threshold']:.3f} "
                  f"({tc['test_youden_sensitivity']:.3f}/{tc['test_youden_specificity']:.3f}; a diagnosis of the shift, "

@@ -9,6 +9,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import signal
 import time
 import warnings
@@ -31,6 +32,7 @@ for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
+warnings.filterwarnings("ignore", ".*exists and is not empty.*")   # checkpoints/ on --resume
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -142,8 +144,10 @@ def make_loader(dataset: Dataset, labels: np.ndarray | None, *, batch_size: int,
         sampler = RandomSampler(dataset)
     # Creating an iterator draws a base seed; from its own generator it leaves the global RNG alone, so the
     # epoch's order does not depend on whether Lightning created the iterator before or after the reseed.
+    # A last training batch of one image is dropped: BatchNorm cannot train on a single value per channel.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=False, generator=torch.Generator())
+                      pin_memory=pin_memory, persistent_workers=False, generator=torch.Generator(),
+                      drop_last=shuffle and len(dataset) % batch_size == 1)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -165,10 +169,17 @@ def load_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain data, which "
-                              f"weights_only=True does not unpickle ({str(exc).splitlines()[-1].strip()})") from None
+                              f"weights_only=True does not unpickle ({_reason(exc)})") from None
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({str(exc).splitlines()[0]}); "
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({_reason(exc)}); "
                               f"delete it to start the run over") from None
+
+
+def _reason(exc: Exception) -> str:
+    """One line out of torch's multi-line load errors."""
+    text = str(exc).strip() or type(exc).__name__
+    match = re.search(r"WeightsUnpickler error: (.*?)(?:\. Please|$)", text, re.M)
+    return match.group(1) if match else text.splitlines()[0]
 
 
 def fit(module: Classifier, train_loader: DataLoader, val_loader: DataLoader, *, checkpoint_dir: Path,

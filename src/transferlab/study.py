@@ -12,6 +12,19 @@ Layout of a study folder:
     results.csv     one row per run: every metric of every split, flattened
     summary.csv     mean and sd over seeds per model x strategy
     report.html     the self-contained report; report.md the same tables in Markdown
+    analysis.json   the measured numbers behind every finding of the report
+
+A study file (`transferlab study study.yaml`; command-line options override it) holds the same settings:
+
+    data: ../shared/data/chest_xray
+    models: [resnet50, mobilenet_v3_large]
+    strategies: [finetune, features]
+    seeds: 3                    # or a list: [0, 1, 2]
+    out: studies/hw4
+    split_seed: 0
+    measure_catalog: true
+    train: {epochs: 5, lr: 0.001}             # any `transferlab train` setting, for every run
+    model_overrides: {resnet50: {batch_size: 16}}
 
 Every run uses the same `split_seed`, so all runs are scored on the same test images and paired tests
 (McNemar) between them are valid; `seed` (initialisation, data order) varies over the seeds.

@@ -75,7 +75,8 @@ def prepare_data(cfg: TrainConfig, image_size: int) -> Prepared:
         raise unreadable_error(bad, total)
     for name, need in (("train", 2), ("val", 2), ("test", 1 if "test" in pixels else 0)):
         if len({s.label for s in samples[name]}) < need:
-            raise TransferlabError(f"the {name} split needs readable images{' of every class' * (need > 1)}; "
+            raise TransferlabError(f"the {name} split needs readable images{' of every class' * (need > 1)}"
+                                   f"{f' ({len(bad)} unreadable images were skipped)' if bad else ''}; "
                                    f"check --data, --val-fraction and --max-images")
     return Prepared(index, splits, pixels, samples, bad, time.perf_counter() - start)
 
@@ -124,12 +125,13 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
     classes = data.index.classes
     pos = positive_index(classes, cfg.positive_class)
     _write_run_start(run, cfg, data, spec, size, pos, device)
-    if data.index.skipped:
-        _warn(f"left out {len(data.index.skipped)} files or folders that are not images of a class: "
-              + "; ".join(f"{path} ({reason})" for path, reason in data.index.skipped[:3])
-              + ("; ... (`transferlab check-data` lists them all)" if len(data.index.skipped) > 3 else ""))
+    skipped = data.index.skipped
+    if skipped:
+        _warn(f"left out {len(skipped)} file{'s' * (len(skipped) > 1)} that are not images of a class: "
+              + "; ".join(f"{path} ({reason})" for path, reason in skipped[:3])
+              + ("; ... (`transferlab check-data` lists them all)" if len(skipped) > 3 else ""))
     if data.bad:
-        _warn(f"skipped {len(data.bad)} unreadable images (listed in {run.bad_files})")
+        _warn(f"skipped {len(data.bad)} unreadable image{'s' * (len(data.bad) > 1)} (listed in {run.bad_files})")
 
     # 2. model, 3. strategy
     seed_all(cfg.seed)

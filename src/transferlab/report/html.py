@@ -14,6 +14,7 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader
 
 from ..analysis import SHIFT_FEATURES, Run, analyze_study
+from ..config import write_json
 from . import plots
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -77,7 +78,13 @@ def write_report(study_dir: str | Path, *, gradcam: bool = True) -> tuple[Path, 
     html_path, md_path = study_dir / "report.html", study_dir / "report.md"
     html_path.write_text(html, encoding="utf-8")
     md_path.write_text(to_markdown(title, sections), encoding="utf-8")
+    write_json(study_dir / "analysis.json", {key: a[key] for key in JSON_KEYS})
     return html_path, md_path
+
+
+# the measured numbers behind every finding, kept as analysis.json beside the report
+JSON_KEYS = ("per_run", "run_findings", "balance", "leakage", "shift", "same_splits", "data_findings", "comparison",
+             "mcnemar", "comparison_findings", "gradcam_failures")
 
 
 def _subtitle(a: dict, info: dict) -> str:
@@ -112,8 +119,9 @@ def _ms(d: dict | None, spec: str = ".3f") -> str:
     return format(d["mean"], spec) + (f" ± {format(d['sd'], spec)}" if d.get("sd") is not None else "")
 
 
-def _ci(ci) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and np.isfinite(ci[0]) else "–"
+def _ci(value, ci) -> str:
+    """The first seed's value and its bootstrap interval: 0.842 [0.811, 0.870]."""
+    return f"{fmt(value)} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and np.isfinite(ci[0]) else "–"
 
 
 # --- sections ---------------------------------------------------------------------------------------------------
@@ -256,20 +264,25 @@ def comparison_section(a: dict) -> Section:
     s = Section("section-D", "D — Comparison of models and strategies")
     rows = []
     for r in a["comparison"]:
-        ci, memory = r.get("ci", {}), _ms(r["peak_rss_mb"], ".0f")
+        ci, first, memory = r.get("ci", {}), r.get("first_seed", {}), _ms(r["peak_rss_mb"], ".0f")
         if r.get("cuda_peak_mb"):
             memory += f" (CUDA {_ms(r['cuda_peak_mb'], '.0f')})"
-        rows.append([r["model"], r["strategy"], str(len(r["seeds"])), _ms(r["accuracy"]), _ci(ci.get("accuracy")),
-                     _ms(r["f1"]), _ci(ci.get("f1")), _ms(r["roc_auc"]), _ci(ci.get("roc_auc")),
+        rows.append([r["model"], r["strategy"], str(len(r["seeds"])),
+                     _ms(r["accuracy"]), _ci(first.get("accuracy"), ci.get("accuracy")),
+                     _ms(r["f1"]), _ci(first.get("f1"), ci.get("f1")),
+                     _ms(r["roc_auc"]), _ci(first.get("roc_auc"), ci.get("roc_auc")),
                      _ms(r["balanced_accuracy"]), _ms(r["fit_seconds"], ".1f"), _ms(r["total_seconds"], ".1f"),
                      memory, fmt(r["trainable_params"], ",d")])
     seed, n_boot = (a["comparison"][0]["ci_seed"], a["comparison"][0]["n_boot"]) if a["comparison"] else (0, 0)
-    s.table(Table(["model", "strategy", "seeds", "test accuracy", "95% CI", "test F1", "95% CI", "test ROC-AUC",
-                   "95% CI", "balanced acc.", "fit s", "total s", "peak RSS MB", "trainable params"], rows,
-                  f"Mean ± sd over seeds. 95% CI: percentile bootstrap ({n_boot} resamples of the test images) of the "
-                  f"first seed's run (seed {seed}) only. Accuracy and F1 at each run's validation threshold. "
-                  f"Times are wall-clock seconds per run (fit = training epochs; total includes decoding and "
-                  f"feature caching); peak RSS is the training process's resident memory."))
+    s.table(Table(["model", "strategy", "seeds", "test accuracy", f"seed {seed} [95% CI]", "test F1",
+                   f"seed {seed} [95% CI]", "test ROC-AUC", f"seed {seed} [95% CI]", "balanced acc.", "fit s",
+                   "total s", "peak RSS MB", "trainable params"], rows,
+                  f"Mean ± sd over seeds; then the first seed's run (seed {seed}) alone, with its 95% CI: percentile "
+                  f"bootstrap ({n_boot} resamples of the test images). Accuracy and F1 at each run's validation "
+                  f"threshold. Times are wall-clock seconds per run (fit = training epochs; total adds decoding, "
+                  f"feature extraction and evaluation). Peak RSS is the study process's peak resident memory at the "
+                  f"end of the run: the runs share one process, so it only grows along the study; CUDA peak memory "
+                  f"is per run, and section A measures each model's memory in isolation."))
     s.findings(a["comparison_findings"])
     tests = a["mcnemar"]
     if tests:
@@ -396,7 +409,8 @@ def to_markdown(title: str, sections: list[Section]) -> str:
             elif kind == "table":
                 lines += _md_table(value)
             elif kind == "images":
-                lines += [f"*Figure (in report.html): {f['caption']}*" for f in value] + [""]
+                for f in value:
+                    lines += [f"*Figure (in report.html): {f['caption']}*", ""]
     return "\n".join(lines)
 
 

