@@ -444,26 +444,29 @@ def probes(args, results: dict, n_classes: int) -> dict:
     # process start-up / import
     def import_time(stmt):
         runs = []
-        for _ in range(3):
+        for _ in range(2):
             t = time.perf_counter()
             subprocess.run([sys.executable, "-c", stmt], check=True, env=env, capture_output=True)
             runs.append(time.perf_counter() - t)
         return statistics.median(runs)
     out["import_s"] = {stmt: import_time(stmt) for stmt in
-                       ("import torch", "import lightning", "import transferlab.training", "import transferlab.cli")}
+                       ("import torch", "import transferlab.training")}
 
     # feature cache key (_digest) on every training image (decoded images from the full run's disk cache)
     full = results.get("full_features")
     if full:
         index, every = subset(args, None)
-        loaded = tl_images.load_images([s.path for s in every["train"]], size,
-                                       cache_dir=Path(full["cache"]) / "images", progress=False)
         seed_all(args.seed)
         model = create_model(args.model, n_classes, weights=args.weights)
-        t = timed(lambda: _digest(loaded.pixels, model.backbone))
-        out["digest"] = {"images": len(loaded.pixels), "seconds": t, "mb": loaded.pixels.nbytes / 2**20,
-                         "share_of_full_run": t / full["wall"]}
-        del loaded
+        t = mb = n = 0
+        for name in ("train", "val"):   # a run hashes each split once
+            px = tl_images.load_images([s.path for s in every[name]], size, cache_dir=Path(full["cache"]) / "images",
+                                       progress=False).pixels
+            t += timed(lambda: _digest(px, model.backbone))
+            mb += px.nbytes / 2**20
+            n += len(px)
+            del px
+        out["digest"] = {"images": n, "seconds": t, "mb": mb, "share_of_full_run": t / full["wall"]}
 
     # Lightning's overhead for the head on cached features: the same steps in a plain loop
     feats = getattr(args, "_features", None)
@@ -550,6 +553,43 @@ def probes(args, results: dict, n_classes: int) -> dict:
     return out
 
 
+def profile_ops(args, n_classes: int, batch: int, top: int = 8) -> dict:
+    """torch.profiler: the top operators by self CPU time of one backbone forward (eager and transferlab's
+    inference_backbone, channels_last, inference_mode) and of one finetune training step (channels_last)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    size = get_spec(args.model).input_size
+    seed_all(args.seed)
+    model = create_model(args.model, n_classes, weights=args.weights).eval().to(memory_format=torch.channels_last)
+    model.backbone.requires_grad_(False)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    out = {}
+
+    def table(fn):
+        fn()   # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events) or 1
+        return {"total_s": total / 1e6, "ops": [(e.key, e.count, e.self_cpu_time_total / 1e6, e.self_cpu_time_total / total)
+                                                for e in events[:top]]}
+    with torch.inference_mode():
+        fused = inference_backbone(model.backbone, x[:1])
+        out["eager forward (features lower bound)"] = table(lambda: model.backbone(x))
+        out["inference_backbone forward (transferlab features)"] = table(lambda: fused(x))
+    model.train().requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    y = torch.randint(0, n_classes, (batch,))
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out["finetune train step (forward + backward + AdamW)"] = table(step)
+    return out
+
+
 # -------------------------------------------------------------------------------------------------- reporting
 
 def fmt_s(x):
@@ -598,6 +638,9 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-precision", default="auto", help="transferlab finetune precision (auto = 32-true on CPU)")
     p.add_argument("--probes", action="store_true", help="also measure single overheads (see the docstring)")
     p.add_argument("--probe-repeats", type=int, default=3)
+    p.add_argument("--profile", action="store_true", help="torch.profiler operator tables of a forward pass and a "
+                                                          "finetune step (batch of --profile-batch images)")
+    p.add_argument("--profile-batch", type=int, default=32)
     p.add_argument("--work-dir", help="where runs and caches go (default: a temporary folder, removed at the end)")
     p.add_argument("--json", help="also write every measurement to this JSON file")
     args = p.parse_args(argv)
@@ -623,6 +666,10 @@ def main(argv=None) -> int:
     print(f"# features: {len(samples['train'])} train + {len(samples['val'])} val images (max-images={args.max_images}), "
           f"{args.epochs} epochs, batch {fbs}; baseline recipe={args.baseline_recipe}, "
           f"baseline workers={args.baseline_workers}; seed {args.seed}; benchmark imports took {IMPORT_SECONDS:.1f} s")
+
+    if args.profile:   # first, in a fresh process state
+        print("\n... profile", flush=True)
+        results["profile"] = profile_ops(args, len(classes), args.profile_batch)
 
     if not args.skip_features:
         print("\n... transferlab features", flush=True)
@@ -743,7 +790,7 @@ def report(args, r: dict) -> None:
             print(f"  import time  python -c '{stmt}': {t:.2f} s")
         if "digest" in pr:
             d = pr["digest"]
-            print(f"  feature-cache key (_digest) over {d['images']} training images ({d['mb']:.0f} MB) + backbone "
+            print(f"  feature-cache key (_digest) over all {d['images']} images ({d['mb']:.0f} MB) + backbone "
                   f"weights: {d['seconds']:.2f} s = {100 * d['share_of_full_run']:.2f} % of the full features run")
         if "head_training" in pr:
             h = pr["head_training"]
@@ -755,6 +802,12 @@ def report(args, r: dict) -> None:
               + ("" if pr["inference_backbone_used"] else " (inference_backbone fell back to the eager backbone)"))
         print("  inference img/s by torch threads: " + ", ".join(f"{k} thread(s) {v:.2f}" for k, v in pr["threads_img_s"].items()))
         print("  augmentation + normalisation img/s: " + "; ".join(f"{k} {v:.1f}" for k, v in pr["augment_img_s"].items()))
+    if r.get("profile"):
+        print(f"\n### profile (torch.profiler, batch of {args.profile_batch} images; self CPU time by operator)")
+        for what, t in r["profile"].items():
+            print(f"  {what}: {t['total_s']:.2f} s")
+            for name, count, secs, share in t["ops"]:
+                print(f"    {name:<40} {count:5d} calls {secs:8.2f} s {100 * share:6.1f} %")
     peak = max([x for x in (full and full["peak_gb"], tl and tl["peak_gb"]) if x] or [float("nan")])
     print(f"\nSUMMARY features_speedup={_f(features_speedup)} finetune_epoch_speedup={_f(finetune_speedup)} "
           f"features_vs_lower_bound={_f(lower_ratio)} peak_rss_gb={_f(full['peak_gb'] if full else peak)}")

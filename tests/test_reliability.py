@@ -32,7 +32,7 @@ from transferlab.training import train
 
 SMALL = ["--model", "mobilenet_v3_small", "--weights", "none", "--strategy", "finetune", "--epochs", "1",
          "--image-size", "32", "--batch-size", "8", "--val-fraction", "0.25", "--no-progress"]
-# 4 epochs of 5 steps; a high learning rate so that the metrics compared below are far from trivial
+# 4 epochs of 5 steps, a high learning rate: every step moves the weights a lot, and they are compared bit for bit
 RESUMABLE = ["--model", "mobilenet_v3_small", "--weights", "none", "--strategy", "finetune", "--epochs", "4",
              "--image-size", "64", "--batch-size", "8", "--val-fraction", "0.25", "--lr", "0.01",
              "--backbone-lr-factor", "1", "--seed", "3", "--no-progress"]
@@ -251,8 +251,7 @@ def reference(xray_dir, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("reference") / "run"
     assert cli.main(["train", "--data", str(xray_dir), "--out", str(out), *RESUMABLE]) == 0
     results = _results(out)
-    assert len(results["history"]) == 4
-    assert len({row["prob_PNEUMONIA"] for row in read_csv(out / "predictions.csv")}) > 10   # not a constant model
+    assert len({row["train_loss"] for row in results["history"]}) == 4   # it trains; the weights say how exactly
     return results
 
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from .errors import TransferlabError
-from .rundir import read_csv
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 SAMPLE = SAMPLE_DIR / "chest_xray_sample"
@@ -21,7 +20,7 @@ DEMO_MODELS = ("efficientnet_lite0", "efficientnet_lite1")
 DEMO_STRATEGIES = ("finetune", "features")
 # Chosen so that the 8 runs fit in a few minutes on 2 CPU cores: the sample keeps its own val/ (100 images)
 # and test/ folders; every run uses the same settings so the strategies are compared like for like.
-DEMO_TRAIN = {"epochs": 3, "batch_size": 16, "image_size": 160, "official_val": "keep"}
+DEMO_TRAIN = {"epochs": 3, "batch_size": 16, "image_size": 128, "official_val": "keep"}
 
 
 def sample_path() -> Path:
@@ -65,6 +64,7 @@ def summary_lines(study_dir, *, wall: float | None = None, cpu: float | None = N
     import json
 
     from .analysis import comparison, group_runs, load_study_runs, mcnemar_tests
+    from .rundir import read_csv
 
     study_dir = Path(study_dir)
     summary = read_csv(study_dir / "summary.csv")
@@ -93,9 +93,11 @@ def summary_lines(study_dir, *, wall: float | None = None, cpu: float | None = N
         lines.append("Features vs finetune: only one strategy was run.")
     counts = first.config["data"]["counts"]
     classes = first.config["data"]["classes"]
+    overlap = first.config["data"]["splits"].get("patient_overlap", {})
     lines.append("Data: " + ", ".join(f"{s} {sum(c)} ({' / '.join(f'{k} {v}' for k, v in zip(classes, c))})"
                                        for s, c in counts.items())
-                 + f"; no patient in two splits; threshold chosen on val (seed {first.seed}: {first.threshold:.3f}).")
+                 + f"; patients in two splits: {sum(overlap.values())}; threshold chosen on val only "
+                   f"(seed {first.seed}: {first.threshold:.3f}).")
     tests = mcnemar_tests(groups)
     significant = [t for t in tests if t["p_value"] < 0.05]
     lines.append(f"Paired McNemar tests on the same {len(first.predictions['test'].y)} test images: "

@@ -10,40 +10,45 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from .config import write_json
-from .data.transforms import normalize
 from .errors import TransferlabError
-from .evaluation import load_model
-from .rundir import RunDir
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 OPSET = 17
 
 
-class Deployable(nn.Module):
+def deployable(model, mean, std):
     """pixels 0..255 (N, 3, H, W) -> class probabilities: normalisation + model + softmax in one module."""
+    from torch import nn
 
-    def __init__(self, model: nn.Module, mean, std):
-        super().__init__()
-        self.model, self.mean, self.std = model, tuple(mean), tuple(std)
+    from .data.transforms import normalize
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(normalize(pixels, self.mean, self.std)).softmax(1)
+    class Deployable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixels):
+            return self.model(normalize(pixels, mean, std)).softmax(1)
+
+    return Deployable().eval()
 
 
 def export(run_dir, format: str = "onnx", out=None) -> Path:
     """Write the run's model to `out` (default RUN_DIR/model.onnx or model.pt) and its sidecar `out`.json;
     returns the model file. ONNX is checked against PyTorch with onnxruntime when that is installed."""
+    import torch
+
+    from .config import write_json
+    from .evaluation import load_model
+    from .rundir import RunDir
+
     if format not in FORMATS:
         raise TransferlabError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
     run = RunDir(run_dir)
     model, config = load_model(run)
     metrics = run.read_metrics()
     size, mean, std = config["model"]["image_size"], config["model"]["mean"], config["model"]["std"]
-    net = Deployable(model, mean, std).eval()
+    net = deployable(model, mean, std)
     out = Path(out) if out else run.path / FORMATS[format]
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(2, 3, size, size) * 255
@@ -72,8 +77,10 @@ def export(run_dir, format: str = "onnx", out=None) -> Path:
     return out
 
 
-def _check_onnx(net: nn.Module, path: Path, example: torch.Tensor) -> float | None:
+def _check_onnx(net, path: Path, example) -> float | None:
     """Largest difference between onnxruntime's and PyTorch's probabilities on `example` (None: no onnxruntime)."""
+    import torch
+
     try:
         import onnxruntime as ort
     except ImportError:

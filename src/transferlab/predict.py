@@ -8,21 +8,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
-from .data.discover import IMAGE_EXTENSIONS
-from .data.images import load_images
-from .data.transforms import ImageTensorDataset, normalize
-from .engine import predict_probs, resolve_device
 from .errors import TransferlabError
-from .evaluation import load_model
-from .rundir import RunDir, write_csv
+
+# torch, Lightning and friends are imported inside the functions, so that the command line stays fast to start
 
 
 def find_images(paths) -> list[Path]:
     """The given files, plus every image file (by extension, hidden ones left out) under the given folders."""
+    from .data.discover import IMAGE_EXTENSIONS
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     found = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -43,6 +38,15 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     threshold), and with cam=True the path of its Grad-CAM overlay PNG (written to cam/ beside `out`).
     Unreadable files stop with one line naming them, or with skip_bad are left out with a warning.
     `out`: CSV file to write the rows to."""
+    import numpy as np
+    from PIL import Image
+
+    from .data.images import load_images
+    from .data.transforms import ImageTensorDataset
+    from .engine import predict_probs, resolve_device
+    from .evaluation import load_model
+    from .rundir import RunDir, write_csv
+
     if cam and out is None:
         raise TransferlabError("Grad-CAM overlays are written beside the CSV: give out= (--out) as well")
     run = RunDir(run_dir)
@@ -70,9 +74,8 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     if cam:
         folder = Path(out).parent / "cam"
         folder.mkdir(parents=True, exist_ok=True)
-        target = pos if len(classes) == 2 else None
-        overlays = gradcam_overlays(model, loaded.pixels, mean=mean, std=std,
-                                    targets=[target if target is not None else classes.index(r["predicted"]) for r in rows])
+        targets = [pos if len(classes) == 2 else classes.index(r["predicted"]) for r in rows]
+        overlays = gradcam_overlays(model, loaded.pixels, mean=mean, std=std, targets=targets)
         names: set[str] = set()
         for row, overlay in zip(rows, overlays):
             name = _unique(Path(row["file"]).stem, names)
@@ -93,14 +96,17 @@ def _unique(stem: str, taken: set[str]) -> str:
     return name
 
 
-def gradcam_overlays(model, pixels: np.ndarray, *, mean, std, targets: list[int], batch_size: int = 16) -> list[np.ndarray]:
+def gradcam_overlays(model, pixels, *, mean, std, targets: list[int], batch_size: int = 16) -> list:
     """Grad-CAM of class targets[i] at the backbone's last Conv2d, over each uint8 (C, H, W) image in
     `pixels`, blended onto the image: uint8 RGB (H, W, 3) at the model's input size."""
+    import numpy as np
+    import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from .analysis import last_conv
+    from .data.transforms import normalize
 
     layer = last_conv(model.backbone)
     if layer is None:

@@ -71,8 +71,9 @@ class FixedFeatures:
         if path is not None and path.exists():
             feats = load_file(path)["features"]
         else:
+            fast = self._inference_backbone(model, pixels, mean, std, device)
             feats = extract_features(model, pixels, mean=mean, std=std, device=device, progress=progress,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, backbone=fast)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
@@ -83,22 +84,37 @@ class FixedFeatures:
             self._memory.popitem(last=False)
         return feats
 
+    def _inference_backbone(self, model: TransferModel, pixels: np.ndarray, mean, std, device) -> nn.Module | None:
+        """inference_backbone(model.backbone), made and checked once per strategy instance (one run), not per split."""
+        known = getattr(self, "_inference", None)
+        if known is not None and known[0] is model.backbone:
+            return known[1]
+        if len(pixels) == 0:
+            return None
+        model.backbone.eval().to(device).to(memory_format=torch.channels_last)
+        example = _channels_last(normalize(torch.from_numpy(np.ascontiguousarray(pixels[:1])), mean, std).to(device))
+        with torch.inference_mode():
+            fast = inference_backbone(model.backbone, example, device=device)
+        self._inference = (model.backbone, fast)
+        return fast
+
 
 @torch.inference_mode()
 def extract_features(model: TransferModel, pixels: np.ndarray, *, mean, std, device: torch.device,
-                     progress: bool = True, batch_size: int = 64) -> torch.Tensor:
+                     progress: bool = True, batch_size: int = 64, backbone: nn.Module | None = None) -> torch.Tensor:
     """One forward pass of the frozen backbone (eval mode) over uint8 images -> float32 features on CPU.
 
     The pass runs on `inference_backbone(model.backbone)`: a copy with BatchNorm folded into the convolutions,
     symmetric 'same' padding folded into them and in-place activations (checked against the original backbone
-    on the first batch; the original is used when they differ or the copy cannot be made). The model itself is
-    not modified."""
+    on the first image; the original is used when they differ or the copy cannot be made). The model itself is
+    not modified. `backbone`: such a copy made earlier for the same model (skips making and checking it)."""
     images = torch.from_numpy(np.ascontiguousarray(pixels))
     if len(images) == 0:
         return torch.zeros(0, model.feature_dim)
     model.backbone.eval().to(device).to(memory_format=torch.channels_last)
     first = _channels_last(normalize(images[:batch_size], mean, std).to(device))
-    backbone = inference_backbone(model.backbone, first[:2], device=device)
+    if backbone is None:
+        backbone = inference_backbone(model.backbone, first[:1], device=device)
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, leave=False):
         x = first if start == 0 else _channels_last(normalize(images[start:start + batch_size], mean, std).to(device))

@@ -73,18 +73,20 @@ _ARCH_KWARGS = {
     "googlenet": lambda meta: _INCEPTION_KWARGS,
     "inception": lambda meta: _INCEPTION_KWARGS,
 }
-# Fixes torchvision applies to a checkpoint before loading it (densenet's files use pre-0.4 key names).
+_AUX_HEADS = ("AuxLogits", "aux1", "aux2")   # Inception v3 / GoogLeNet auxiliary classifiers
 _DENSENET_OLD_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
 def _rename_densenet_keys(state_dict: dict) -> dict:
+    """torchvision's densenet files use pre-0.4 key names (norm.1 for norm1); rename as torchvision does."""
     for key in list(state_dict):
         if match := _DENSENET_OLD_KEY.match(key):
             state_dict[match.group(1) + match.group(2)] = state_dict.pop(key)
     return state_dict
 
 
-_STATE_DICT_FIXES = {"densenet": _rename_densenet_keys}
-_AUX_HEADS = ("AuxLogits", "aux1", "aux2")   # Inception v3 / GoogLeNet auxiliary classifiers
+_STATE_DICT_FIXES = {"densenet": _rename_densenet_keys}   # applied to a checkpoint before loading it
 
 
 def _family(name: str) -> str:
