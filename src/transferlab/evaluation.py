@@ -48,7 +48,11 @@ def load_model(run_dir: str | Path) -> tuple[TransferModel, dict]:
         state = load_file(str(run.weights))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{run.weights}: cannot be loaded ({exc})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:   # tensors of the wrong shape
+        raise CheckpointError(f"{run.weights} does not match model {config['model']['name']}: "
+                              f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from None
     if missing or unexpected:
         raise CheckpointError(f"{run.weights} does not match model {config['model']['name']}: "
                               f"{len(missing)} missing and {len(unexpected)} unexpected tensors")
