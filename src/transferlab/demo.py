@@ -54,63 +54,63 @@ def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, 
         shutil.rmtree(out / "cache", ignore_errors=True)
     lines = summary_lines(out, wall=time.perf_counter() - start, cpu=_cpu_seconds() - cpu)
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
-    print("\n" + "\n".join(lines) + f"\nreport: {(out / 'report.html').resolve()}", flush=True)
+    print("\n" + "\n".join(lines) + f"\nOpen the report: {(out / 'report.html').resolve().as_uri()}", flush=True)
     return out
 
 
 def summary_lines(study_dir, *, wall: float | None = None, cpu: float | None = None) -> list[str]:
-    """Five lines from the study's summary.csv and results.csv: best model x strategy with its 95% CIs,
-    features vs finetune, the data, the paired tests, and where the time went."""
+    """Five lines, read from what the study wrote (summary.csv, results.csv, analysis.json, study.json): the best
+    model x strategy with its 95% CIs, features vs finetune, the data, the paired tests, where the time went."""
     import json
 
-    from .analysis import comparison, group_runs, load_study_runs, mcnemar_tests
-    from .rundir import read_csv
+    from .rundir import RunDir, read_csv
 
     study_dir = Path(study_dir)
-    summary = read_csv(study_dir / "summary.csv")
-    results = read_csv(study_dir / "results.csv")
+    summary, results = read_csv(study_dir / "summary.csv"), read_csv(study_dir / "results.csv")
+    analysis = json.loads((study_dir / "analysis.json").read_text())
     info = json.loads((study_dir / "study.json").read_text())
-    groups = group_runs(load_study_runs(study_dir, info["runs"]))
-    auc = {(r["model"], r["strategy"]): _f(r.get("test_roc_auc_mean")) for r in summary}
     best = max(summary, key=lambda r: _f(r.get("test_roc_auc_mean"), -1.0))
-    key = (best["model"], best["strategy"])
-    row = comparison({key: groups[key]})[0]
-    ci = row.get("ci", {})
-    first = groups[key][0]
-    lines = [f"Best: {key[0]} {key[1]}: test AUC {_ms(best, 'test_roc_auc')}, accuracy "
+    row = next(r for r in analysis["comparison"] if (r["model"], r["strategy"]) == (best["model"], best["strategy"]))
+    ci, first = row.get("ci") or {}, row.get("first_seed") or {}
+    n_test = int(_f(best["test_n_mean"]))
+    lines = [f"Best: {best['model']} {best['strategy']}: test AUC {_ms(best, 'test_roc_auc')}, accuracy "
              f"{_ms(best, 'test_at_threshold_accuracy')} at the validation-chosen threshold (mean ± sd over "
-             f"{best['seeds']} seed(s)); seed {first.seed}: AUC {_ci(row['first_seed']['roc_auc'], ci.get('roc_auc'))}, "
-             f"accuracy {_ci(row['first_seed']['accuracy'], ci.get('accuracy'))} (95% bootstrap CI over "
-             f"{len(first.predictions['test'].y)} test images)."]
+             f"{best['seeds']} seed(s)); 95% CI (seed {row.get('ci_seed')}, bootstrap over {n_test} test images): "
+             f"AUC {_ci(first.get('roc_auc'), ci.get('roc_auc'))}, accuracy {_ci(first.get('accuracy'), ci.get('accuracy'))}."]
+
+    auc = {(r["model"], r["strategy"]): _f(r.get("test_roc_auc_mean")) for r in summary}
+    models = list(dict.fromkeys(m for m, _ in auc))
     pairs = [f"{m} {auc[(m, 'features')]:.3f} vs {auc[(m, 'finetune')]:.3f}"
-             for m in dict.fromkeys(m for m, _ in auc) if (m, "features") in auc and (m, "finetune") in auc]
+             for m in models if (m, "features") in auc and (m, "finetune") in auc]
     fit = {s: [_f(r["seconds_fit"]) for r in results if r["strategy"] == s] for s in ("features", "finetune")}
-    if pairs:
-        lines.append(f"Features vs finetune, mean test AUC: {'; '.join(pairs)}; fitting took "
-                     f"{sum(fit['features']) / len(fit['features']):.0f} s vs "
-                     f"{sum(fit['finetune']) / len(fit['finetune']):.0f} s per run.")
-    else:
-        lines.append("Features vs finetune: only one strategy was run.")
-    counts = first.config["data"]["counts"]
-    classes = first.config["data"]["classes"]
-    overlap = first.config["data"]["splits"].get("patient_overlap", {})
-    lines.append("Data: " + ", ".join(f"{s} {sum(c)} ({' / '.join(f'{k} {v}' for k, v in zip(classes, c))})"
-                                       for s, c in counts.items())
-                 + f"; patients in two splits: {sum(overlap.values())}; threshold chosen on val only "
-                   f"(seed {first.seed}: {first.threshold:.3f}).")
-    tests = mcnemar_tests(groups)
+    lines.append(f"Features vs finetune, mean test AUC: {'; '.join(pairs)}; fitting took "
+                 f"{sum(fit['features']) / len(fit['features']):.0f} s vs {sum(fit['finetune']) / len(fit['finetune']):.0f} "
+                 f"s per run." if pairs else "Features vs finetune: only one strategy was run.")
+
+    data = RunDir(study_dir / results[0]["run"]).read_config()["data"]
+    overlap = sum(data["splits"].get("patient_overlap", {}).values())
+    lines.append("Data: " + ", ".join(f"{split} {sum(c)} ({' / '.join(f'{k} {v}' for k, v in zip(data['classes'], c))})"
+                                       for split, c in data["counts"].items())
+                 + f" images; patients in two splits: {overlap}; thresholds chosen on val only.")
+
+    tests = analysis.get("mcnemar") or []
     significant = [t for t in tests if t["p_value"] < 0.05]
-    lines.append(f"Paired McNemar tests on the same {len(first.predictions['test'].y)} test images: "
-                 f"{len(significant)} of {len(tests)} comparisons differ at p < 0.05"
-                 + (f", e.g. {significant[0]['a']} vs {significant[0]['b']} (seed {significant[0]['seed']}, "
-                    f"p={significant[0]['p_value']:.2g})." if significant else
-                    " (at this sample size, differences of a few points are not significant)."))
-    runs_s = {s: sum(_f(r["seconds_total"]) for r in results if r["strategy"] == s) for s in dict.fromkeys(r["strategy"] for r in results)}
-    train_s = _f(info.get("train_seconds"))
-    time_line = "Time: " + (f"{wall:.0f} s wall" if wall is not None else "")
-    time_line += f" (runs: {', '.join(f'{s} {v:.0f} s' for s, v in runs_s.items())}; catalogue and overhead " \
-                 f"{train_s - sum(runs_s.values()):.0f} s" + (f"; analysis and report {wall - train_s:.0f} s" if wall else "") + ")"
-    lines.append(time_line + (f"; {cpu:.0f} CPU-seconds." if cpu is not None else "."))
+    lines.append(f"Paired McNemar tests on the same {n_test} test images: {len(significant)} of {len(tests)} "
+                 f"comparisons differ at p < 0.05" + (
+                     f", e.g. {significant[0]['a']} vs {significant[0]['b']} (seed {significant[0]['seed']}, "
+                     f"p={significant[0]['p_value']:.2g})." if significant else
+                     f" (with {n_test} test images, differences of a few points are within chance)."))
+
+    runs = {s: sum(_f(r["seconds_total"]) for r in results if r["strategy"] == s)
+            for s in dict.fromkeys(r["strategy"] for r in results)}
+    parts = [f"runs: {', '.join(f'{s} {v:.0f} s' for s, v in runs.items())}"]
+    study_s = _f(info.get("seconds"))   # the runs and the catalogue; the analysis and report come after
+    if study_s == study_s:
+        parts.append(f"catalogue {study_s - sum(runs.values()):.0f} s")
+        if wall is not None:
+            parts.append(f"analysis and report {wall - study_s:.0f} s")
+    lines.append("Time: " + (f"{wall:.0f} s wall" if wall is not None else "")
+                 + f" ({'; '.join(parts)})" + (f"; {cpu:.0f} CPU-seconds." if cpu is not None else "."))
     return lines
 
 

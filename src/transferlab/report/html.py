@@ -246,8 +246,10 @@ def strategy_section(a: dict, strategy: str) -> Section:
     for (model, _), runs in groups.items():
         first = runs[0]
         s.h3(f"{model} — {strategy}")
-        figures = [(plots.learning_curves([r.history for r in runs], f"{model} {strategy}"),
-                    "Learning curves: training and validation loss and accuracy per epoch.")]
+        best = [int(r.metrics["best_epoch"]) for r in runs if r.metrics.get("best_epoch")]
+        figures = [(plots.learning_curves([r.history for r in runs], f"{model} {strategy}", best),
+                    "Learning curves: training and validation loss and accuracy per epoch; dotted: the best "
+                    "epoch (on validation), whose weights each run keeps.")]
         if first.binary:
             cm = first.at("test")["confusion_matrix"]
             curves = [(f"seed {r.seed}", r.predictions["test"].y, r.predictions["test"].prob) for r in runs
@@ -271,16 +273,17 @@ def comparison_section(a: dict) -> Section:
                      _ms(r["accuracy"]), _ci(first.get("accuracy"), ci.get("accuracy")),
                      _ms(r["f1"]), _ci(first.get("f1"), ci.get("f1")),
                      _ms(r["roc_auc"]), _ci(first.get("roc_auc"), ci.get("roc_auc")),
-                     _ms(r["balanced_accuracy"]), _ms(r["fit_seconds"], ".1f"), _ms(r["total_seconds"], ".1f"),
+                     _ms(r["balanced_accuracy"]), _ms(r["train_seconds"], ".1f"), _ms(r["total_seconds"], ".1f"),
                      memory, fmt(r["trainable_params"], ",d")])
     seed, n_boot = (a["comparison"][0]["ci_seed"], a["comparison"][0]["n_boot"]) if a["comparison"] else (0, 0)
     s.table(Table(["model", "strategy", "seeds", "test accuracy", f"seed {seed} [95% CI]", "test F1",
-                   f"seed {seed} [95% CI]", "test ROC-AUC", f"seed {seed} [95% CI]", "balanced acc.", "fit s",
+                   f"seed {seed} [95% CI]", "test ROC-AUC", f"seed {seed} [95% CI]", "balanced acc.", "train s",
                    "total s", "peak RSS MB", "trainable params"], rows,
                   f"Mean ± sd over seeds; then the first seed's run (seed {seed}) alone, with its 95% CI: percentile "
                   f"bootstrap ({n_boot} resamples of the test images). Accuracy and F1 at each run's validation "
-                  f"threshold. Times are wall-clock seconds per run (fit = training epochs; total adds decoding, "
-                  f"feature extraction and evaluation). Peak RSS is the study process's peak resident memory at the "
+                  f"threshold. Times are wall-clock seconds per run: train = preparing the inputs (for features: the frozen "
+                  f"backbone's one pass over the images, cached and reused by later seeds) + the training epochs; "
+                  f"total adds decoding and evaluation. Peak RSS is the study process's peak resident memory at the "
                   f"end of the run: the runs share one process, so it only grows along the study; CUDA peak memory "
                   f"is per run, and section A measures each model's memory in isolation."))
     s.findings(a["comparison_findings"])
@@ -293,8 +296,8 @@ def comparison_section(a: dict) -> Section:
                       "validation threshold: fine-tune vs features per model, and model vs model per strategy."))
     else:
         s.p("No paired McNemar test: the study needs two strategies or two models.")
-    points = [{"label": f"{r['model']} {r['strategy']}", "strategy": r["strategy"], "x": r["fit_seconds"]["mean"],
-               "x_sd": r["fit_seconds"]["sd"], "y": r["accuracy"]["mean"], "y_sd": r["accuracy"]["sd"]}
+    points = [{"label": f"{r['model']} {r['strategy']}", "strategy": r["strategy"], "x": r["train_seconds"]["mean"],
+               "x_sd": r["train_seconds"]["sd"], "y": r["accuracy"]["mean"], "y_sd": r["accuracy"]["sd"]}
               for r in a["comparison"]]
     s.image(plots.accuracy_vs_time(points), "Test accuracy vs training time (error bars: sd over seeds).")
     return s

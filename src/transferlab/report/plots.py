@@ -8,6 +8,7 @@ import math
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn import metrics as skm
 
 DPI = 90
@@ -48,8 +49,9 @@ def _hide_unused(axes, n: int) -> None:
         ax.set_visible(False)
 
 
-def learning_curves(histories: list[list[dict]], title: str) -> bytes:
-    """Train and validation loss and accuracy per epoch: mean over seeds, band = ±1 sd (where >= 2 seeds)."""
+def learning_curves(histories: list[list[dict]], title: str, best_epochs: list[int] = ()) -> bytes:
+    """Train and validation loss and accuracy per epoch: mean over seeds, band = ±1 sd (where >= 2 seeds);
+    grey dotted lines at each seed's best (selected) epoch."""
     fig, axes = figure(7.5, 3.0, 1, 2)
     epochs = max((len(h) for h in histories), default=0)
     for ax, (metric, label) in zip(axes[0], (("loss", "loss (class-weighted CE)"), ("acc", "accuracy"))):
@@ -66,7 +68,11 @@ def learning_curves(histories: list[list[dict]], title: str) -> bytes:
             ax.plot(x, mean, marker="o", ms=3, color=color, label=split)
             if len(histories) > 1:
                 ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.2)
+        for i, best in enumerate(sorted(set(best_epochs))):
+            ax.axvline(best, color="grey", ls=":", lw=1, label="best epoch" if i == 0 else None)
         ax.set_xlabel("epoch")
+        ax.set_xlim(0.5, max(epochs, 1) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=min(max(epochs, 1), 10), integer=True, min_n_ticks=1))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -124,7 +130,7 @@ def accuracy_vs_time(points: list[dict]) -> bytes:
     xs = [p["x"] for p in points if p["x"] > 0]
     if xs and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
-    ax.set_xlabel("training time per run (s, fit; mean ± sd over seeds)")
+    ax.set_xlabel("training time per run (s: feature extraction + epochs; mean ± sd over seeds)")
     ax.set_ylabel("test accuracy at the validation threshold")
     ax.set_title("accuracy vs training time (o fine-tune, □ frozen features)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -165,7 +171,7 @@ def threshold_curves(panels: list[tuple[str, dict]]) -> bytes:
         ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel="threshold")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower center")
+        ax.legend(fontsize=6, loc="center left")   # sensitivity is high and specificity low there
     _hide_unused(axes, len(panels))
     return to_png(fig)
 
