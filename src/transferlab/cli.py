@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--manifest")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    from .demo import add_demo_arguments
+    from .export import add_export_arguments
+    from .predict import add_predict_arguments
+    for add_arguments in (add_demo_arguments, add_predict_arguments, add_export_arguments):
+        add_arguments(sub)
     return parser
 
 
@@ -190,7 +196,25 @@ def run_check_data(args) -> None:
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
 
 
-COMMANDS = {"train": run_train, "study": run_study, "evaluate": run_evaluate, "models": run_models, "check-data": run_check_data}
+def run_demo(args) -> None:
+    from .demo import run_demo_command
+
+    run_demo_command(args)
+
+
+def run_predict(args) -> None:
+    from .predict import run_predict as run
+
+    run(args)
+
+
+def run_export(args) -> None:
+    from .export import run_export as run
+
+    run(args)
+
+
+COMMANDS = {"demo": run_demo, "predict": run_predict, "export": run_export, "train": run_train, "study": run_study, "evaluate": run_evaluate, "models": run_models, "check-data": run_check_data}
 
 
 def main(argv: list[str] | None = None) -> int:
