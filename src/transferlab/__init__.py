@@ -7,6 +7,9 @@ The public API (imported lazily, so `transferlab --help` stays fast):
     load_model(run_dir) -> (TransferModel, config)                   the trained model, safely loaded
     create_model(name, num_classes, weights="default")               an ImageNet model with a new head
     catalog(names, measure=True) -> list[CatalogEntry]               Task A: the model table
+    run_study(StudyConfig(data=..., models=[...], out=...)) -> Path  Tasks B-E and report.html
+    predict(run_dir, paths, cam=False) / export(run_dir, "onnx")     use a trained model
+    run_demo(out="demo-out")                                         the whole study on the bundled sample
     TrainConfig                                                      every training setting
 """
 from importlib import import_module
@@ -16,7 +19,8 @@ __version__ = "0.1.0"
 _API = {
     "train": "training", "TrainConfig": "config", "evaluate": "evaluation", "load_model": "evaluation",
     "create_model": "models.heads", "list_models": "models.registry", "get_spec": "models.registry",
-    "catalog": "catalog", "check_data": "data.check", "RunDir": "rundir", "TransferlabError": "errors",
+    "catalog": "catalog", "run_study": "study", "StudyConfig": "study", "write_report": "report",
+    "predict": "predict", "export": "export", "run_demo": "demo", "check_data": "data.check", "RunDir": "rundir", "TransferlabError": "errors",
 }
 
 

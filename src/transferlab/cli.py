@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: run the same command with --resume to continue from the last checkpoint", file=sys.stderr)
+        again = ("run the same command again to continue (finished runs are kept)" if args.command in ("study", "demo")
+                 else "run the same command with --resume to continue from the last checkpoint")
+        print(f"interrupted: {again}", file=sys.stderr)
         return 130
     return 0
 

@@ -124,7 +124,8 @@ def accuracy_vs_time(points: list[dict]) -> bytes:
     ax = axes[0, 0]
     markers = {"finetune": "o", "features": "s"}
     for p in points:
-        ax.errorbar(p["x"], p["y"], xerr=p.get("x_sd") or 0, yerr=p.get("y_sd") or 0,
+        x_sd = p.get("x_sd") or 0
+        ax.errorbar(p["x"], p["y"], xerr=[[min(x_sd, p["x"])], [x_sd]], yerr=p.get("y_sd") or 0,   # no time < 0
                     fmt=markers.get(p["strategy"], "o"), capsize=3, label=p["label"])
         ax.annotate(p["label"], (p["x"], p["y"]), fontsize=7, xytext=(5, 4), textcoords="offset points")
     xs = [p["x"] for p in points if p["x"] > 0]
