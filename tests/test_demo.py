@@ -33,6 +33,7 @@ def test_run_demo_fast(tmp_path, capsys, monkeypatch):
     study = run_demo(out, models=("efficientnet_lite0",), seeds=1, epochs=1, image_size=64, max_images=60,
                      measure_catalog=False, progress=False)
     assert (study / "report.html").exists() and not (study / "cache").exists()
+    assert not list(study.glob("runs/*/checkpoints")) and len(list(study.glob("runs/*/model.safetensors"))) == 2
     printed = capsys.readouterr().out
     assert "report:" in printed and "Best: efficientnet_lite0" in printed
     lines = (study / "summary.txt").read_text().splitlines()
