@@ -1,11 +1,13 @@
 """The bundled sample (real, patient-disjoint, licensed) and a fast `run_demo`."""
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from transferlab.data.discover import discover
 from transferlab.data.split import make_splits
-from transferlab.demo import SAMPLE_DIR, run_demo, sample_path
+from transferlab.demo import SAMPLE_DIR, add_demo_arguments, run_demo, sample_path
 from transferlab.errors import TransferlabError
 from transferlab.rundir import read_csv
 
@@ -40,3 +42,11 @@ def test_run_demo_fast(tmp_path, capsys, monkeypatch):
     assert len(lines) == 5 and lines[1].startswith("Features vs finetune")
     with pytest.raises(TransferlabError, match="not empty"):
         run_demo(out)
+
+
+def test_demo_command_line():
+    parser = argparse.ArgumentParser()
+    add_demo_arguments(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["demo"])
+    assert (args.out, args.device, args.threads, args.progress) == ("demo-out", "auto", None, True)
+    assert parser.parse_args(["demo", "--out", "d", "--threads", "1", "--no-progress"]).threads == 1

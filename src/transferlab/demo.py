@@ -31,9 +31,12 @@ def sample_path() -> Path:
 
 
 def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, seeds: int = 2,
-             measure_catalog: bool = True, progress: bool = True, **train) -> Path:
+             measure_catalog: bool = True, progress: bool = True, threads: int | None = None, **train) -> Path:
     """Run the demo study into `out` (which must not exist yet, or be empty), print the report's path and a
-    five-line summary, and return the study folder. `train` overrides DEMO_TRAIN (e.g. epochs=1 for tests)."""
+    five-line summary, and return the study folder. `train` overrides DEMO_TRAIN (e.g. epochs=1 for tests);
+    `threads` sets torch's CPU threads (default: torch's own choice, one per core)."""
+    import torch
+
     from .study import StudyConfig, run_study
 
     out = Path(out)
@@ -45,6 +48,8 @@ def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, 
     print(f"demo: {len(models)} model(s) x {len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'} x "
           f"{seeds} seed(s) on the bundled sample ({n['train']} train / {n['val']} val / {n['test']} test chest "
           f"X-rays, CC BY 4.0, {SAMPLE_DIR / 'LICENSE.md'})", flush=True)
+    if threads:
+        torch.set_num_threads(threads)
     start, cpu = time.perf_counter(), _cpu_seconds()
     config = StudyConfig(data=str(sample_path()), models=list(models), strategies=list(strategies), seeds=seeds,
                          out=str(out), measure_catalog=measure_catalog, train=settings)
@@ -86,7 +91,7 @@ def summary_lines(study_dir, *, wall: float | None = None, cpu: float | None = N
              for m in models if (m, "features") in auc and (m, "finetune") in auc]
     fit = {s: [_f(r["seconds_fit"]) for r in results if r["strategy"] == s] for s in ("features", "finetune")}
     lines.append(f"Features vs finetune, mean test AUC: {'; '.join(pairs)}; fitting took "
-                 f"{sum(fit['features']) / len(fit['features']):.0f} s vs {sum(fit['finetune']) / len(fit['finetune']):.0f} "
+                 f"{sum(fit['features']) / len(fit['features']):.1f} s vs {sum(fit['finetune']) / len(fit['finetune']):.1f} "
                  f"s per run." if pairs else "Features vs finetune: only one strategy was run.")
 
     data = RunDir(study_dir / results[0]["run"]).read_config()["data"]
@@ -99,8 +104,7 @@ def summary_lines(study_dir, *, wall: float | None = None, cpu: float | None = N
     significant = [t for t in tests if t["p_value"] < 0.05]
     lines.append(f"Paired McNemar tests on the same {n_test} test images: {len(significant)} of {len(tests)} "
                  f"comparisons differ at p < 0.05" + (
-                     f", e.g. {significant[0]['a']} vs {significant[0]['b']} (seed {significant[0]['seed']}, "
-                     f"p={significant[0]['p_value']:.2g})." if significant else
+                     f", e.g. {_mcnemar(significant[0])}." if significant else
                      f" (with {n_test} test images, differences of a few points are within chance)."))
 
     runs = {s: sum(_f(r["seconds_total"]) for r in results if r["strategy"] == s)
@@ -111,9 +115,15 @@ def summary_lines(study_dir, *, wall: float | None = None, cpu: float | None = N
         parts.append(f"catalogue {study_s - sum(runs.values()):.0f} s")
         if wall is not None:
             parts.append(f"analysis and report {wall - study_s:.0f} s")
-    lines.append("Time: " + (f"{wall:.0f} s wall" if wall is not None else "")
-                 + f" ({'; '.join(parts)})" + (f"; {cpu:.0f} CPU-seconds." if cpu is not None else "."))
+    head = f"Time: {wall:.0f} s wall" if wall is not None else "Time"
+    lines.append(f"{head} ({'; '.join(parts)})" + (f"; {cpu:.0f} CPU-seconds." if cpu is not None else "."))
     return lines
+
+
+def _mcnemar(t: dict) -> str:
+    better = t["a"] if t["only_a_correct"] > t["only_b_correct"] else t["b"]
+    return (f"{t['a']} vs {t['b']}, seed {t['seed']}: {better} better ({t['only_a_correct']} vs "
+            f"{t['only_b_correct']} images only one got right, p={t['p_value']:.2g})")
 
 
 def _f(value, default: float = float("nan")) -> float:
@@ -147,8 +157,10 @@ def add_demo_arguments(subparsers) -> None:
                                           "CPU), then writes the catalogue, the analysis and report.html.")
     p.add_argument("--out", default="demo-out", help="folder to write (must not exist yet; default: demo-out)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; on a busy shared "
+                                               "machine --threads 1 can be several times faster)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def run_demo_command(args) -> None:
-    run_demo(args.out, device=args.device, progress=args.progress)
+    run_demo(args.out, device=args.device, progress=args.progress, threads=args.threads)
