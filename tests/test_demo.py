@@ -7,7 +7,7 @@ import pytest
 
 from transferlab.data.discover import discover
 from transferlab.data.split import make_splits
-from transferlab.demo import SAMPLE_DIR, add_demo_arguments, run_demo, sample_path
+from transferlab.demo import SAMPLE_DIR, _interrupted_demo, add_demo_arguments, run_demo, sample_path
 from transferlab.errors import TransferlabError
 from transferlab.rundir import read_csv
 
@@ -40,8 +40,14 @@ def test_run_demo_fast(tmp_path, capsys, monkeypatch):
     assert "report:" in printed and "Best: efficientnet_lite0" in printed
     lines = (study / "summary.txt").read_text().splitlines()
     assert len(lines) == 5 and lines[1].startswith("Features vs finetune")
-    with pytest.raises(TransferlabError, match="not empty"):
+    with pytest.raises(TransferlabError, match="finished demo"):
         run_demo(out)
+    (study / "summary.txt").unlink()   # as if interrupted before the end: run_demo(out) would continue it
+    assert _interrupted_demo(study) and not _interrupted_demo(tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(TransferlabError, match="other files"):
+        run_demo(tmp_path / "other")
 
 
 def test_demo_command_line():

