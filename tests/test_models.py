@@ -217,3 +217,56 @@ def test_catalog_static_pareto_and_budget():
     text = " ".join(recommend(entries, max_params=20_000_000))
     assert "mobilenet_v3_large" in text and "resnet50 (" not in text
     assert recommend(entries, max_params=10)[0].startswith("No model fits the budget")
+
+
+def test_inference_model_computes_the_same_function():
+    from transferlab.strategies import inference_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 2, weights="none").eval()
+    x = torch.randn(3, 3, 64, 64)
+    fast = inference_model(model, x[:1])
+    assert fast is not model and not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+    assert inference_model(model.train(), x[:1]) is model          # training mode: left alone
+    assert inference_model(model.head, torch.randn(1, 512)) is model.head   # a head on cached features
+
+
+def test_reuse_freed_memory_sets_once_and_restores(monkeypatch):
+    from transferlab import engine
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+            return 1
+
+    monkeypatch.setattr(engine, "_glibc", lambda: FakeLibc())
+    with engine.reuse_freed_memory():
+        with engine.reuse_freed_memory():   # nested (predict_probs inside train): changes nothing
+            pass
+        assert calls == [(-4, 0), (-1, 2**31 - 1)]
+    assert sorted(calls[2:], key=str) == sorted([(-1, 128 * 1024), (-4, 65536), ("trim", 0)], key=str)
+    calls.clear()
+    with engine.reuse_freed_memory(enabled=False):
+        pass
+    assert calls == []
+
+
+def test_lite_same_padding_rewrite_keeps_the_function():
+    from transferlab.models.registry import _lite_architecture
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", weights="none").eval()
+    original = _lite_architecture("efficientnet_lite0").eval()
+    original.load_state_dict(model.state_dict())          # same keys: checkpoints of either load into the other
+    assert sum(type(m) is nn.Conv2d for m in model.modules()) > 30   # the stride-1 convolutions were rewritten
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)

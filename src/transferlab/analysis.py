@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
+from .errors import TransferlabError
 from .metrics import BOOTSTRAP_METRICS, bootstrap_ci, expected_calibration_error, mcnemar
 from .rundir import RunDir, read_csv
 
@@ -594,38 +595,47 @@ def last_conv(module):
     return convs[-1] if convs else None
 
 
-def gradcam_overlays(run: Run, files: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(image, Grad-CAM overlay) as uint8 RGB at the model's input size, for the positive class, per file."""
+def gradcam_overlays(model, pixels, *, mean, std, targets: list[int], batch_size: int = 16) -> list:
+    """Grad-CAM of class targets[i] at the backbone's last Conv2d over each uint8 (C, H, W) image in `pixels`:
+    (image, overlay) pairs, both uint8 RGB (H, W, 3) at the model's input size."""
     import torch
-    from PIL import Image
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from .data.images import read_image
     from .data.transforms import normalize
+
+    layer = last_conv(model.backbone)
+    if layer is None:
+        raise TransferlabError(f"{type(model.backbone).__name__} has no Conv2d layer for Grad-CAM")
+    model.cpu().eval().requires_grad_(True)
+    out = []
+    with GradCAM(model=model, target_layers=[layer]) as cam:
+        for start in range(0, len(pixels), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size]))
+            maps = cam(input_tensor=normalize(batch, mean, std),
+                       targets=[ClassifierOutputTarget(t) for t in targets[start:start + batch_size]])
+            rgb = np.broadcast_to(batch.numpy().transpose(0, 2, 3, 1), (*batch.shape[:1], *batch.shape[2:], 3))
+            out += [(np.ascontiguousarray(img), show_cam_on_image(img.astype(np.float32) / 255, m, use_rgb=True,
+                                                                  image_weight=0.55))
+                    for img, m in zip(rgb, maps)]
+    return out
+
+
+def error_overlays(run: Run, files: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, Grad-CAM overlay for the positive class) of each of the run's files (paths relative to its data
+    root), decoded and resized exactly as the model saw them."""
+    from .data.images import load_images
     from .evaluation import load_model
 
     if not files:
         return []
     model, config = load_model(run.path)
-    size, root = config["model"]["image_size"], Path(config["data"]["root"])
-    layer = last_conv(model.backbone)
-    if layer is None:
-        return []
-    images = []
-    for f in files:
-        arr = read_image(root / f)
-        rgb = np.asarray(Image.fromarray(arr).convert("RGB").resize((size, size), Image.BILINEAR))
-        images.append(rgb)
-    x = normalize(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-                  config["model"]["mean"], config["model"]["std"])
+    root = Path(config["data"]["root"])
+    loaded = load_images([root / f for f in files], config["model"]["image_size"], progress=False)
     pos = config["data"]["classes"].index(run.positive)
-    model.requires_grad_(True)
-    with GradCAM(model=model, target_layers=[layer]) as cam:
-        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(pos)] * len(images))
-    return [(img, show_cam_on_image(img.astype(np.float32) / 255, m, use_rgb=True, image_weight=0.55))
-            for img, m in zip(images, maps)]
+    return gradcam_overlays(model, loaded.pixels, mean=config["model"]["mean"], std=config["model"]["std"],
+                            targets=[pos] * len(files))
 
 
 # --- everything -------------------------------------------------------------------------------------------------
@@ -650,8 +660,8 @@ def analyze_study(study_dir: str | Path, runs: list[dict], *, gradcam: bool = Tr
             run = group[0]
             errors = per_run[run.name].get("errors", [])
             try:
-                gallery[key] = list(zip(errors, gradcam_overlays(run, [e["file"] for e in errors])))
-            except (RuntimeError, ValueError) as exc:   # an architecture Grad-CAM cannot handle: say so, go on
+                gallery[key] = list(zip(errors, error_overlays(run, [e["file"] for e in errors])))
+            except (RuntimeError, ValueError, TransferlabError) as exc:   # an architecture Grad-CAM cannot handle: say so, go on
                 gradcam_failures.append(f"Grad-CAM failed for {run.name}: {str(exc).splitlines()[0][:200]}")
     return {
         "runs": loaded, "groups": groups, "per_run": per_run,

@@ -27,7 +27,6 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from .errors import ModelError
 from .models.heads import create_model, find_head
 from .models.registry import build_model, get_spec, list_models
 
@@ -63,14 +62,6 @@ class CatalogEntry:
     batch_size: int | None = None
     device: str | None = None
     error: str | None = None                 # why measuring this model failed (e.g. out of memory)
-
-
-def resolve_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device '{device}' requested but CUDA is not available; use --device cpu")
-    return device
 
 
 def count_gflops(model: torch.nn.Module, input_size: int) -> float:
@@ -131,7 +122,11 @@ def catalog(names: list[str] | None = None, *, measure: bool = False, device: st
     for name in names:
         get_spec(name)          # unknown names fail before any work
     flops = count_flops if count_flops is not None else (measure or len(names) <= FLOPS_NAMES_LIMIT)
-    device = resolve_device(device) if measure else None
+    if measure:
+        from .engine import resolve_device
+        device = str(resolve_device(device))
+    else:
+        device = None
     settings = dict(device=device, batch_size=batch_size, repeats=repeats, warmup=warmup, budget_s=budget_s)
     entries = []
     bar = tqdm(names, desc="measuring" if measure else "models", unit="model", disable=not progress)

@@ -5,14 +5,17 @@ multi-GPU strategies; this module only says what a step is and what is recorded 
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import pickle
+import platform
 import random
 import re
 import signal
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +27,8 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from sklearn.metrics import roc_auc_score, balanced_accuracy_score
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
-from .errors import CheckpointError
+from .errors import CheckpointError, TransferlabError
+from .strategies import inference_model
 
 MONITOR_MODES = {"val_loss": "min", "val_auc": "max", "val_balanced_accuracy": "max"}
 
@@ -36,9 +40,57 @@ warnings.filterwarnings("ignore", ".*exists and is not empty.*")   # checkpoints
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when there is a GPU, else the CPU; asking for CUDA without one is a one-line error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TransferlabError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise TransferlabError(f"--device {device}: {str(exc).splitlines()[0]}") from None
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # mallopt parameters (malloc.h)
+_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+_reuse_depth = 0   # nested blocks: the outermost one sets and restores
+
+
+@contextmanager
+def reuse_freed_memory(enabled: bool = True):
+    """While the block runs, let glibc keep freed memory for reuse instead of handing it back to the OS.
+
+    glibc serves every allocation above 32 MB (e.g. one activation map of a batch) with a fresh mmap, and
+    unmaps it when freed, so each forward pass on the CPU page-faults its activations in again: on 2 cores
+    this kernel time was as large as the convolutions (benchmarks/transfer_speed.py; BENCHMARKS.md). With
+    mmap off and trimming deferred, tensors reuse heap memory. Afterwards the defaults come back and the
+    freed memory is released (malloc_trim). No-op off glibc (macOS, Windows, musl)."""
+    global _reuse_depth
+    libc = _glibc() if enabled else None
+    if libc is None:
+        yield
+        return
+    if _reuse_depth == 0:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    _reuse_depth += 1
+    try:
+        yield
+    finally:
+        _reuse_depth -= 1
+        if _reuse_depth == 0:
+            for param, value in _GLIBC_DEFAULTS.items():
+                libc.mallopt(param, value)
+            libc.malloc_trim(0)
+
+
+def _glibc():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
 
 
 def seed_all(seed: int) -> None:
@@ -62,6 +114,7 @@ class Classifier(L.LightningModule):
         self._train_sums = np.zeros(3)   # loss * n, correct, n
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._epoch_start = 0.0
+        self._eval = {}   # a plain dict: an nn.Module attribute would join the state_dict and checkpoints
 
     def forward(self, x):
         if self.channels_last and x.dim() == 4:
@@ -87,7 +140,11 @@ class Classifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self._val_outputs.append((self(x).float(), y))
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if batch_idx == 0:   # this epoch's weights, BatchNorm folded: the same function, about twice as fast on CPU
+            self._eval["net"] = inference_model(self.net, x[:1])
+        self._val_outputs.append((self._eval["net"](x).float(), y))
 
     def on_validation_epoch_end(self):
         logits = torch.cat([o[0] for o in self._val_outputs])
@@ -240,12 +297,17 @@ def predict_probs(net: torch.nn.Module, dataset: Dataset, *, batch_size: int = 6
     from tqdm.auto import tqdm
 
     net.eval().to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
     out = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for x, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        x = x.to(device)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            out.append(net(x).float().softmax(1).cpu())
+    with reuse_freed_memory(enabled=device.type == "cpu"):
+        for i, (x, _) in enumerate(tqdm(loader, desc=desc, disable=not progress, leave=False)):
+            x = x.to(device)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if i == 0:
+                fast = inference_model(net, x[:1])
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                out.append(fast(x).float().softmax(1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 2), dtype=np.float32)

@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -27,6 +26,14 @@ def positive_index(classes: list[str], positive_class: str | None = None) -> int
     if len(classes) == 2 and NEGATIVE_NAMES.search(classes[1]) and not NEGATIVE_NAMES.search(classes[0]):
         return 0
     return len(classes) - 1
+
+
+def decide(probs: np.ndarray, pos: int, threshold: float | None) -> np.ndarray:
+    """Predicted class per row: binary problems call the positive class at `threshold` (chosen on validation),
+    otherwise (or without a threshold) the most probable class."""
+    if threshold is None or probs.shape[1] != 2:
+        return probs.argmax(axis=1)
+    return np.where(probs[:, pos] >= threshold, pos, 1 - pos)
 
 
 def split_metrics(labels: np.ndarray, probs: np.ndarray, pos: int, threshold: float | None) -> dict:

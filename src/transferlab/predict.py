@@ -41,10 +41,11 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     import numpy as np
     from PIL import Image
 
+    from .analysis import gradcam_overlays
     from .data.images import load_images
     from .data.transforms import ImageTensorDataset
     from .engine import predict_probs, resolve_device
-    from .evaluation import load_model
+    from .evaluation import decide, load_model
     from .rundir import RunDir, write_csv
 
     if cam and out is None:
@@ -64,18 +65,15 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     dataset = ImageTensorDataset(loaded.pixels, np.zeros(len(loaded.kept)), mean=mean, std=std)
     probs = predict_probs(model, dataset, device=resolve_device(device), progress=progress)
     rows = []
-    for i, p in zip(loaded.kept, probs):
-        if threshold is not None and len(classes) == 2:
-            predicted = pos if p[pos] >= threshold else 1 - pos
-        else:
-            predicted = int(p.argmax())
+    for i, p, predicted in zip(loaded.kept, probs, decide(probs, pos, threshold)):
         rows.append({"file": str(files[i]), **{f"prob_{c}": float(v) for c, v in zip(classes, p)},
                      "predicted": classes[predicted], "threshold": threshold})
     if cam:
         folder = Path(out).parent / "cam"
         folder.mkdir(parents=True, exist_ok=True)
         targets = [pos if len(classes) == 2 else classes.index(r["predicted"]) for r in rows]
-        overlays = gradcam_overlays(model, loaded.pixels, mean=mean, std=std, targets=targets)
+        overlays = [overlay for _, overlay in gradcam_overlays(model, loaded.pixels, mean=mean, std=std,
+                                                               targets=targets)]
         names: set[str] = set()
         for row, overlay in zip(rows, overlays):
             name = _unique(Path(row["file"]).stem, names)
@@ -94,34 +92,6 @@ def _unique(stem: str, taken: set[str]) -> str:
         name = f"{stem}-{k}"
     taken.add(name)
     return name
-
-
-def gradcam_overlays(model, pixels, *, mean, std, targets: list[int], batch_size: int = 16) -> list:
-    """Grad-CAM of class targets[i] at the backbone's last Conv2d, over each uint8 (C, H, W) image in
-    `pixels`, blended onto the image: uint8 RGB (H, W, 3) at the model's input size."""
-    import numpy as np
-    import torch
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from .analysis import last_conv
-    from .data.transforms import normalize
-
-    layer = last_conv(model.backbone)
-    if layer is None:
-        raise TransferlabError(f"{type(model.backbone).__name__} has no Conv2d layer for Grad-CAM")
-    model.cpu().eval().requires_grad_(True)
-    out = []
-    with GradCAM(model=model, target_layers=[layer]) as cam:
-        for start in range(0, len(pixels), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size]))
-            maps = cam(input_tensor=normalize(batch, mean, std),
-                       targets=[ClassifierOutputTarget(t) for t in targets[start:start + batch_size]])
-            rgb = np.broadcast_to(batch.numpy().transpose(0, 2, 3, 1), (*batch.shape[:1], *batch.shape[2:], 3))
-            out += [show_cam_on_image(img.astype(np.float32) / 255, m, use_rgb=True, image_weight=0.55)
-                    for img, m in zip(rgb, maps)]
-    return out
 
 
 def format_table(rows: list[dict]) -> str:

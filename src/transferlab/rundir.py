@@ -10,8 +10,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .errors import CheckpointError
 
 
@@ -70,6 +68,7 @@ def environment() -> dict:
     """Software versions and hardware, recorded in every config.json."""
     import lightning
     import sklearn
+    import torch
     import torchvision
 
     from . import __version__

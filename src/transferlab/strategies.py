@@ -104,8 +104,8 @@ def extract_features(model: TransferModel, pixels: np.ndarray, *, mean, std, dev
                      progress: bool = True, batch_size: int = 64, backbone: nn.Module | None = None) -> torch.Tensor:
     """One forward pass of the frozen backbone (eval mode) over uint8 images -> float32 features on CPU.
 
-    The pass runs on `inference_backbone(model.backbone)`: a copy with BatchNorm folded into the convolutions,
-    symmetric 'same' padding folded into them and in-place activations (checked against the original backbone
+    The pass runs on `inference_backbone(model.backbone)`: a copy with BatchNorm folded into the convolutions
+    and in-place activations (checked against the original backbone
     on the first image; the original is used when they differ or the copy cannot be made). The model itself is
     not modified. `backbone`: such a copy made earlier for the same model (skips making and checking it)."""
     images = torch.from_numpy(np.ascontiguousarray(pixels))
@@ -146,8 +146,6 @@ def inference_backbone(backbone: nn.Module, example: torch.Tensor | None = None,
     """An inference-only copy of an eval-mode backbone that computes the same function with less memory traffic:
 
     - BatchNorm after a convolution is folded into the convolution's weights and bias (eval statistics);
-    - TF-style static 'same' padding that is symmetric (EfficientNet-Lite's ZeroPad2d + conv) becomes the
-      convolution's own padding, instead of a padded copy of every activation map;
     - activations whose input is used by nothing else run in place.
     The effect on 2 CPU cores is measured by benchmarks/transfer_speed.py (BENCHMARKS.md).
     With `example`, the copy's output is checked against the original's (relative max error <= rtol); on any
@@ -159,14 +157,14 @@ def inference_backbone(backbone: nn.Module, example: torch.Tensor | None = None,
         graph = _ConvLeafTracer().trace(work)
         gm = fx.GraphModule(work, graph)
         _fold_batchnorm(gm)
-        _fold_symmetric_padding(gm)
         _inplace_activations(gm)
         gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
         gm.graph.lint()
         gm.recompile()
         gm.requires_grad_(False).eval().to(device=device, memory_format=torch.channels_last)
         if example is not None:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast(example.device.type, enabled=False):
                 want, got = backbone(example), gm(example.clone())
             scale = want.abs().max().clamp_min(1e-6)
             if want.shape != got.shape or not bool(((want - got).abs().max() / scale) <= rtol):
@@ -174,6 +172,14 @@ def inference_backbone(backbone: nn.Module, example: torch.Tensor | None = None,
         return gm
     except Exception:   # any model fx cannot trace or rewrite: the plain backbone is always correct
         return backbone
+
+
+def inference_model(net: nn.Module, example: torch.Tensor) -> nn.Module:
+    """What evaluates an eval-mode TransferModel: its head on inference_backbone(backbone) (a BatchNorm-folded
+    copy, checked on `example`); anything else (a head on cached features, a model in training) unchanged."""
+    if not isinstance(net, TransferModel) or net.training:
+        return net
+    return nn.Sequential(inference_backbone(net.backbone, example, device=example.device), net.head)
 
 
 def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -192,28 +198,6 @@ def _fold_batchnorm(gm: fx.GraphModule) -> None:
         _set_submodule(gm, src.target, fuse_conv_bn_eval(conv, bn))
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
-
-
-def _fold_symmetric_padding(gm: fx.GraphModule) -> None:
-    for node in gm.graph.nodes:
-        conv = _module(gm, node)
-        pad = getattr(conv, "static_padding", None)
-        if not isinstance(conv, nn.Conv2d) or type(conv) is nn.Conv2d or pad is None:
-            continue
-        if isinstance(pad, nn.ZeroPad2d):
-            left, right, top, bottom = pad.padding
-        elif type(pad).__name__ == "Identity" and not list(pad.parameters()):
-            left = right = top = bottom = 0
-        else:
-            continue
-        if left != right or top != bottom or tuple(conv.padding) != (0, 0) or conv.padding_mode != "zeros":
-            continue
-        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                          padding=(top, left), dilation=conv.dilation, groups=conv.groups,
-                          bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
-        plain.weight = conv.weight
-        plain.bias = conv.bias
-        _set_submodule(gm, node.target, plain)
 
 
 def _inplace_activations(gm: fx.GraphModule) -> None:

@@ -23,9 +23,10 @@ from .config import TrainConfig, write_json
 from .data.discover import DatasetIndex, Sample, discover
 from .data.images import load_images, unreadable_error
 from .data.split import Splits, make_splits
-from .engine import Classifier, class_weights_for, fit, load_best_weights, make_loader, predict_probs, resolve_device, seed_all
+from .engine import (Classifier, class_weights_for, fit, load_best_weights, make_loader, predict_probs, resolve_device,
+                     reuse_freed_memory, seed_all)
 from .errors import TransferlabError
-from .evaluation import positive_index, split_metrics
+from .evaluation import decide, positive_index, split_metrics
 from .metrics import choose_threshold
 from .models.heads import create_model
 from .models.registry import get_spec
@@ -111,8 +112,14 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
     if (run.checkpoints / "last.ckpt").exists() and not cfg.resume:
         raise TransferlabError(f"{run.path} holds an unfinished run; add --resume to continue it, or choose another --out")
     run.path.mkdir(parents=True, exist_ok=True)
-    total_start = time.perf_counter()
     device = resolve_device(cfg.device)
+    with reuse_freed_memory(enabled=device.type == "cpu"):
+        _train(cfg, run, device)
+    return run
+
+
+def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
+    total_start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -182,9 +189,8 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run.weights))
     write_csv(run.predictions, [
         {"split": name, "file": str(s.path.relative_to(data.index.root)) if s.path.is_relative_to(data.index.root) else str(s.path),
-         "label": classes[s.label], "prob_" + classes[pos]: float(p[pos]),
-         "predicted": classes[(pos if p[pos] >= threshold else 1 - pos) if threshold is not None else int(p.argmax())]}
-        for name in probs for s, p in zip(data.samples[name], probs[name])])
+         "label": classes[s.label], "prob_" + classes[pos]: float(p[pos]), "predicted": classes[k]}
+        for name in probs for s, p, k in zip(data.samples[name], probs[name], decide(probs[name], pos, threshold))])
     summary = {
         "classes": classes, "positive_class": classes[pos], "threshold": threshold,
         "threshold_method": cfg.threshold_method, "threshold_chosen_on": "val",
@@ -198,7 +204,6 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
         **metrics,
     }
     write_json(run.metrics, summary)
-    return run
 
 
 def _warn(message: str) -> None:

@@ -155,6 +155,7 @@ def build_model(name: str, *, weights: str = "default", weights_dir: str | Path 
     model = builder(name, weights, weights_dir)
     _drop_aux_heads(model)
     _plain_activations(model)
+    _plain_same_padding(model)
     return model
 
 
@@ -249,3 +250,28 @@ def _plain_activations(model: nn.Module) -> None:
         for child_name, child in parent.named_children():
             if type(child).__name__ == "MemoryEfficientSwish":
                 setattr(parent, child_name, nn.SiLU())
+
+
+def _plain_same_padding(model: nn.Module) -> None:
+    """EfficientNet-Lite pads the input of every convolution with a ZeroPad2d (TF 'same' padding), a padded copy
+    of each activation map (aten::fill_ + copy_: a quarter of a BatchNorm-folded forward pass on CPU, measured
+    by benchmarks/transfer_speed.py --profile). Where the padding is symmetric (all stride-1 convolutions), the
+    convolution's own padding computes the same function. Parameters and state_dict keys are unchanged."""
+    for parent in list(model.modules()):
+        for child_name, conv in parent.named_children():
+            pad = getattr(conv, "static_padding", None)
+            if not isinstance(conv, nn.Conv2d) or type(conv) is nn.Conv2d or pad is None:
+                continue
+            if isinstance(pad, nn.ZeroPad2d):
+                left, right, top, bottom = pad.padding
+            elif type(pad).__name__ == "Identity" and not list(pad.parameters()):
+                left = right = top = bottom = 0
+            else:
+                continue
+            if left != right or top != bottom or tuple(conv.padding) != (0, 0) or conv.padding_mode != "zeros":
+                continue
+            plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                              padding=(top, left), dilation=conv.dilation, groups=conv.groups,
+                              bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+            plain.weight, plain.bias = conv.weight, conv.bias
+            setattr(parent, child_name, plain)
