@@ -126,8 +126,8 @@ def test_skip_bad_warns_and_lists_every_file(data, tmp_path, capsys, monkeypatch
     out = tmp_path / "run"
     code, err, _ = run_cli(capsys, "train", "--data", data, "--out", out, "--skip-bad", *SMALL)
     assert code == 0, err
-    assert err == [f"warning: left out 2 files that are not images of a class: train/NORMAL/.DS_Store (hidden); "
-                   f"train/PNEUMONIA/notes.txt (not an image file (.txt))",
+    assert err == ["warning: left out 2 files that are not images of a class: train/NORMAL/.DS_Store (hidden); "
+                   "train/PNEUMONIA/notes.txt (not an image file (.txt))",
                    f"warning: skipped {len(BAD_FILES)} unreadable images (listed in {out / 'bad_files.csv'})"]
     rows = read_csv(out / "bad_files.csv")
     assert sorted(r["file"] for r in rows) == bad

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from transferlab import cli
-from transferlab.config import TrainConfig
 from transferlab.evaluation import evaluate, load_model
 from transferlab.models.heads import create_model
-from transferlab.rundir import RunDir, read_csv
+from transferlab.rundir import read_csv
 from transferlab.training import train
 
 FAST = dict(image_size=64, batch_size=16, progress=False, val_fraction=0.25)
