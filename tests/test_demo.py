@@ -37,7 +37,7 @@ def test_run_demo_fast(tmp_path, capsys, monkeypatch):
     assert (study / "report.html").exists() and not (study / "cache").exists()
     assert not list(study.glob("runs/*/checkpoints")) and len(list(study.glob("runs/*/model.safetensors"))) == 2
     printed = capsys.readouterr().out
-    assert "report:" in printed and "Best: efficientnet_lite0" in printed
+    assert "report:" in printed and "Best on validation" in printed
     lines = (study / "summary.txt").read_text().splitlines()
     assert len(lines) == 5 and lines[1].startswith("Features vs finetune")
     with pytest.raises(TransferlabError, match="finished demo"):

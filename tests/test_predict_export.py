@@ -117,3 +117,15 @@ def _write_dicom(path, arr: np.ndarray) -> None:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = arr.tobytes()
     ds.save_as(path, enforce_file_format=True)
+
+
+def test_export_without_onnx_is_one_line(monkeypatch, tmp_path):
+    import importlib.util
+
+    from transferlab.errors import TransferlabError
+    from transferlab.export import export
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    with pytest.raises(TransferlabError, match="pip install onnx"):
+        export(tmp_path, format="onnx")

@@ -92,11 +92,11 @@ def summary_lines(study_dir, *, wall: float | None = None, cpu: float | None = N
     summary, results = read_csv(study_dir / "summary.csv"), read_csv(study_dir / "results.csv")
     analysis = json.loads((study_dir / "analysis.json").read_text())
     info = json.loads((study_dir / "study.json").read_text())
-    best = max(summary, key=lambda r: _f(r.get("test_roc_auc_mean"), -1.0))
+    best = max(summary, key=lambda r: _f(r.get("val_roc_auc_mean"), -1.0))   # chosen on validation, never test
     row = next(r for r in analysis["comparison"] if (r["model"], r["strategy"]) == (best["model"], best["strategy"]))
     ci, first = row.get("ci") or {}, row.get("first_seed") or {}
     n_test = int(_f(best["test_n_mean"]))
-    lines = [f"Best: {best['model']} {best['strategy']}: test AUC {_ms(best, 'test_roc_auc')}, accuracy "
+    lines = [f"Best on validation (val AUC {_ms(best, 'val_roc_auc')}): {best['model']} {best['strategy']}: test AUC {_ms(best, 'test_roc_auc')}, accuracy "
              f"{_ms(best, 'test_at_threshold_accuracy')} at the validation-chosen threshold (mean ± sd over "
              f"{best['seeds']} seed(s)); 95% CI (seed {row.get('ci_seed')}, bootstrap over {n_test} test images): "
              f"AUC {_ci(first.get('roc_auc'), ci.get('roc_auc'))}, accuracy {_ci(first.get('accuracy'), ci.get('accuracy'))}."]

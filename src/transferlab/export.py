@@ -7,6 +7,7 @@ plus the classes, the positive class and the decision threshold the run chose on
 """
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def export(run_dir, format: str = "onnx", out=None) -> Path:
 
     if format not in FORMATS:
         raise TransferlabError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if format == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise TransferlabError("ONNX export needs the onnx package: pip install onnx onnxruntime "
+                               "(or use --format torchscript)")
     run = RunDir(run_dir)
     model, config = load_model(run)
     metrics = run.read_metrics()
