@@ -56,3 +56,14 @@ def real_subset(tmp_path_factory) -> Path:
         for f in sorted((REAL_DATA / "train" / label).iterdir())[:30]:
             (root / "train" / label / f.name).symlink_to(f)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread is as fast as two, and does not stall when the machine is busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -39,12 +39,7 @@ RESUMABLE = ["--model", "mobilenet_v3_small", "--weights", "none", "--strategy",
 TIMINGS = ("seconds", "peak_rss_mb", "cuda_peak_mb")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

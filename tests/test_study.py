@@ -10,7 +10,6 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -24,13 +23,7 @@ SECTIONS = ["section-A", "section-data", "section-B", "section-C", "section-D", 
 TRAIN = dict(image_size=64, epochs=2, batch_size=16, max_images=16, val_fraction=0.25, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast as two, and does not stall when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
