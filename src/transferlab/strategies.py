@@ -105,9 +105,9 @@ def extract_features(model: TransferModel, pixels: np.ndarray, *, mean, std, dev
     """One forward pass of the frozen backbone (eval mode) over uint8 images -> float32 features on CPU.
 
     The pass runs on `inference_backbone(model.backbone)`: a copy with BatchNorm folded into the convolutions
-    and in-place activations (checked against the original backbone
-    on the first image; the original is used when they differ or the copy cannot be made). The model itself is
-    not modified. `backbone`: such a copy made earlier for the same model (skips making and checking it)."""
+    and in-place activations (checked against the original backbone on the first image; the original is used
+    when they differ or the copy cannot be made). The model itself is not modified. `backbone`: such a copy
+    made earlier for the same model (skips making and checking it)."""
     images = torch.from_numpy(np.ascontiguousarray(pixels))
     if len(images) == 0:
         return torch.zeros(0, model.feature_dim)
