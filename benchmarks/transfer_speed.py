@@ -18,7 +18,7 @@ Runs, in this order:
   5. transferlab `finetune` (real API), same epochs as the baseline
   6. peak memory of a full `transferlab train --strategy features` run on every image, in a child process
   7. (--probes) single overheads: feature-cache key hashing, import time, Lightning per-step overhead,
-     channels_last, DataLoader workers, threads, per-image vs batched augmentation, fused vs eager forward,
+     channels_last, DataLoader workers, threads, augmentation throughput, fused vs eager forward,
      glibc's default allocator vs reuse_freed_memory
 and prints wall time per phase, images/s, peak memory and validation accuracy/AUC of each, the transferlab/baseline
 ratios, and finally one line:
@@ -441,21 +441,6 @@ def timed(fn, repeat: int = 1) -> float:
     return statistics.median(best)
 
 
-class _PerImageV2Dataset(Dataset):
-    """The pre-change ImageTensorDataset: torchvision v2 augmentation and normalisation image by image."""
-
-    def __init__(self, pixels, mean, std):
-        self.pixels, self.mean, self.std = torch.from_numpy(pixels), mean, std
-        self.aug = v2.Compose([v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
-                               v2.ColorJitter(brightness=0.2, contrast=0.2)])
-
-    def __len__(self):
-        return len(self.pixels)
-
-    def __getitem__(self, i):
-        return normalize(self.aug(self.pixels[i]), self.mean, self.std), 0
-
-
 def probes(args, results: dict, n_classes: int) -> dict:
     spec = get_spec(args.model)
     size = spec.input_size
@@ -581,16 +566,14 @@ def probes(args, results: dict, n_classes: int) -> dict:
         torch.set_num_threads(threads)
         out["threads_img_s"] = per_thread
 
-    # augmentation + normalisation for finetune: per-image torchvision v2 (before) vs batched (now), workers 0 / 2
+    # augmentation + normalisation for finetune (torchvision v2, image by image), DataLoader workers 0 / 2
     n_aug = min(256, max(fbs, 64))
     pix = np.random.default_rng(0).integers(0, 256, (n_aug, 1, size, size), dtype=np.uint8)
+    ds = ImageTensorDataset(pix, [0] * n_aug, mean=spec.mean, std=spec.std, augment=xray_augment(size))
     aug = {}
-    for name, ds in (("per-image v2 (before)", _PerImageV2Dataset(pix, spec.mean, spec.std)),
-                     ("batched (now)", ImageTensorDataset(pix, [0] * n_aug, mean=spec.mean, std=spec.std,
-                                                          augment=xray_augment(size)))):
-        for workers in (0, 2):
-            loader = DataLoader(ds, batch_size=fbs, shuffle=True, num_workers=workers)
-            aug[f"{name}, num_workers={workers}"] = n_aug / timed(lambda: [b for b in loader])
+    for workers in (0, 2):
+        loader = DataLoader(ds, batch_size=fbs, shuffle=True, num_workers=workers)
+        aug[f"num_workers={workers}"] = n_aug / timed(lambda: [b for b in loader])
     out["augment_img_s"] = aug
     return out
 
