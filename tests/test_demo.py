@@ -30,7 +30,7 @@ def test_sample_is_real_patient_disjoint_and_licensed():
 
 
 def test_run_demo_fast(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("transferlab.analysis.N_BOOT", 100)   # the report's bootstrap CIs dominate a tiny study
+    monkeypatch.setattr("transferlab.analysis.comparison.N_BOOT", 100)   # the report's bootstrap CIs dominate a tiny study
     out = tmp_path / "demo"
     study = run_demo(out, models=("efficientnet_lite0",), seeds=1, epochs=1, image_size=64, max_images=60,
                      measure_catalog=False, progress=False)

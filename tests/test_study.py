@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from transferlab import analysis
+from transferlab.analysis import comparison as analysis_comparison
 from transferlab.errors import TransferlabError
 from transferlab.rundir import RunDir, read_csv
 from transferlab.study import StudyConfig, add_study_arguments, read_study_file, run_study, run_study_command
@@ -33,7 +34,7 @@ def study(xray_dir, tmp_path_factory):
                          out=str(tmp_path_factory.mktemp("study") / "s"), split_seed=3, measure_catalog=False,
                          train=TRAIN, model_overrides={"mobilenet_v3_small": {"weights": "none"}})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(analysis, "N_BOOT", 100)
+        mp.setattr(analysis_comparison, "N_BOOT", 100)
         return run_study(config)
 
 
@@ -64,7 +65,7 @@ def test_results_and_summary(study):
 
 
 def test_interrupted_study_resumes_only_the_unfinished_run(study, capsys, monkeypatch):
-    monkeypatch.setattr(analysis, "N_BOOT", 100)
+    monkeypatch.setattr(analysis_comparison, "N_BOOT", 100)
     victim = RunDir(study / "runs" / "mobilenet_v3_small-finetune-seed1")
     others = [RunDir(p) for p in (study / "runs").iterdir() if p != victim.path]
     before = {r.path.name: (r.metrics.stat().st_mtime_ns, r.weights.stat().st_mtime_ns) for r in others}

@@ -41,7 +41,7 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     import numpy as np
     from PIL import Image
 
-    from .analysis import gradcam_overlays
+    from .analysis.errors import gradcam_overlays
     from .data.images import load_images
     from .data.transforms import ImageTensorDataset
     from .engine import predict_probs, resolve_device

@@ -204,7 +204,7 @@ def data_section(a: dict, info: dict) -> Section:
 def sample_grid(run: Run, per_class: int = 4) -> bytes:
     from PIL import Image
 
-    from ..analysis import splits_table
+    from ..analysis.splits import splits_table
     from ..data.images import read_image
 
     rows = [r for r in splits_table(run) if r["split"] == "train"]

@@ -1,0 +1,101 @@
+"""Why the test numbers are what they are (Task E), and how the runs compare (Task D), measured on the runs.
+
+Every function reads finished run directories (metrics.json, predictions.csv, history.csv, splits.csv) and
+returns numbers; `*_findings` turn those numbers into sentences. Nothing here chooses anything on the test
+set: the decision threshold is always the one each run chose on validation. Where a test-set optimum is
+shown (the test's own Youden threshold) it is a diagnosis of the shift, never a reported result.
+
+Binary problems only, except `shift` (external sets, any number of classes) (the positive class's probability is in predictions.csv); other problems get the
+data checks and the comparison of accuracies.
+
+One module per question: runs (loading) · gap (validation vs test, fitting) · calibration (probabilities and
+threshold) · errors (top errors, Grad-CAM) · splits (balance, leakage, image statistics) · comparison (Task D)
+· shift (any target set: label-free prevalence, covariate shift and accuracy estimates, adaptation).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import TransferlabError
+from .calibration import _calibration_sentence, _threshold_sentence, calibration, threshold_curve
+from .comparison import comparison_table, comparison_findings, mcnemar_tests
+from .errors import error_overlays, gradcam_overlays, top_errors
+from .gap import _fitting_sentence, fitting, prevalence_effect, split_balance, val_test_gap
+from .runs import Run, fmt as _f, group_runs, load_run, load_study_runs
+from .splits import SHIFT_FEATURES, data_findings, distribution_shift, image_statistics, leakage, same_splits, splits_table
+
+def analyze_run(run: Run) -> dict:
+    if not run.binary or not {"val", "test"} <= set(run.predictions):
+        return {}
+    return {"gap": val_test_gap(run), "prevalence": prevalence_effect(run), "calibration": calibration(run),
+            "threshold_curve": threshold_curve(run), "fitting": fitting(run), "errors": top_errors(run)}
+
+
+# --- per run: findings ----------------------------------------------------------------------------------------
+
+def run_findings(run: Run, a: dict) -> list[str]:
+    """Sentences built from one run's measured numbers."""
+    if not a:
+        return []
+    g, pv, cal, tc, fit = a["gap"], a["prevalence"], a["calibration"], a["threshold_curve"], a["fitting"]
+    pos = run.positive
+    out = [
+        f"Test accuracy at the validation threshold ({run.threshold:.3f}) is {g['test_accuracy']:.3f} vs "
+        f"{g['val_accuracy']:.3f} on validation (gap {g['accuracy_gap']:+.3f}); AUC {_f(g['test_roc_auc'])} vs "
+        f"{_f(g['val_roc_auc'])}; the test set is {pv['test_positive_share']:.1%} {pos} vs "
+        f"{pv['val_positive_share']:.1%} in validation.",
+        f"With the validation sensitivity {pv['val_sensitivity']:.3f} and specificity {pv['val_specificity']:.3f}, "
+        f"the test's prevalence alone predicts accuracy {pv['expected_test_accuracy']:.3f} "
+        f"(= {pv['test_positive_share']:.3f} x {pv['val_sensitivity']:.3f} + {1 - pv['test_positive_share']:.3f} x "
+        f"{pv['val_specificity']:.3f}); measured {pv['test_accuracy']:.3f}, so the class balance accounts for "
+        f"{pv['from_prevalence']:+.3f} of the gap and changed sensitivity ({pv['test_sensitivity']:.3f} on test) and "
+        f"specificity ({pv['test_specificity']:.3f}) for {pv['from_sens_spec']:+.3f}.",
+        f"Test balanced accuracy is {_f(pv['test_balanced_accuracy'])} vs accuracy {pv['test_accuracy']:.3f}: "
+        + ("accuracy is flattered by the majority class." if (pv["test_balanced_accuracy"] or 0) < pv["test_accuracy"] - 0.01
+           else "accuracy is not flattered by the class balance." if abs((pv["test_balanced_accuracy"] or 0) - pv["test_accuracy"]) <= 0.01
+           else "the minority class is recognised better than the majority class."),
+        _calibration_sentence(cal, pos, run.config["settings"].get("balance", "none")),
+        _threshold_sentence(run, tc),
+    ]
+    if fit:
+        out.append(_fitting_sentence(fit))
+    errors = a["errors"]
+    if errors:
+        fp = sum(e["predicted"] == pos for e in errors)
+        out.append(f"The {len(errors)} most confident test errors (confidence {errors[-1]['confidence']:.2f} to "
+                   f"{errors[0]['confidence']:.2f}): {fp} {run.negative} images called {pos} and "
+                   f"{len(errors) - fp} {pos} images called {run.negative}.")
+    return out
+
+
+def analyze_study(study_dir: str | Path, runs: list[dict], *, gradcam: bool = True) -> dict:
+    """Everything sections D and E (and the data checks) need, measured on the study's runs."""
+    loaded = load_study_runs(study_dir, runs)
+    groups = group_runs(loaded)
+    first = loaded[0]
+    per_run = {r.name: analyze_run(r) for r in loaded}
+    rows = splits_table(first)
+    root = first.config["data"]["root"]
+    stats = image_statistics(root, rows)
+    balance = split_balance(first)
+    leak = leakage(root, rows)
+    shift = distribution_shift(stats)
+    same = same_splits(loaded)
+    table, tests = comparison_table(groups), mcnemar_tests(groups)
+    gallery, gradcam_failures = {}, []
+    if gradcam:
+        for key, group in groups.items():
+            run = group[0]
+            errors = per_run[run.name].get("errors", [])
+            try:
+                gallery[key] = list(zip(errors, error_overlays(run, [e["file"] for e in errors])))
+            except (RuntimeError, ValueError, TransferlabError) as exc:   # an architecture Grad-CAM cannot handle: say so, go on
+                gradcam_failures.append(f"Grad-CAM failed for {run.name}: {str(exc).splitlines()[0][:200]}")
+    return {
+        "runs": loaded, "groups": groups, "per_run": per_run,
+        "run_findings": {r.name: run_findings(r, per_run[r.name]) for r in loaded},
+        "balance": balance, "leakage": leak, "image_stats": stats, "shift": shift, "same_splits": same,
+        "data_findings": data_findings(balance, leak, shift, same, first.positive),
+        "comparison": table, "mcnemar": tests, "comparison_findings": comparison_findings(table, tests),
+        "gallery": gallery, "gradcam_failures": gradcam_failures,
+    }

@@ -1,0 +1,110 @@
+"""Task D: runs compared - test metrics over seeds with bootstrap CIs, and paired McNemar tests."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..metrics import BOOTSTRAP_METRICS, bootstrap_ci, mcnemar
+from .runs import Run
+
+N_BOOT = 1000   # bootstrap resamples of the test images for the 95% CIs
+
+COMPARE_METRICS = ("accuracy", "balanced_accuracy", "recall", "specificity", "f1", "roc_auc", "pr_auc")
+CI_METRICS = ("accuracy", "f1", "roc_auc")
+
+
+def comparison_table(groups: dict[tuple[str, str], list[Run]], n_boot: int | None = None) -> list[dict]:
+    """Per model x strategy: test metrics at the validation threshold (mean and sd over seeds), bootstrap 95%
+    CIs over the test images of the first seed's run, training time and peak memory."""
+    out = []
+    for (model, strategy), runs in groups.items():
+        row = {"model": model, "strategy": strategy, "seeds": [r.seed for r in runs]}
+        for key in COMPARE_METRICS:
+            values = [r.at("test").get(key) for r in runs]
+            row[key] = _mean_sd([v for v in values if v is not None])
+        row["val_roc_auc"] = _mean_sd([r.metrics["val"].get("roc_auc") for r in runs
+                                       if r.metrics["val"].get("roc_auc") is not None])
+        # training = preparing the inputs (the frozen backbone's pass for `features`) + fitting
+        row["train_seconds"] = _mean_sd([r.metrics["seconds"]["prepare"] + r.metrics["seconds"]["fit"] for r in runs])
+        row["total_seconds"] = _mean_sd([r.metrics["seconds"]["total"] for r in runs])
+        row["peak_rss_mb"] = _mean_sd([r.metrics["peak_rss_mb"] for r in runs])
+        cuda = [r.metrics.get("cuda_peak_mb") for r in runs if r.metrics.get("cuda_peak_mb") is not None]
+        row["cuda_peak_mb"] = _mean_sd(cuda) if cuda else None
+        row["trainable_params"] = runs[0].metrics["trainable_params"]
+        first = runs[0]
+        row["ci_seed"], row["n_boot"] = first.seed, n_boot or N_BOOT
+        if first.binary and "test" in first.predictions:
+            p = first.predictions["test"]
+            row["ci"] = {k: bootstrap_ci(p.y, p.prob, BOOTSTRAP_METRICS[k], threshold=first.threshold,
+                                         n_boot=n_boot or N_BOOT)
+                         for k in CI_METRICS}
+            row["first_seed"] = {k: first.at("test").get(k) for k in CI_METRICS}
+        out.append(row)
+    return out
+
+
+def _mean_sd(values: list[float]) -> dict:
+    values = [float(v) for v in values]
+    return {"mean": float(np.mean(values)) if values else None,
+            "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None, "n": len(values)}
+
+
+def mcnemar_tests(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
+    """Exact McNemar tests on the same test images, predictions at each run's validation threshold; runs are
+    paired by seed: finetune vs features for each model, and every pair of models for each strategy."""
+    models = list(dict.fromkeys(m for m, _ in groups))
+    strategies = list(dict.fromkeys(s for _, s in groups))
+    pairs = [((m, "finetune"), (m, "features")) for m in models
+             if (m, "finetune") in groups and (m, "features") in groups]
+    pairs += [((a, s), (b, s)) for s in strategies for a, b in itertools.combinations(models, 2)
+              if (a, s) in groups and (b, s) in groups]
+    out = []
+    for ga, gb in pairs:
+        by_seed = {r.seed: r for r in groups[gb]}
+        for ra in groups[ga]:
+            rb = by_seed.get(ra.seed)
+            if rb is None or not (ra.binary and rb.binary):
+                continue
+            pa, pb = ra.predictions["test"], rb.predictions["test"]
+            index = {f: i for i, f in enumerate(pb.files)}
+            if set(index) != set(pa.files):
+                continue   # not the same test images: no paired test
+            order = np.array([index[f] for f in pa.files])
+            result = mcnemar(pa.y, (pa.prob >= ra.threshold).astype(int), (pb.prob[order] >= rb.threshold).astype(int))
+            out.append({"a": f"{ga[0]} {ga[1]}", "b": f"{gb[0]} {gb[1]}", "seed": ra.seed, "n": len(pa.y),
+                        "accuracy_a": ra.at("test")["accuracy"], "accuracy_b": rb.at("test")["accuracy"], **result})
+    return out
+
+
+def best_on_validation(rows: list[dict]) -> dict:
+    """The model x strategy a user should pick: highest mean validation AUC (never a test metric)."""
+    return max(rows, key=lambda r: -1.0 if r["val_roc_auc"]["mean"] is None else r["val_roc_auc"]["mean"])
+
+
+def comparison_findings(table: list[dict], tests: list[dict]) -> list[str]:
+    out = []
+    ranked = [r for r in table if r["roc_auc"]["mean"] is not None]
+    if ranked:
+        best = best_on_validation(ranked)
+        out.append(f"Chosen on validation (highest mean val AUC, {_ms(best['val_roc_auc'])}): {best['model']} "
+                   f"{best['strategy']}; on test: AUC {_ms(best['roc_auc'])}, accuracy at the validation threshold "
+                   f"{_ms(best['accuracy'])} over {len(best['seeds'])} seed(s). The test split never chooses.")
+        fastest = min(ranked, key=lambda r: r["train_seconds"]["mean"])
+        out.append(f"Fastest to train: {fastest['model']} {fastest['strategy']} ({fastest['train_seconds']['mean']:.1f} s "
+                   f"per run, test accuracy {_ms(fastest['accuracy'])}).")
+    if tests:
+        significant = [t for t in tests if t["p_value"] < 0.05]
+        out.append(f"{len(significant)} of {len(tests)} paired McNemar tests have p < 0.05 (uncorrected; with "
+                   f"{len(tests)} tests, Bonferroni would ask p < {0.05 / len(tests):.4f}).")
+        for t in significant[:6]:
+            better = t["a"] if t["only_a_correct"] > t["only_b_correct"] else t["b"]
+            out.append(f"Seed {t['seed']}: {t['a']} vs {t['b']}: {t['only_a_correct']} test images only the first got "
+                       f"right, {t['only_b_correct']} only the second (p={t['p_value']:.3g}): {better} is better.")
+    return out
+
+
+def _ms(d: dict | None, digits: int = 3) -> str:
+    if not d or d.get("mean") is None:
+        return "n/a"
+    return f"{d['mean']:.{digits}f}" + (f" ± {d['sd']:.{digits}f}" if d.get("sd") is not None else "")

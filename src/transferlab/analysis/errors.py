@@ -1,0 +1,70 @@
+"""The test images a run gets wrong, and Grad-CAM overlays of where the model looked."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TransferlabError
+from .runs import Run
+
+def top_errors(run: Run, k: int = 8) -> list[dict]:
+    """The k test images the model got wrong (at the validation threshold) with the highest confidence."""
+    p = run.predictions["test"]
+    pred = (p.prob >= run.threshold).astype(int)
+    wrong = np.flatnonzero(pred != p.y)
+    confidence = np.where(pred == 1, p.prob, 1 - p.prob)
+    order = wrong[np.argsort(-confidence[wrong], kind="stable")][:k]
+    return [{"file": p.files[i], "label": p.labels[i], "predicted": run.positive if pred[i] else run.negative,
+             "prob_positive": float(p.prob[i]), "confidence": float(confidence[i])} for i in order]
+
+
+def last_conv(module):
+    """Grad-CAM's target layer: the last nn.Conv2d of the backbone (a generic rule for every ConvNet)."""
+    from torch import nn
+
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1] if convs else None
+
+
+def gradcam_overlays(model, pixels, *, mean, std, targets: list[int], batch_size: int = 16) -> list:
+    """Grad-CAM of class targets[i] at the backbone's last Conv2d over each uint8 (C, H, W) image in `pixels`:
+    (image, overlay) pairs, both uint8 RGB (H, W, 3) at the model's input size."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from ..data.transforms import normalize
+
+    layer = last_conv(model.backbone)
+    if layer is None:
+        raise TransferlabError(f"{type(model.backbone).__name__} has no Conv2d layer for Grad-CAM")
+    model.cpu().eval().requires_grad_(True)
+    out = []
+    with GradCAM(model=model, target_layers=[layer]) as cam:
+        for start in range(0, len(pixels), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size]))
+            maps = cam(input_tensor=normalize(batch, mean, std),
+                       targets=[ClassifierOutputTarget(t) for t in targets[start:start + batch_size]])
+            rgb = np.broadcast_to(batch.numpy().transpose(0, 2, 3, 1), (*batch.shape[:1], *batch.shape[2:], 3))
+            out += [(np.ascontiguousarray(img), show_cam_on_image(img.astype(np.float32) / 255, m, use_rgb=True,
+                                                                  image_weight=0.55))
+                    for img, m in zip(rgb, maps)]
+    return out
+
+
+def error_overlays(run: Run, files: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, Grad-CAM overlay for the positive class) of each of the run's files (paths relative to its data
+    root), decoded and resized exactly as the model saw them."""
+    from ..data.images import load_images
+    from ..evaluation import load_model
+
+    if not files:
+        return []
+    model, config = load_model(run.path)
+    root = Path(config["data"]["root"])
+    loaded = load_images([root / f for f in files], config["model"]["image_size"], progress=False)
+    pos = config["data"]["classes"].index(run.positive)
+    return gradcam_overlays(model, loaded.pixels, mean=config["model"]["mean"], std=config["model"]["std"],
+                            targets=[pos] * len(files))

@@ -1,0 +1,108 @@
+"""Finished run directories loaded for analysis: settings, metrics, history and per-split predictions."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..rundir import RunDir, read_csv
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Predictions:
+    files: list[str]
+    labels: list[str]
+    y: np.ndarray        # 1 = positive class
+    prob: np.ndarray     # probability of the positive class
+
+
+@dataclass
+class Run:
+    path: Path
+    model: str
+    strategy: str
+    seed: int
+    config: dict
+    metrics: dict
+    history: list[dict]
+    predictions: dict[str, Predictions] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def group(self) -> tuple[str, str]:
+        return self.model, self.strategy
+
+    @property
+    def classes(self) -> list[str]:
+        return self.metrics["classes"]
+
+    @property
+    def positive(self) -> str:
+        return self.metrics["positive_class"]
+
+    @property
+    def negative(self) -> str:
+        return next(c for c in self.classes if c != self.positive)
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2 and self.metrics.get("threshold") is not None
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metrics["threshold"])
+
+    def at(self, split: str) -> dict:
+        """A split's metrics at the validation-chosen threshold (at 0.5 for multi-class problems)."""
+        m = self.metrics[split]
+        return {**m, **m.get("at_threshold", {})}
+
+
+def load_run(path: str | Path, *, model: str | None = None, strategy: str | None = None,
+             seed: int | None = None) -> Run:
+    run = RunDir(path)
+    config, metrics = run.read_config(), run.read_metrics()
+    history = [{k: _float(v) for k, v in row.items()} for row in read_csv(run.history)] if run.history.exists() else []
+    settings = config["settings"]
+    result = Run(run.path, model or settings["model"], strategy or settings["strategy"],
+                 int(settings["seed"] if seed is None else seed), config, metrics, history)
+    column = f"prob_{metrics['positive_class']}"
+    rows = read_csv(run.predictions)
+    for split in SPLITS:
+        chosen = [r for r in rows if r["split"] == split]
+        if chosen and column in chosen[0]:
+            result.predictions[split] = Predictions(
+                [r["file"] for r in chosen], [r["label"] for r in chosen],
+                np.array([r["label"] == metrics["positive_class"] for r in chosen], dtype=int),
+                np.array([float(r[column]) for r in chosen]))
+    return result
+
+
+def load_study_runs(study_dir: str | Path, runs: list[dict]) -> list[Run]:
+    return [load_run(Path(study_dir) / r["run"], model=r["model"], strategy=r["strategy"], seed=r["seed"])
+            for r in runs]
+
+
+def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
+    """Runs by (model, strategy), in study order, each group sorted by seed."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    return {k: sorted(v, key=lambda r: r.seed) for k, v in groups.items()}
+
+
+def _float(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"

@@ -1,0 +1,167 @@
+"""The data behind the runs: class balance, leakage (files and patients in two splits) and image-statistics
+shift between the run's own splits."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+
+from ..rundir import RunDir, read_csv
+from .runs import SPLITS, Run
+
+def splits_table(run: Run) -> list[dict]:
+    """splits.csv rows: split, file (relative to the data root), label, patient."""
+    return read_csv(RunDir(run.path).splits)
+
+
+def same_splits(runs: list[Run]) -> dict:
+    """Whether every run used the same images in every split (what makes paired tests valid)."""
+    digests = {r.name: hashlib.sha256(RunDir(r.path).splits.read_bytes()).hexdigest() for r in runs}
+    reference = next(iter(digests.values()))
+    different = [name for name, d in digests.items() if d != reference]
+    test_sets = {r.name: tuple(sorted(r.predictions["test"].files)) for r in runs if "test" in r.predictions}
+    n_test = len(next(iter(test_sets.values()))) if test_sets else 0
+    return {"runs": len(runs), "different": different, "same_test_images": len(set(test_sets.values())) <= 1,
+            "n_test": n_test}
+
+
+def leakage(root: str | Path, rows: list[dict]) -> dict:
+    """Identical image bytes in two splits (sha1 of every file) and patients present in two splits."""
+    root = Path(root)
+    with ThreadPoolExecutor(8) as pool:
+        digests = list(pool.map(lambda r: _sha1(root / r["file"]), rows))
+    by_hash = defaultdict(list)
+    for row, digest in zip(rows, digests):
+        if digest:
+            by_hash[digest].append(row)
+    groups = [g for g in by_hash.values() if len(g) > 1]
+    across = [g for g in groups if len({r["split"] for r in g}) > 1]
+    patients = {s: {r["patient"] for r in rows if r["split"] == s} for s in SPLITS}
+    overlap = {f"{a}/{b}": sorted(patients[a] & patients[b]) for a, b in itertools.combinations(SPLITS, 2)}
+    return {"files_hashed": sum(d is not None for d in digests), "duplicate_groups": len(groups),
+            "duplicate_groups_across_splits": len(across),
+            "examples_across_splits": [[f"{r['file']} ({r['split']})" for r in g] for g in across[:5]],
+            "patients": {s: len(p) for s, p in patients.items()},
+            "patient_overlap": {k: len(v) for k, v in overlap.items()},
+            "patient_overlap_examples": {k: v[:5] for k, v in overlap.items() if v}}
+
+
+def _sha1(path: Path) -> str | None:
+    try:
+        return hashlib.sha1(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def image_statistics(root: str | Path, rows: list[dict], *, per_split: int = 600, seed: int = 0) -> dict:
+    """Per image (at most `per_split` a split, sampled): mean intensity and contrast (sd) of the grayscale image
+    in [0, 1], and the stored width and height."""
+    from PIL import Image
+
+    from ..data.images import ImageError, decode_image, read_bytes
+
+    def stats(path: Path):
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+            arr, _ = decode_image(read_bytes(path), path, min_size=128)
+        except (ImageError, OSError):
+            return None
+        gray = arr.mean(axis=2) if arr.ndim == 3 else arr
+        gray = gray.astype(np.float32) / 255
+        return float(gray.mean()), float(gray.std()), width, height
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split in SPLITS:
+        chosen = [r for r in rows if r["split"] == split]
+        if len(chosen) > per_split:
+            chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), per_split, replace=False))]
+        with ThreadPoolExecutor(8) as pool:
+            values = [v for v in pool.map(lambda r: stats(Path(root) / r["file"]), chosen) if v is not None]
+        if values:
+            arr = np.array(values, dtype=np.float64)
+            out[split] = {"mean": arr[:, 0], "contrast": arr[:, 1], "width": arr[:, 2], "height": arr[:, 3]}
+    return out
+
+
+SHIFT_FEATURES = {"mean": "mean intensity", "contrast": "contrast (intensity sd)", "width": "width (px)",
+                  "height": "height (px)"}
+
+
+def distribution_shift(stats: dict, seed: int = 0) -> dict:
+    """Two-sample KS tests of each image statistic between splits, and how well a classifier on those
+    statistics alone tells test images from training images (cross-validated AUC; 0.5 = indistinguishable)."""
+    from scipy.stats import ks_2samp
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    out = {"summary": {s: {k: {"mean": float(v[k].mean()), "sd": float(v[k].std()), "n": len(v[k])}
+                           for k in SHIFT_FEATURES} for s, v in stats.items()}, "ks": {}}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        if a in stats and b in stats:
+            out["ks"][f"{a}/{b}"] = {k: dict(zip(("statistic", "p_value"),
+                                                 map(float, ks_2samp(stats[a][k], stats[b][k]))))
+                                     for k in SHIFT_FEATURES}
+    if "train" in stats and "test" in stats:
+        x = np.concatenate([np.column_stack([stats[s][k] for k in SHIFT_FEATURES]) for s in ("train", "test")])
+        x[:, 2:] = np.log(np.maximum(x[:, 2:], 1))
+        y = np.r_[np.zeros(len(stats["train"]["mean"])), np.ones(len(stats["test"]["mean"]))]
+        folds = min(5, int(min(np.bincount(y.astype(int)))))
+        if folds >= 2:
+            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+            prob = cross_val_predict(clf, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                     method="predict_proba")[:, 1]
+            out["domain_auc"] = float(skm.roc_auc_score(y, prob))
+    return out
+
+
+def data_findings(balance: dict, leak: dict, shift: dict, same: dict, positive: str) -> list[str]:
+    out = []
+    shares = ", ".join(f"{s} {b['positive_share']:.1%} of {b['n']}" for s, b in balance.items())
+    out.append(f"{positive} share per split: {shares}.")
+    if same["different"] or not same["same_test_images"]:
+        out.append(f"Runs did NOT all use the same splits ({', '.join(same['different'][:3])} differ): paired "
+                   f"comparisons between them are not valid.")
+    else:
+        out.append(f"All {same['runs']} runs used identical splits (the same {same['n_test']} test images), so paired "
+                   f"McNemar tests between runs are valid.")
+    if leak["duplicate_groups_across_splits"]:
+        ex = "; ".join(" = ".join(g) for g in leak["examples_across_splits"][:2])
+        out.append(f"LEAKAGE: {leak['duplicate_groups_across_splits']} groups of byte-identical files span two "
+                   f"splits (of {leak['files_hashed']} files hashed), e.g. {ex}.")
+    else:
+        out.append(f"No byte-identical file appears in two splits ({leak['files_hashed']} files hashed with SHA-1; "
+                   f"{leak['duplicate_groups']} duplicate groups within a split).")
+    overlapping = {k: v for k, v in leak["patient_overlap"].items() if v}
+    patients = ", ".join(f"{s} {n}" for s, n in leak["patients"].items() if n)
+    if overlapping:
+        out.append("LEAKAGE: patients in two splits: " + ", ".join(f"{k} {v}" for k, v in overlapping.items())
+                   + f" (patients per split: {patients}).")
+    else:
+        out.append(f"No patient appears in two splits (patients per split: {patients}; patient ids from the file names).")
+    for pair, tests in shift.get("ks", {}).items():
+        if "test" not in pair:
+            continue
+        a, b = pair.split("/")
+        s = shift["summary"]
+        parts = [f"{SHIFT_FEATURES[k]} {s[a][k]['mean']:.3g} vs {s[b][k]['mean']:.3g} (KS D={t['statistic']:.3f}, "
+                 f"p={t['p_value']:.2g})" for k, t in tests.items()]
+        shifted = [SHIFT_FEATURES[k] for k, t in tests.items() if t["p_value"] < 0.01]
+        out.append(f"{a.capitalize()} vs {b}: " + "; ".join(parts) + ". "
+                   + (f"Distributions differ (p < 0.01) in {', '.join(shifted)}." if shifted
+                      else "No statistic differs at p < 0.01."))
+    if "domain_auc" in shift:
+        auc = shift["domain_auc"]
+        out.append(f"A logistic regression on these four image statistics tells test images from training images "
+                   f"with cross-validated AUC {auc:.3f} (0.5 = indistinguishable): "
+                   + ("a strong acquisition shift." if auc > 0.75 else "a moderate shift." if auc > 0.6
+                      else "little shift in these statistics."))
+    return out
