@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from transferlab import cli
-from transferlab.evaluation import evaluate, load_model
+from transferlab.analysis.external import evaluate
+from transferlab.evaluation import load_model
 from transferlab.models.heads import create_model
 from transferlab.rundir import read_csv
 from transferlab.training import train

@@ -4,6 +4,7 @@ The public API (imported lazily, so `transferlab --help` stays fast):
 
     train(data=..., model=..., strategy=..., out=...) -> RunDir      one model, one strategy
     evaluate(run_dir, split="test") -> dict                          metrics of a finished run
+    evaluate(run_dir, data="other/", adapt=["prior"]) -> dict        ... on any set of images, with shift estimates
     load_model(run_dir) -> (TransferModel, config)                   the trained model, safely loaded
     create_model(name, num_classes, weights="default")               an ImageNet model with a new head
     catalog(names, measure=True) -> list[CatalogEntry]               Task A: the model table
@@ -17,7 +18,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _API = {
-    "train": "training", "TrainConfig": "config", "evaluate": "evaluation", "load_model": "evaluation",
+    "train": "training", "TrainConfig": "config", "evaluate": "analysis.external", "load_model": "evaluation",
     "create_model": "models.heads", "list_models": "models.registry", "get_spec": "models.registry",
     "catalog": "catalog", "run_study": "study", "StudyConfig": "study", "write_report": "report",
     "predict": "predict", "export": "export", "run_demo": "demo", "check_data": "data.check", "RunDir": "rundir", "TransferlabError": "errors",

@@ -105,13 +105,30 @@ def build_parser() -> argparse.ArgumentParser:
     from .study import add_study_arguments
     add_study_arguments(p)
 
-    p = sub.add_parser("evaluate", help="metrics of a finished run on a split",
-                       description="Evaluate a finished run. Splits are rebuilt with the run's own settings and "
-                                   "seed; the decision threshold is the one chosen on its validation split.")
+    p = sub.add_parser("evaluate", help="a finished run on its own split or on any other set of images, with "
+                                        "label-free shift estimates",
+                       description="Score a finished run. Without --data, the run's own --split (default test) is "
+                                   "rebuilt from its settings and seed. With another --data, every image is scored "
+                                   "(no carving): ROOT/CLASS/*, ROOT/test/CLASS/*, ROOT/{train,val,test}/CLASS/*, "
+                                   "--manifest, or a flat folder of images (unlabelled). The decision threshold is "
+                                   "the one chosen on the run's validation split. Also estimates, without the "
+                                   "target's labels, its class proportions (BBSE, EM), whether its images differ "
+                                   "from validation (domain classifier) and the accuracy to expect (ATC, DoC). "
+                                   "Writes eval-NAME.json and predictions-NAME.csv into the run directory.")
     p.add_argument("run", help="run directory written by `transferlab train`")
-    p.add_argument("--data", help="dataset folder (default: the run's own)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate (default: test)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", help="the set to score (default: the run's own data)")
+    p.add_argument("--manifest", help="CSV of path,label[,patient_id][,split] inside --data")
+    p.add_argument("--split", help="own data: the split to score (default: test); other data: score only this "
+                                   "split folder (default: every image)")
+    p.add_argument("--name", help="name in eval-NAME.json (default: from the folder name, or the split)")
+    p.add_argument("--adapt", help="label-free adaptation reported beside the plain result: prior (EM-corrected "
+                                   "posteriors and threshold), bn (BatchNorm statistics re-estimated on the target), "
+                                   "bn+prior; a comma list, or all (default: none)")
+    p.add_argument("--unlabelled", action="store_true", help="treat --data as unlabelled images even if it has "
+                                                             "sub-folders (e.g. one folder per patient)")
+    p.add_argument("--no-shift", dest="shift", action="store_false", help="skip the shift estimates")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
     p = sub.add_parser("models", help="Task A: the model catalogue, measured on this machine",
@@ -163,10 +180,16 @@ def run_train(args) -> None:
 
 
 def run_evaluate(args) -> None:
-    from .evaluation import evaluate
+    from .analysis.external import evaluate, summary_lines
 
-    result = evaluate(args.run, data=args.data, split=args.split, device=args.device, progress=args.progress)
-    print(json.dumps({k: v for k, v in result.items() if k != "at_threshold"} | {"at_threshold": result.get("at_threshold")}, indent=2))
+    result = evaluate(args.run, data=args.data, split=args.split, manifest=args.manifest, name=args.name,
+                      adapt=args.adapt, unlabelled=args.unlabelled, shift=args.shift, device=args.device,
+                      progress=args.progress)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    print("\n".join(summary_lines(result)))
+    print(f"written: {result['run']}/eval-{result['name']}.json and predictions-{result['name']}.csv")
 
 
 def run_study(args) -> None:

@@ -311,3 +311,91 @@ def predict_probs(net: torch.nn.Module, dataset: Dataset, *, batch_size: int = 6
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 out.append(fast(x).float().softmax(1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 2), dtype=np.float32)
+
+
+class _MatchSourceBN(torch.nn.Module):
+    """Stands in for one BatchNorm layer during the adaptation pass: records the per-channel mean and variance
+    of its input, and normalises each batch so that the statistics it had on the source images come out."""
+
+    def __init__(self, bn, source: tuple[torch.Tensor, torch.Tensor] | None):
+        super().__init__()
+        self.bn, self.source = bn, source
+        self.sum = self.sq = None
+        self.count = 0
+
+    def forward(self, x):
+        dims = [d for d in range(x.dim()) if d != 1]
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        n = x.numel() // x.shape[1]
+        self.sum = mean * n if self.sum is None else self.sum + mean * n
+        self.sq = (var + mean ** 2) * n if self.sq is None else self.sq + (var + mean ** 2) * n
+        self.count += n
+        if self.source is None:   # recording the source: normalise as the model does
+            return self.bn(x)
+        m, v = _matched(self.bn, self.source, mean, var)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        out = (x - m.view(shape)) / torch.sqrt(v.view(shape) + self.bn.eps)
+        return out * self.bn.weight.view(shape) + self.bn.bias.view(shape) if self.bn.affine else out
+
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.sum / self.count
+        return mean, self.sq / self.count - mean ** 2
+
+
+def _matched(bn, source, mean, var):
+    """Normalising statistics that map target inputs (mean, var) onto the outputs source inputs get from the
+    layer's own running statistics: m = mu_t - sd_t (mu_s - mu_run) / sd_s, v = var_run var_t / var_s."""
+    src_mean, src_var = source
+    ratio = torch.sqrt((var + bn.eps) / (src_var + bn.eps))
+    return mean - ratio * (src_mean - bn.running_mean), bn.running_var * ratio ** 2
+
+
+@torch.no_grad()
+def _batchnorm_pass(model, layers, pixels, sources, *, mean, std, device, batch_size, progress, desc):
+    """One pass over `pixels` with every BN layer wrapped; returns each layer's input statistics."""
+    from tqdm.auto import tqdm
+
+    from .data.transforms import normalize
+
+    wrappers = {}
+    for name, bn in layers.items():
+        parent, _, child = name.rpartition(".")
+        wrappers[name] = _MatchSourceBN(bn, None if sources is None else sources[name])
+        setattr(model.get_submodule(parent) if parent else model, child, wrappers[name])
+    images = torch.from_numpy(np.ascontiguousarray(pixels))
+    try:
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+            model(normalize(images[start:start + batch_size], mean, std).to(device))
+    finally:
+        for name, bn in layers.items():
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, bn)
+    return {name: w.statistics() for name, w in wrappers.items()}
+
+
+def adapt_batchnorm(model: torch.nn.Module, target: np.ndarray, source: np.ndarray, *, mean, std,
+                    device: torch.device, batch_size: int = 64, progress: bool = False) -> tuple[torch.nn.Module, int]:
+    """A copy of `model` whose BatchNorm layers normalise the target's images so that every layer's input
+    statistics match what they are on the source (validation) images; weights are unchanged, no labels used.
+
+    For a fine-tuned network, whose running statistics are those of its training images, this is AdaBN (Li et
+    al. 2016): the target's own statistics replace them. For a frozen ImageNet backbone (`features`), plain
+    AdaBN would move the features away from the ones its head was trained on; matching the source keeps them.
+    Each layer's target statistics are measured with the layers before it already adapted (one pass).
+    Returns (the adapted copy, the number of BatchNorm layers)."""
+    import copy
+
+    adapted = copy.deepcopy(model).eval().to(device)
+    layers = {name: m for name, m in adapted.named_modules()
+              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+    if not layers:
+        return adapted, 0
+    kw = dict(mean=mean, std=std, device=device, batch_size=batch_size, progress=progress)
+    with reuse_freed_memory(enabled=device.type == "cpu"):
+        sources = _batchnorm_pass(adapted, layers, source, None, desc="BN statistics (validation)", **kw)
+        targets = _batchnorm_pass(adapted, layers, target, sources, desc="BN statistics (target)", **kw)
+    for name, bn in layers.items():
+        m, v = _matched(bn, sources[name], *targets[name])
+        bn.running_mean.copy_(m)
+        bn.running_var.copy_(v)
+    return adapted.eval(), len(layers)

@@ -1,4 +1,5 @@
-"""Using a finished run: load its model safely, evaluate it on a split, predict new images."""
+"""Using a finished run: load its model safely, score images, and the decision rule chosen on validation.
+(`evaluate`, which scores a run on any set of images, is `analysis.external.evaluate`.)"""
 from __future__ import annotations
 
 import re
@@ -8,7 +9,6 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .config import TrainConfig, write_json
 from .errors import CheckpointError, TransferlabError
 from .metrics import score
 from .models.heads import TransferModel, create_model
@@ -44,6 +44,19 @@ def split_metrics(labels: np.ndarray, probs: np.ndarray, pos: int, threshold: fl
     return score(labels, probs, threshold)
 
 
+def probabilities_and_features(model: TransferModel, pixels: np.ndarray, *, mean, std, device,
+                               progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (N, C) and the backbone's features (N, D) of uint8 images, in one pass."""
+    import torch
+
+    from .strategies import extract_features
+
+    feats = extract_features(model, pixels, mean=mean, std=std, device=device, progress=progress)
+    with torch.inference_mode():
+        probs = model.head.to(feats.device)(feats).softmax(1)
+    return probs.numpy().astype(np.float64), feats.numpy()
+
+
 def load_model(run_dir: str | Path) -> tuple[TransferModel, dict]:
     """The run's best model (from model.safetensors, no pickle) and its config.json."""
     run = RunDir(run_dir)
@@ -64,36 +77,3 @@ def load_model(run_dir: str | Path) -> tuple[TransferModel, dict]:
         raise CheckpointError(f"{run.weights} does not match model {config['model']['name']}: "
                               f"{len(missing)} missing and {len(unexpected)} unexpected tensors")
     return model.eval(), config
-
-
-def evaluate(run_dir: str | Path, *, data: str | None = None, split: str = "test", device: str = "auto",
-             progress: bool = True) -> dict:
-    """Metrics of a finished run on a split of `data` (default: the run's own data and splits).
-
-    Splits are rebuilt with the run's saved settings and seed, so "val" and "test" are the same images the
-    run used. The decision threshold is the one the run chose on its validation split.
-    """
-    from .data.transforms import ImageTensorDataset
-    from .engine import predict_probs, resolve_device
-    from .training import prepare_data
-
-    run = RunDir(run_dir)
-    model, config = load_model(run)
-    settings = dict(config["settings"], data=data or config["settings"]["data"], max_images=None,
-                    progress=progress, resume=False)
-    cfg = TrainConfig.from_dict(settings)
-    prepared = prepare_data(cfg, config["model"]["image_size"])
-    if split not in prepared.pixels:
-        raise TransferlabError(f"{cfg.data} has no {split!r} split (it has {', '.join(prepared.pixels)})")
-    if prepared.index.classes != config["data"]["classes"]:
-        raise TransferlabError(f"{cfg.data} has classes {prepared.index.classes}, the run was trained on "
-                               f"{config['data']['classes']}")
-    dataset = ImageTensorDataset(prepared.pixels[split], prepared.labels(split),
-                                 mean=config["model"]["mean"], std=config["model"]["std"])
-    probs = predict_probs(model, dataset, device=resolve_device(device), progress=progress, desc=f"predict {split}")
-    metrics_json = run.read_metrics()
-    pos = config["data"]["classes"].index(metrics_json["positive_class"])
-    result = split_metrics(prepared.labels(split), probs, pos, metrics_json["threshold"])
-    result["data"] = str(prepared.index.root)
-    write_json(run.path / f"eval-{split}.json", result)
-    return result

@@ -9,20 +9,21 @@ from scipy.stats import binomtest
 from sklearn import metrics as skm
 
 
-def choose_threshold(y_true, prob, method: str = "youden") -> float:
+def choose_threshold(y_true, prob, method: str = "youden", sample_weight=None) -> float:
     """Decision threshold picked on *validation* predictions only.
 
     youden: maximises sensitivity + specificity - 1 (robust to class imbalance);
     f1: maximises F1 of the positive class.
+    sample_weight: e.g. validation reweighted to another class balance (f1 depends on it, youden does not).
     """
     y_true, prob = np.asarray(y_true), np.asarray(prob)
     if len(np.unique(y_true)) < 2:
         return 0.5
     if method == "youden":
-        fpr, tpr, thresholds = skm.roc_curve(y_true, prob)
+        fpr, tpr, thresholds = skm.roc_curve(y_true, prob, sample_weight=sample_weight)
         best = int(np.argmax(tpr - fpr))
     elif method == "f1":
-        precision, recall, thresholds = skm.precision_recall_curve(y_true, prob)
+        precision, recall, thresholds = skm.precision_recall_curve(y_true, prob, sample_weight=sample_weight)
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
         best = int(np.argmax(f1[:-1]))
     else:

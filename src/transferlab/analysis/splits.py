@@ -59,8 +59,22 @@ def _sha1(path: Path) -> str | None:
 
 
 def image_statistics(root: str | Path, rows: list[dict], *, per_split: int = 600, seed: int = 0) -> dict:
-    """Per image (at most `per_split` a split, sampled): mean intensity and contrast (sd) of the grayscale image
-    in [0, 1], and the stored width and height."""
+    """file_statistics of each split's images (at most `per_split` a split, sampled)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split in SPLITS:
+        chosen = [r for r in rows if r["split"] == split]
+        if len(chosen) > per_split:
+            chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), per_split, replace=False))]
+        stats = file_statistics([Path(root) / r["file"] for r in chosen], limit=None)
+        if len(stats["mean"]):
+            out[split] = stats
+    return out
+
+
+def file_statistics(paths: list[Path], *, limit: int | None = 600, seed: int = 0) -> dict:
+    """Per image (at most `limit`, sampled): mean intensity and contrast (sd) of the grayscale image in [0, 1],
+    and the stored width and height; unreadable files are left out."""
     from PIL import Image
 
     from ..data.images import ImageError, decode_image, read_bytes
@@ -69,25 +83,25 @@ def image_statistics(root: str | Path, rows: list[dict], *, per_split: int = 600
         try:
             with Image.open(path) as im:
                 width, height = im.size
+        except (OSError, ValueError):   # e.g. DICOM: PIL cannot open it, decode_image can
+            width = height = None
+        try:
             arr, _ = decode_image(read_bytes(path), path, min_size=128)
         except (ImageError, OSError):
             return None
+        if width is None:
+            height, width = arr.shape[:2]
         gray = arr.mean(axis=2) if arr.ndim == 3 else arr
         gray = gray.astype(np.float32) / 255
         return float(gray.mean()), float(gray.std()), width, height
 
-    rng = np.random.default_rng(seed)
-    out = {}
-    for split in SPLITS:
-        chosen = [r for r in rows if r["split"] == split]
-        if len(chosen) > per_split:
-            chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), per_split, replace=False))]
-        with ThreadPoolExecutor(8) as pool:
-            values = [v for v in pool.map(lambda r: stats(Path(root) / r["file"]), chosen) if v is not None]
-        if values:
-            arr = np.array(values, dtype=np.float64)
-            out[split] = {"mean": arr[:, 0], "contrast": arr[:, 1], "width": arr[:, 2], "height": arr[:, 3]}
-    return out
+    paths = list(paths)
+    if limit is not None and len(paths) > limit:
+        paths = [paths[i] for i in sorted(np.random.default_rng(seed).choice(len(paths), limit, replace=False))]
+    with ThreadPoolExecutor(8) as pool:
+        values = [v for v in pool.map(stats, paths) if v is not None]
+    arr = np.array(values, dtype=np.float64).reshape(-1, 4)
+    return {"mean": arr[:, 0], "contrast": arr[:, 1], "width": arr[:, 2], "height": arr[:, 3]}
 
 
 SHIFT_FEATURES = {"mean": "mean intensity", "contrast": "contrast (intensity sd)", "width": "width (px)",

@@ -78,18 +78,15 @@ def patient_id(filename: str, pattern: str = DEFAULT_PATIENT_PATTERN) -> str:
     return match.group("patient") if match and match.group("patient") else PurePosixPath(filename).stem
 
 
-def discover(root, *, patient_pattern: str = DEFAULT_PATIENT_PATTERN,
-             manifest: str | Path | None = None) -> DatasetIndex:
-    """Index ROOT/{train,val,test}/CLASS/*, ROOT/CLASS/* or a manifest CSV (path,label[,patient_id][,split])."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise DataError(f"{root}: dataset folder does not exist")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder (--data must be a folder of class folders)")
-    root = root.resolve()
+def discover(root, *, patient_pattern: str = DEFAULT_PATIENT_PATTERN, manifest: str | Path | None = None,
+             require_train: bool = True, min_classes: int = 2) -> DatasetIndex:
+    """Index ROOT/{train,val,test}/CLASS/*, ROOT/CLASS/* or a manifest CSV (path,label[,patient_id][,split]).
+    For a set that is only scored (an external test set), `require_train=False` also accepts split folders
+    without train/ (e.g. ROOT/test/CLASS/*) and `min_classes=1` a single class."""
+    root = _root(root)
     _compile(patient_pattern)
     if manifest is not None:
-        return _from_manifest(root, Path(manifest).expanduser(), patient_pattern)
+        return _from_manifest(root, Path(manifest).expanduser(), patient_pattern, min_classes, require_train)
 
     skipped: list[tuple[str, str]] = []
     entries = _entries(root)
@@ -97,20 +94,20 @@ def discover(root, *, patient_pattern: str = DEFAULT_PATIENT_PATTERN,
     if lookalike:
         raise DataError(f"{root / lookalike[0]}: looks like a split folder; rename it to train, val or test")
     folders = {e.name.lower(): Path(e.path) for e in entries if e.is_dir() and e.name.lower() in SPLIT_NAMES}
-    if folders and "train" not in folders:
+    if folders and "train" not in folders and require_train:
         raise DataError(f"{root}: has {', '.join(f.name + '/' for f in folders.values())} but no train/ folder")
     skipped += [(e.name + "/" * e.is_dir(), "outside train/, val/ and test/")
                 for e in entries if folders and Path(e.path) not in folders.values()]
     folders = folders or {"all": root}
     found = {name: _scan_classes(root, folder, skipped) for name, folder in folders.items()}
 
-    reference = sorted(found["train" if "train" in found else "all"])
+    reference = sorted(found["train" if "train" in found else "all" if "all" in found else next(iter(found))])
     for name, classes in found.items():
         if sorted(classes) != reference:
             missing, extra = sorted(set(reference) - set(classes)), sorted(set(classes) - set(reference))
             diff = "; ".join(f"{what} {', '.join(c)}" for what, c in (("lacks", missing), ("has extra", extra)) if c)
             raise DataError(f"{root}: class folders differ between splits: {name}/ {diff} (compared with train/)")
-    _check_classes(root, reference)
+    _check_classes(root, reference, min_classes=min_classes)
 
     samples = []
     for split, classes in found.items():
@@ -121,6 +118,31 @@ def discover(root, *, patient_pattern: str = DEFAULT_PATIENT_PATTERN,
                 samples.append(Sample(path, label, patient_id(rel, patient_pattern), split))
     samples.sort(key=lambda s: s.path)
     return DatasetIndex(root, reference, samples, skipped)
+
+
+def discover_unlabelled(root) -> DatasetIndex:
+    """Every image under ROOT (recursively), without labels (label -1, no classes): a set to predict and to
+    measure shift on."""
+    root = _root(root)
+    skipped: list[tuple[str, str]] = []
+    samples = [Sample(path, -1, path.stem, "all") for path in _images_in(root, root, skipped)]
+    if not samples:
+        raise DataError(f"{root}: no images found")
+    return DatasetIndex(root, [], samples, skipped)
+
+
+def has_class_folders(root) -> bool:
+    """Whether ROOT holds (non-hidden) sub-folders, i.e. is laid out as class or split folders."""
+    return any(e.is_dir() and not _hidden(e.name) for e in _entries(_root(root)))
+
+
+def _root(root) -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"{root}: dataset folder does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (--data must be a folder of class folders)")
+    return root.resolve()
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:
@@ -180,16 +202,17 @@ def _has_dicom_magic(path: Path) -> bool:
         return False
 
 
-def _check_classes(root: Path, classes: list[str], where: Path | None = None) -> None:
+def _check_classes(root: Path, classes: list[str], where: Path | None = None, min_classes: int = 2) -> None:
     if not classes:
         raise DataError(f"{where or root}: no images found")
-    if len(classes) == 1:
+    if len(classes) < min_classes:
         only = root / classes[0]
         hint = f"; did you mean --data {only}?" if any((only / s).is_dir() for s in SPLIT_NAMES) else ""
         raise DataError(f"{where or root}: only one class ({classes[0]}); need at least two{hint}")
 
 
-def _from_manifest(root: Path, manifest: Path, pattern: str) -> DatasetIndex:
+def _from_manifest(root: Path, manifest: Path, pattern: str, min_classes: int = 2,
+                   require_train: bool = True) -> DatasetIndex:
     path = manifest if manifest.is_file() or manifest.is_absolute() else root / manifest
     if not path.is_file():
         raise DataError(f"{manifest}: manifest file not found")
@@ -236,14 +259,14 @@ def _from_manifest(root: Path, manifest: Path, pattern: str) -> DatasetIndex:
     by_split: dict[str, set[str]] = {}
     for _, label, _, split in entries:
         by_split.setdefault(split, set()).add(label)
-    if by_split and "all" not in by_split and "train" not in by_split:
+    if by_split and "all" not in by_split and "train" not in by_split and require_train:
         raise DataError(f"{path}: the split column names no train rows")
     classes = sorted(set().union(*by_split.values())) if by_split else []
     for split, labels in by_split.items():
         if len(by_split) > 1 and labels != set(classes):
             raise DataError(f"{path}: split {split} lacks class{'es' * (len(set(classes) - labels) > 1)} "
                             f"{', '.join(sorted(set(classes) - labels))} that other splits have")
-    _check_classes(root, classes, path)
+    _check_classes(root, classes, path, min_classes)
     samples = sorted((Sample(f, classes.index(label), patient, split) for f, label, patient, split in entries),
                      key=lambda s: s.path)
     return DatasetIndex(root, classes, samples, [])

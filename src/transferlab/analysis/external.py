@@ -1,0 +1,374 @@
+"""`evaluate`: score a finished run on its own split or on any other set of images, and measure the shift.
+
+    evaluate("runs/lite0", split="test")                       the run's own test split, rebuilt from its seed
+    evaluate("runs/lite0", data="hospital_b/")                 every image of another set (no carving)
+    evaluate("runs/lite0", data="scans/", adapt=["prior", "bn"])   ... and label-free adaptation beside it
+
+Another set may be laid out as ROOT/CLASS/*, ROOT/test/CLASS/*, ROOT/{train,val,test}/CLASS/*, a manifest CSV,
+or a flat folder of images (unlabelled: predictions and shift only). Its class folders are matched to the run's
+classes by name (case-insensitively); a set whose classes the run does not know is scored as unlabelled.
+Writes eval-<name>.json and predictions-<name>.csv into the run directory.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TransferlabError
+from ..metrics import choose_threshold
+from ..rundir import RunDir, read_csv, write_csv
+from . import shift as sh
+
+ADAPTATIONS = ("prior", "bn", "bn+prior")
+ADAPT_HELP = {"prior": "posteriors re-weighted to the class proportions EM estimates for the target (Saerens et al. "
+                       "2002), decision threshold re-chosen on validation for that prior",
+              "bn": "BatchNorm statistics re-estimated on the target's unlabelled images (AdaBN); weights and "
+                    "threshold unchanged",
+              "bn+prior": "both: BatchNorm first, then the prior"}
+
+
+def parse_adapt(value) -> list[str]:
+    """'prior', 'bn', 'bn+prior', a comma list of those, or 'all' -> the adaptations to report."""
+    if not value:
+        return []
+    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v and v.strip()]
+    items = list(ADAPTATIONS) if items == ["all"] else ["bn+prior" if v == "prior+bn" else v for v in items]
+    bad = [v for v in items if v not in ADAPTATIONS]
+    if bad:
+        raise TransferlabError(f"--adapt must be a comma list of {', '.join(ADAPTATIONS)} (or all), not {bad[0]!r}")
+    return list(dict.fromkeys(items))
+
+
+@dataclass
+class Target:
+    """The images to score: files, labels as indices of the run's classes (-1: unknown) and pixels."""
+    name: str
+    root: Path
+    layout: str
+    files: list[Path]
+    labels: np.ndarray
+    pixels: np.ndarray
+    own_split: str | None = None            # "test" etc. when these are the run's own split's images
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def labelled(self) -> bool:
+        return len(self.labels) > 0 and bool((self.labels >= 0).all())
+
+
+def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str | None = None,
+             manifest: str | None = None, name: str | None = None, adapt=(), unlabelled: bool = False,
+             shift: bool = True, device: str = "auto", progress: bool = True, n_boot: int = 1000,
+             seed: int = 0) -> dict:
+    """Metrics of a finished run (labels permitting), the label-free shift estimates, and any adaptation.
+
+    Without `data` (or with the run's own data and no manifest) the run's `split` (default "test") is rebuilt
+    from its saved settings and seed. Any other `data` is scored whole: every image, no carving (`split`
+    then picks one split folder of it). The decision threshold is always the run's, chosen on validation."""
+    from ..engine import resolve_device
+    from ..evaluation import load_model
+
+    start = time.perf_counter()
+    run = RunDir(run_dir)
+    model, config = load_model(run)
+    metrics_json = run.read_metrics()
+    adapt = parse_adapt(adapt)
+    dev = resolve_device(device)
+    target = load_target(run, config, data=data, split=split, manifest=manifest, name=name, unlabelled=unlabelled,
+                         progress=progress)
+    classes = config["data"]["classes"]
+    pos = classes.index(metrics_json["positive_class"])
+    threshold = metrics_json.get("threshold")
+    score = _Scorer(model, config, dev, progress)
+    probs, feats = score(target.pixels)
+    pred = _decide(probs, pos, threshold)
+    result = {"run": str(run.path), "name": target.name, "data": str(target.root), "layout": target.layout,
+              "scored": (f"the run's own {target.own_split} split (rebuilt from its settings and seed)"
+                         if target.own_split else "every image (no carving)"),
+              "n": len(target.files), "n_unreadable": len(target.bad), "unreadable": target.bad[:20],
+              "labelled": target.labelled, "classes": classes, "positive_class": classes[pos],
+              "threshold": threshold, "threshold_chosen_on": "val" if threshold is not None else None,
+              "notes": target.notes, "predicted_share": _shares(pred, classes)}
+    if target.labelled:
+        result.update(_metrics(target.labels, probs, pos, threshold, n_boot, seed))
+
+    source = _source(run, config, score) if (shift or adapt) and target.own_split != "val" else None
+    if source is None and (shift or adapt) and target.own_split != "val":
+        result["notes"].append("the run's validation images could not be read, so nothing that compares with "
+                               "validation (shift estimates, prior adaptation) was computed")
+    if shift and source is not None:
+        estimate = sh.estimate_shift(classes=classes, val_y=source["y"], val_probs=source["probs"],
+                                     val_pred=source["pred"], target_probs=probs, target_pred=pred,
+                                     val_features=source["feats"], target_features=feats, seed=seed)
+        estimate["image_statistics"] = _image_statistics(source["files"], target.files)
+        truth = sh.compare_with_truth(estimate, target.labels if target.labelled else None, pred)
+        result["shift"], result["truth"] = estimate, truth
+        result["findings"] = sh.shift_findings(estimate, truth, name=f"The {target.name} set")
+    columns = {"": (probs, pred)}
+    if adapt:
+        result["adapted"] = {}
+    bn_probs = None
+    for method in adapt:
+        if source is None:
+            result["notes"].append(f"--adapt {method} skipped: it needs the run's validation images")
+            continue
+        info = {}
+        a_probs, a_threshold = probs, threshold
+        if method.startswith("bn"):
+            if bn_probs is None:
+                bn_probs, layers = _batchnorm_adapted(model, config, target, source, dev, progress, score)
+            a_probs = bn_probs
+            info["batchnorm_layers"] = layers
+        if method.endswith("prior"):
+            a_probs, a_threshold, prior_info = _prior_adapted(a_probs, source, pos, threshold, config)
+            info.update(prior_info)
+        a_pred = _decide(a_probs, pos, a_threshold)
+        entry = {"how": ADAPT_HELP[method], **info, "threshold": a_threshold, "predicted_share": _shares(a_pred, classes)}
+        if target.labelled:
+            entry.update(_metrics(target.labels, a_probs, pos, a_threshold, n_boot, seed))
+        result["adapted"][method] = entry
+        columns[method] = (a_probs, a_pred)
+    result["seconds"] = time.perf_counter() - start
+
+    from ..config import write_json
+
+    write_json(run.path / f"eval-{target.name}.json", result)
+    write_csv(run.path / f"predictions-{target.name}.csv", _prediction_rows(target, classes, columns))
+    return result
+
+
+# --- the target images ------------------------------------------------------------------------------------------
+
+def load_target(run: RunDir, config: dict, *, data=None, split=None, manifest=None, name=None,
+                unlabelled: bool = False, progress: bool = True) -> Target:
+    from ..config import TrainConfig
+    from ..data.discover import discover, discover_unlabelled, has_class_folders
+    from ..data.images import load_images
+    from ..training import prepare_data
+
+    settings = config["settings"]
+    own_root = Path(config["data"]["root"])
+    size = config["model"]["image_size"]
+    if data is None or (Path(data).expanduser().resolve() == own_root and manifest == settings.get("manifest")
+                        and not unlabelled):
+        split = split or "test"
+        cfg = TrainConfig.from_dict(dict(settings, data=str(own_root), max_images=None, progress=progress,
+                                         resume=False))
+        prepared = prepare_data(cfg, size)
+        if split not in prepared.pixels:
+            raise TransferlabError(f"{own_root} has no {split!r} split (it has {', '.join(prepared.pixels)})")
+        return Target(name or split, own_root, "the run's own splits", [s.path for s in prepared.samples[split]],
+                      prepared.labels(split), prepared.pixels[split], own_split=split)
+
+    root = Path(data).expanduser()
+    pattern = settings.get("patient_pattern")
+    kwargs = {"patient_pattern": pattern} if pattern else {}
+    if unlabelled or (manifest is None and root.is_dir() and not has_class_folders(root)):
+        index, layout = discover_unlabelled(root), "unlabelled folder"
+    else:
+        index = discover(root, manifest=manifest, require_train=False, min_classes=1, **kwargs)
+        splits = index.source_splits
+        layout = ("manifest" if manifest else "class folders" if splits == ["all"]
+                  else f"split folders ({', '.join(splits)})")
+    samples = index.samples
+    if split is not None:
+        samples = index.split(split)
+        if not samples:
+            raise TransferlabError(f"{index.root} has no {split}/ folder (it has {', '.join(index.source_splits)})")
+    notes = []
+    run_classes = config["data"]["classes"]
+    lookup = {c.lower(): i for i, c in enumerate(run_classes)}
+    unknown = [c for c in index.classes if c.lower() not in lookup]
+    if unknown:
+        notes.append(f"classes {', '.join(unknown)} are not among the run's classes ({', '.join(run_classes)}): "
+                     f"scored as an unlabelled set (predictions and shift only)")
+        print(f"note: {notes[-1]}", file=sys.stderr)
+    labels = np.array([-1 if unknown or s.label < 0 else lookup[index.classes[s.label].lower()] for s in samples],
+                      dtype=np.int64)
+    loaded = load_images([s.path for s in samples], size, skip_bad=True, progress=progress)
+    if loaded.bad:
+        notes.append(f"skipped {len(loaded.bad)} unreadable file(s) of {len(samples)} (listed in the JSON)")
+        print(f"warning: {notes[-1]}: " + "; ".join(f"{p} ({r})" for p, r in loaded.bad[:3]), file=sys.stderr)
+    if not loaded.kept:
+        raise TransferlabError(f"{index.root}: none of the {len(samples)} images could be read")
+    return Target(name or default_name(index.root, split), index.root, layout,
+                  [samples[i].path for i in loaded.kept], labels[loaded.kept], loaded.pixels, bad=loaded.bad,
+                  notes=notes)
+
+
+def default_name(root: Path, split: str | None = None) -> str:
+    """'hospital_b' for .../hospital_b, 'chest_xray-test' for .../chest_xray/test: safe in a file name."""
+    parts = [root.parent.name, root.name] if root.name.lower() in ("train", "val", "test") else [root.name]
+    parts += [split] if split else []
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(p for p in parts if p)) or "external"
+
+
+# --- scoring ------------------------------------------------------------------------------------------------------
+
+class _Scorer:
+    """Probabilities and backbone features of uint8 images under the run's normalisation."""
+
+    def __init__(self, model, config, device, progress):
+        self.model, self.device, self.progress = model, device, progress
+        self.mean, self.std = config["model"]["mean"], config["model"]["std"]
+
+    def __call__(self, pixels: np.ndarray, model=None) -> tuple[np.ndarray, np.ndarray]:
+        from ..evaluation import probabilities_and_features
+
+        return probabilities_and_features(model or self.model, pixels, mean=self.mean, std=self.std,
+                                          device=self.device, progress=self.progress)
+
+
+def _decide(probs: np.ndarray, pos: int, threshold: float | None) -> np.ndarray:
+    from ..evaluation import decide
+
+    return decide(probs, pos, threshold)
+
+
+def _source(run: RunDir, config: dict, score: _Scorer) -> dict | None:
+    """The run's validation split (from splits.csv), scored now: labels, probabilities, decisions, features."""
+    from ..data.images import load_images
+
+    if not run.splits.exists():
+        return None
+    root = Path(config["data"]["root"])
+    classes = config["data"]["classes"]
+    rows = [r for r in read_csv(run.splits) if r["split"] == "val"]
+    files = [Path(r["file"]) if Path(r["file"]).is_absolute() else root / r["file"] for r in rows]
+    if not rows or not all(f.exists() for f in files):
+        return None
+    loaded = load_images(files, config["model"]["image_size"], skip_bad=True, progress=False)
+    y = np.array([classes.index(rows[i]["label"]) for i in loaded.kept])
+    probs, feats = score(loaded.pixels)
+    metrics = run.read_metrics()
+    pos = classes.index(metrics["positive_class"])
+    return {"y": y, "probs": probs, "feats": feats, "pred": _decide(probs, pos, metrics.get("threshold")),
+            "files": [files[i] for i in loaded.kept], "pixels": loaded.pixels}
+
+
+def _batchnorm_adapted(model, config, target: Target, source: dict, device, progress, score):
+    """Target probabilities from a copy of the model whose BatchNorm layers match target to validation."""
+    from ..engine import adapt_batchnorm
+
+    if len(target.pixels) < 8:
+        raise TransferlabError(f"--adapt bn needs at least 8 target images to estimate BatchNorm statistics "
+                               f"(the {target.name} set has {len(target.pixels)})")
+    adapted, layers = adapt_batchnorm(model, target.pixels, source["pixels"], mean=config["model"]["mean"],
+                                      std=config["model"]["std"], device=device, progress=progress)
+    return score(target.pixels, model=adapted)[0], layers
+
+
+def _prior_adapted(probs: np.ndarray, source: dict, pos: int, threshold: float | None, config: dict):
+    """Posteriors calibrated on validation and re-weighted to the EM estimate of the target's prior; for a
+    binary run, the threshold re-chosen with the run's own method on validation reweighted to that prior."""
+    k = probs.shape[1]
+    calibration = sh.fit_calibration(source["probs"], source["y"])
+    source_prior = np.bincount(source["y"], minlength=k) / len(source["y"])
+    target_prior = sh.em_prior(sh.calibrate(probs, calibration), source_prior)
+    adapted = sh.adapt_prior(sh.calibrate(probs, calibration), source_prior, target_prior)
+    info = {"prior": dict(zip(config["data"]["classes"], target_prior.tolist()))}
+    if threshold is not None and k == 2:
+        val_adapted = sh.adapt_prior(sh.calibrate(source["probs"], calibration), source_prior, target_prior)
+        weight = (target_prior / np.clip(source_prior, 1e-12, None))[source["y"]]
+        info["threshold_method"] = _run_threshold_method(config)
+        threshold = choose_threshold((source["y"] == pos).astype(int), val_adapted[:, pos], info["threshold_method"],
+                                     sample_weight=weight)
+    return adapted, threshold, info
+
+
+def _run_threshold_method(config: dict) -> str:
+    return config["settings"].get("threshold_method", "youden")
+
+
+# --- metrics and outputs -------------------------------------------------------------------------------------
+
+def _metrics(labels: np.ndarray, probs: np.ndarray, pos: int, threshold: float | None, n_boot: int, seed: int) -> dict:
+    """split_metrics at 0.5 and at the threshold, plus bootstrap 95% CIs (images resampled) of accuracy,
+    balanced accuracy (and AUC for two classes) at the decision rule."""
+    from scipy.stats import rankdata
+
+    from ..evaluation import split_metrics
+
+    out = split_metrics(labels, probs, pos, threshold)
+    pred = _decide(probs, pos, threshold)
+    k = probs.shape[1]
+    correct = pred == labels
+    ranks = rankdata(probs[:, pos]) if k == 2 else None
+    rng = np.random.default_rng(seed)
+    values: dict[str, list] = {"accuracy": [], "balanced_accuracy": [], "roc_auc": []}
+    for _ in range(n_boot):
+        i = rng.integers(0, len(labels), len(labels))
+        values["accuracy"].append(correct[i].mean())
+        n_class = np.bincount(labels[i], minlength=k)
+        present = n_class > 0
+        if present.sum() > 1:
+            recall = np.bincount(labels[i], weights=correct[i], minlength=k)[present] / n_class[present]
+            values["balanced_accuracy"].append(recall.mean())
+            if ranks is not None:   # Mann-Whitney AUC on the resample (ties: average ranks of the full set)
+                positive = labels[i] == pos
+                r = rankdata(ranks[i])
+                n1, n0 = positive.sum(), (~positive).sum()
+                values["roc_auc"].append((r[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    out["ci"] = {k: [float(q) for q in np.quantile(v, [0.025, 0.975])] for k, v in values.items() if v}
+    out["ci_n_boot"] = n_boot
+    return out
+
+
+def _shares(pred: np.ndarray, classes: list[str]) -> dict:
+    counts = np.bincount(pred, minlength=len(classes))
+    return {c: float(counts[i] / max(len(pred), 1)) for i, c in enumerate(classes)}
+
+
+def _prediction_rows(target: Target, classes: list[str], columns: dict) -> list[dict]:
+    rows = []
+    for i, path in enumerate(target.files):
+        row = {"file": str(path.relative_to(target.root)) if path.is_relative_to(target.root) else str(path),
+               "label": classes[target.labels[i]] if target.labels[i] >= 0 else ""}
+        for method, (probs, pred) in columns.items():
+            suffix = f"_{method}" if method else ""
+            row.update({f"prob_{c}{suffix}": float(probs[i, k]) for k, c in enumerate(classes)})
+            row[f"predicted{suffix}"] = classes[pred[i]]
+        rows.append(row)
+    return rows
+
+
+def _image_statistics(source_files: list[Path], target_files: list[Path]) -> dict:
+    """Mean intensity, contrast and stored size of source (validation) and target images, compared by KS tests."""
+    from .splits import SHIFT_FEATURES, file_statistics
+
+    return sh.statistics_shift(file_statistics(source_files), file_statistics(target_files), SHIFT_FEATURES)
+
+
+def summary_lines(result: dict) -> list[str]:
+    """What `transferlab evaluate` prints: a few lines, then where the JSON is."""
+    out = [f"{result['name']}: {result['n']} images from {result['data']} ({result['layout']}); scored "
+           f"{result['scored']}" + (f"; {result['n_unreadable']} unreadable skipped" if result["n_unreadable"] else "")]
+    out += [f"note: {n}" for n in result["notes"]]
+    rows = [("as trained", result)] + [(f"adapt {m}", r) for m, r in result.get("adapted", {}).items()]
+    for label, r in rows:
+        if "accuracy" not in r:
+            shares = ", ".join(f"{c} {v:.1%}" for c, v in r["predicted_share"].items())
+            out.append(f"{label:>16}: predicted {shares} (no labels)")
+            continue
+        at = r.get("at_threshold", r)
+        ci = r.get("ci", {})
+        t = at.get("threshold")
+        out.append(f"{label:>16}: accuracy {at['accuracy']:.3f} {_ci(ci.get('accuracy'))}  balanced "
+                   f"{_num(at.get('balanced_accuracy'))}  AUC {_num(r.get('roc_auc'))} {_ci(ci.get('roc_auc'))}"
+                   + (f"  (threshold {t:.3f}, chosen on validation)" if t is not None and "at_threshold" in r else ""))
+    out += result.get("findings", [])
+    return out
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""

@@ -1,0 +1,293 @@
+"""Will the run work on *these* images? Shift between a run's source (its validation split) and any target set,
+measured without the target's labels, and label-free adaptation to it.
+
+Every estimator reads the source validation split (labels, probabilities, decisions, backbone features) and the
+target's probabilities, decisions and features, never the target's labels: target labels only ever appear
+beside an estimate as the truth it is compared with (`compare_with_truth`).
+
+- label shift (the target's class proportions): BBSE (Lipton et al. 2018: invert the validation confusion
+  matrix) and maximum-likelihood EM (Saerens et al. 2002) on probabilities calibrated on validation (bias-
+  corrected temperature scaling, Alexandari et al. 2020); both assume pure label shift;
+- covariate shift: a domain classifier on backbone features (validation vs target; cross-validated AUC with a
+  permutation p-value; validation reweighted to the estimated target class mix, so that a pure change of
+  prevalence is not mistaken for a change of the images), plus image statistics (KS tests);
+- accuracy without labels: ATC (Garg et al., ICLR 2022), DoC (Guillory et al. 2021), average confidence, and
+  the label-shift estimate sum_k prior_k x validation recall_k;
+- adaptation: `adapt_prior` (posteriors re-weighted to the EM prior). BatchNorm re-estimation lives in
+  `engine.adapt_batchnorm` (it needs the model).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import log_softmax, softmax
+from scipy.stats import ks_2samp
+from sklearn import metrics as skm
+
+N_BOOT = 200              # bootstrap resamples for the CIs of the prevalence estimates
+N_PERMUTATIONS = 100      # label permutations for the domain classifier's p-value
+DOMAIN_AUC_FLAG = 0.6     # a target is "distinguishable" at this cross-validated AUC and p < DOMAIN_P_FLAG
+DOMAIN_P_FLAG = 0.01
+EPS = 1e-12
+
+LABEL_SHIFT_ASSUMPTION = ("pure label shift: the images of each class look the same in the target as in "
+                          "validation, only the class proportions differ")
+ACCURACY_ASSUMPTION = ("the model's confidence relates to its correctness on the target as it does on "
+                       "validation (true under label shift; breaks under a strong change of the images)")
+
+
+# --- calibration on validation --------------------------------------------------------------------------------
+
+def fit_calibration(probs: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Bias-corrected temperature scaling fitted on validation: (T, b) minimising the NLL of
+    softmax(log p / T + b). Afterwards the probabilities match the validation class proportions, which EM needs
+    (a class-weighted loss trains the model towards equal priors instead)."""
+    logp = np.log(np.clip(probs, EPS, 1))
+    onehot = np.eye(probs.shape[1])[y]
+
+    def nll_and_grad(params):
+        t = np.exp(params[0])
+        z = logp / t + params[1:]
+        logq = log_softmax(z, axis=1)
+        dz = (np.exp(logq) - onehot) / len(y)
+        return -(logq * onehot).sum() / len(y), np.r_[(dz * -logp / t).sum(), dz.sum(0)]
+
+    result = minimize(nll_and_grad, np.zeros(probs.shape[1] + 1), jac=True, method="L-BFGS-B")
+    return float(np.exp(result.x[0])), result.x[1:]
+
+
+def calibrate(probs: np.ndarray, calibration: tuple[float, np.ndarray]) -> np.ndarray:
+    t, b = calibration
+    return softmax(np.log(np.clip(probs, EPS, 1)) / t + b, axis=1)
+
+
+# --- label shift: the target's class proportions ----------------------------------------------------------------
+
+def bbse(val_y: np.ndarray, val_pred: np.ndarray, target_pred: np.ndarray, k: int) -> np.ndarray:
+    """Black-box shift estimation: P_t(pred) = C @ prior_t with C[i, j] = P(pred = i | y = j) on validation;
+    solved by least squares, clipped to >= 0 and renormalised."""
+    c = np.zeros((k, k))
+    for j in range(k):
+        rows = val_y == j
+        if rows.any():
+            c[:, j] = np.bincount(val_pred[rows], minlength=k)[:k] / rows.sum()
+    q = np.bincount(target_pred, minlength=k)[:k] / max(len(target_pred), 1)
+    prior = np.clip(np.linalg.lstsq(c, q, rcond=None)[0], 0, None)
+    return prior / prior.sum() if prior.sum() > 0 else np.full(k, 1 / k)
+
+
+def em_prior(target_probs: np.ndarray, source_prior: np.ndarray, *, max_iter: int = 1000,
+             tol: float = 1e-8) -> np.ndarray:
+    """Saerens et al. (2002): the target prior that maximises the likelihood of the target's (calibrated)
+    posteriors, by EM from the source prior."""
+    prior = source_prior.copy()
+    for _ in range(max_iter):
+        adapted = adapt_prior(target_probs, source_prior, prior)
+        new = adapted.mean(0)
+        if np.abs(new - prior).max() < tol:
+            return new
+        prior = new
+    return prior
+
+
+def adapt_prior(probs: np.ndarray, source_prior: np.ndarray, target_prior: np.ndarray) -> np.ndarray:
+    """Posteriors for the target prior: p_t(y|x) proportional to p_s(y|x) x prior_t(y) / prior_s(y)."""
+    w = probs * (np.asarray(target_prior) / np.clip(source_prior, EPS, None))
+    return w / np.clip(w.sum(1, keepdims=True), EPS, None)
+
+
+# --- accuracy without labels -------------------------------------------------------------------------------------
+
+def confidence(probs: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The probability of the class each image is called."""
+    return probs[np.arange(len(pred)), pred]
+
+
+def atc(val_conf: np.ndarray, val_correct: np.ndarray, target_conf: np.ndarray) -> float:
+    """Average Thresholded Confidence: the threshold t leaves as many validation images below it as validation
+    gets wrong; the target's estimated accuracy is its share of images with confidence >= t."""
+    t = np.quantile(val_conf, 1 - val_correct.mean())
+    return float((target_conf >= t).mean() if val_correct.mean() < 1 else 1.0)
+
+
+def doc(val_conf: np.ndarray, val_correct: np.ndarray, target_conf: np.ndarray) -> float:
+    """Difference of Confidences: validation accuracy minus the drop of average confidence."""
+    return float(np.clip(val_correct.mean() - (val_conf.mean() - target_conf.mean()), 0, 1))
+
+
+def label_shift_accuracy(val_y: np.ndarray, val_pred: np.ndarray, prior: np.ndarray) -> float:
+    """Accuracy expected at the estimated target prior if each class is recognised as on validation."""
+    recall = np.array([(val_pred[val_y == j] == j).mean() if (val_y == j).any() else 0.0 for j in range(len(prior))])
+    return float(prior @ recall)
+
+
+# --- covariate shift -------------------------------------------------------------------------------------------------
+
+def domain_classifier(source: np.ndarray, target: np.ndarray, *, source_weight: np.ndarray | None = None,
+                      n_permutations: int = N_PERMUTATIONS, max_per_side: int = 1000, seed: int = 0) -> dict:
+    """How well a logistic regression on backbone features tells target from source images: cross-validated
+    (5-fold, weighted) AUC, 0.5 = indistinguishable, with a permutation p-value (domain labels shuffled)."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    w_source = np.ones(len(source)) if source_weight is None else np.asarray(source_weight, dtype=float)
+    keep_s = rng.permutation(len(source))[:max_per_side]
+    keep_t = rng.permutation(len(target))[:max_per_side]
+    x = np.concatenate([source[keep_s], target[keep_t]]).astype(np.float64)
+    d = np.r_[np.zeros(len(keep_s), int), np.ones(len(keep_t), int)]
+    w = np.r_[w_source[keep_s] * len(keep_s) / max(w_source[keep_s].sum(), EPS), np.ones(len(keep_t))]
+    folds = min(5, int(np.bincount(d, minlength=2).min()))
+    if folds < 2:
+        return {"auc": None, "p_value": None, "n_source": len(keep_s), "n_target": len(keep_t),
+                "note": "too few images on one side for a cross-validated domain classifier"}
+    # PCA over both sides ignores which side an image is on, so it leaves the permutation test valid
+    x = StandardScaler().fit_transform(PCA(min(32, x.shape[1], len(x) - 1), random_state=seed).fit_transform(x))
+
+    def cv_auc(labels: np.ndarray) -> float:
+        scores = np.zeros(len(labels))
+        for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, labels):
+            clf = LogisticRegression(C=0.1, max_iter=500).fit(x[train], labels[train], sample_weight=w[train])
+            scores[test] = clf.decision_function(x[test])
+        return float(skm.roc_auc_score(labels, scores, sample_weight=w))
+
+    auc = cv_auc(d)
+    null = np.array([cv_auc(rng.permutation(d)) for _ in range(n_permutations)])
+    p = float((1 + np.sum(null >= auc)) / (1 + n_permutations))
+    return {"auc": auc, "p_value": p, "null_auc_95": float(np.quantile(null, 0.95)) if n_permutations else None,
+            "n_source": len(keep_s), "n_target": len(keep_t), "n_permutations": n_permutations,
+            "distinguishable": bool(auc >= DOMAIN_AUC_FLAG and p < DOMAIN_P_FLAG)}
+
+
+def statistics_shift(source: dict, target: dict, names: dict[str, str]) -> dict:
+    """Two-sample KS tests of per-image statistics (mean intensity, contrast, size) between source and target."""
+    out = {}
+    for key in names:
+        if key in source and key in target and len(source[key]) and len(target[key]):
+            stat, p = ks_2samp(source[key], target[key])
+            out[key] = {"source_mean": float(np.mean(source[key])), "target_mean": float(np.mean(target[key])),
+                        "ks": float(stat), "p_value": float(p)}
+    return out
+
+
+# --- everything for one target ------------------------------------------------------------------------------------
+
+def estimate_shift(*, classes: list[str], val_y: np.ndarray, val_probs: np.ndarray, val_pred: np.ndarray,
+                   target_probs: np.ndarray, target_pred: np.ndarray, val_features: np.ndarray | None = None,
+                   target_features: np.ndarray | None = None, n_boot: int = N_BOOT,
+                   n_permutations: int = N_PERMUTATIONS, seed: int = 0) -> dict:
+    """Every label-free estimate for one target set, with bootstrap CIs and the assumption each one makes.
+    Takes no target labels."""
+    k = len(classes)
+    val_y, val_pred, target_pred = (np.asarray(a, dtype=int) for a in (val_y, val_pred, target_pred))
+    source_prior = np.bincount(val_y, minlength=k) / len(val_y)
+
+    def estimates(vi: np.ndarray, ti: np.ndarray) -> dict:
+        cal = fit_calibration(val_probs[vi], val_y[vi])
+        return {"bbse": bbse(val_y[vi], val_pred[vi], target_pred[ti], k),
+                "em": em_prior(calibrate(target_probs[ti], cal), np.bincount(val_y[vi], minlength=k) / len(vi))}
+
+    every_val, every_target = np.arange(len(val_y)), np.arange(len(target_pred))
+    point = estimates(every_val, every_target)
+    rng = np.random.default_rng(seed)
+    boots = [estimates(rng.choice(every_val, len(every_val)), rng.choice(every_target, len(every_target)))
+             for _ in range(n_boot)]
+    prevalence = {"source": dict(zip(classes, source_prior.tolist())), "assumption": LABEL_SHIFT_ASSUMPTION}
+    for method in ("em", "bbse"):
+        lo, hi = np.quantile([b[method] for b in boots], [0.025, 0.975], axis=0) if boots else (point[method],) * 2
+        prevalence[method] = {c: {"estimate": float(point[method][i]), "ci": [float(lo[i]), float(hi[i])]}
+                              for i, c in enumerate(classes)}
+
+    calibration = fit_calibration(val_probs, val_y)
+    val_conf = confidence(calibrate(val_probs, calibration), val_pred)
+    target_conf = confidence(calibrate(target_probs, calibration), target_pred)
+    val_correct = (val_pred == val_y).astype(float)
+    accuracy = {
+        "val_accuracy": float(val_correct.mean()),
+        "atc": atc(val_conf, val_correct, target_conf),
+        "doc": doc(val_conf, val_correct, target_conf),
+        "average_confidence": float(target_conf.mean()),
+        "label_shift": label_shift_accuracy(val_y, val_pred, point["em"]),
+        "assumption": ACCURACY_ASSUMPTION,
+    }
+    estimates_of_accuracy = [accuracy[m] for m in ACCURACY_ESTIMATORS]
+    accuracy["spread"] = float(max(estimates_of_accuracy) - min(estimates_of_accuracy))
+
+    domain = None
+    if val_features is not None and target_features is not None and len(target_features):
+        # validation reweighted to the estimated target class mix: a pure prevalence change is then invisible
+        weight = (point["em"] / np.clip(source_prior, EPS, None))[val_y]
+        domain = domain_classifier(val_features, target_features, source_weight=weight,
+                                   n_permutations=n_permutations, seed=seed)
+    disagreement = float(np.abs(point["em"] - point["bbse"]).max())
+    distinguishable = bool(domain and domain.get("distinguishable"))
+    return {
+        "classes": classes, "n_val": int(len(val_y)), "n_target": int(len(target_pred)),
+        "prevalence": prevalence, "accuracy": accuracy, "domain": domain,
+        "calibration": {"temperature": calibration[0], "bias": calibration[1].tolist()},
+        "reliability": {
+            "label_shift_assumption_met": None if domain is None or domain.get("auc") is None else not distinguishable,
+            "prevalence_disagreement": disagreement, "accuracy_spread": accuracy["spread"],
+            "reliable": None if domain is None or domain.get("auc") is None else not distinguishable,
+        },
+    }
+
+
+ACCURACY_ESTIMATORS = ("atc", "doc", "average_confidence", "label_shift")
+ESTIMATOR_NAMES = {"atc": "ATC", "doc": "DoC", "average_confidence": "average confidence",
+                   "label_shift": "label-shift (EM prior x validation recall)", "em": "EM", "bbse": "BBSE"}
+
+
+def compare_with_truth(shift: dict, target_y: np.ndarray | None, target_pred: np.ndarray) -> dict:
+    """Each estimate beside the truth, where the target has labels (never used by the estimates themselves)."""
+    if target_y is None or not len(target_y):
+        return {}
+    classes = shift["classes"]
+    true_prior = np.bincount(np.asarray(target_y, int), minlength=len(classes)) / len(target_y)
+    true_acc = float((np.asarray(target_pred) == np.asarray(target_y)).mean())
+    return {
+        "prevalence": {c: float(true_prior[i]) for i, c in enumerate(classes)},
+        "prevalence_error": {m: float(max(abs(shift["prevalence"][m][c]["estimate"] - true_prior[i])
+                                          for i, c in enumerate(classes))) for m in ("em", "bbse")},
+        "accuracy": true_acc,
+        "accuracy_error": {m: float(shift["accuracy"][m] - true_acc) for m in ACCURACY_ESTIMATORS},
+    }
+
+
+def shift_findings(shift: dict, truth: dict | None = None, *, name: str = "the target") -> list[str]:
+    """Plain sentences, one per finding, from the measured numbers of `estimate_shift`."""
+    classes, prev, acc, rel = shift["classes"], shift["prevalence"], shift["accuracy"], shift["reliability"]
+    truth = truth or {}
+    out = []
+    moved = max(classes, key=lambda c: abs(prev["em"][c]["estimate"] - prev["source"][c]))
+    e = prev["em"][moved]
+    change = e["estimate"] - prev["source"][moved]
+    text = (f"{name} is estimated to hold {e['estimate']:.0%} {moved} images (EM, 95% CI {e['ci'][0]:.0%}-"
+            f"{e['ci'][1]:.0%}; BBSE {prev['bbse'][moved]['estimate']:.0%}), {abs(change) * 100:.0f} points "
+            f"{'more' if change >= 0 else 'fewer'} than validation ({prev['source'][moved]:.0%})")
+    if truth:
+        text += f"; the labels say {truth['prevalence'][moved]:.0%}"
+    out.append(text + ".")
+    d = shift.get("domain")
+    if d and d.get("auc") is not None:
+        if d["distinguishable"]:
+            out.append(f"The images differ from validation beyond their class mix: a domain classifier on the "
+                       f"backbone's features tells them apart with AUC {d['auc']:.2f} (p={d['p_value']:.2g}; 0.5 = "
+                       f"indistinguishable). The prevalence and accuracy estimates assume they do not, so treat them as "
+                       f"unreliable: they disagree by up to {rel['prevalence_disagreement']:.0%} (prevalence, EM vs "
+                       f"BBSE) and {rel['accuracy_spread']:.0%} (accuracy, {len(ACCURACY_ESTIMATORS)} estimators).")
+        else:
+            out.append(f"Once validation is reweighted to the estimated class mix, a domain classifier on the backbone's "
+                       f"features cannot tell the images apart (AUC {d['auc']:.2f}, p={d['p_value']:.2g}): consistent "
+                       f"with a pure label shift, the assumption of the prevalence estimates.")
+    else:
+        out.append("The domain classifier could not run (no validation images to compare with), so nothing checks "
+                   "the pure-label-shift assumption of these estimates.")
+    parts = ", ".join(f"{ESTIMATOR_NAMES[m]} {acc[m]:.3f}" for m in ACCURACY_ESTIMATORS)
+    text = f"Estimated accuracy without labels: {parts} (validation {acc['val_accuracy']:.3f})"
+    if truth:
+        text += f"; measured with the labels: {truth['accuracy']:.3f}"
+    out.append(text + ".")
+    return out
