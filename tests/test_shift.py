@@ -46,7 +46,8 @@ def _estimate(source, target_prior, offset=0.0, n=1200, seed=2):
     xt, yt = _sample(np.random.default_rng(seed), np.array(target_prior), n, offset)
     pt = _posterior(xt, np.full(K, 1 / K))
     est = sh.estimate_shift(classes=list("abc"), val_y=y, val_probs=probs, val_pred=probs.argmax(1), target_probs=pt,
-                            target_pred=pt.argmax(1), val_features=x, target_features=xt, n_boot=50)
+                            target_pred=pt.argmax(1), val_features=x, target_features=xt, n_boot=50,
+                            n_permutations=100)
     return est, sh.compare_with_truth(est, yt, pt.argmax(1))
 
 
@@ -114,6 +115,12 @@ def external(tmp_path_factory):
     root = tmp_path_factory.mktemp("ext") / "hospital_b"
     shutil.copytree(made / "test", root)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _fewer_resamples(monkeypatch):
+    monkeypatch.setattr(sh, "N_BOOT", 40)
+    monkeypatch.setattr(sh, "N_PERMUTATIONS", 40)
 
 
 def _quick(**kw):
@@ -214,3 +221,15 @@ def test_missing_split_folder_is_one_line(run, external, capsys):
     code = cli.main(["evaluate", str(run.path), "--data", str(external), "--split", "test", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no test/ folder" in err
+
+
+def test_predict_with_adaptation(run, external, tmp_path, capsys):
+    code = cli.main(["predict", str(run.path), str(external), "--adapt", "prior,bn", "--out", str(tmp_path / "p.csv"),
+                     "--no-progress"])
+    assert code == 0
+    rows = read_csv(tmp_path / "p.csv")
+    assert len(rows) == 32 and {"predicted", "predicted_prior", "predicted_bn", "prob_PNEUMONIA_bn"} <= set(rows[0])
+    plain = evaluate(run.path, data=external, name="plain", shift=False, **_quick())
+    # the plain decisions are those of evaluate, at the same validation threshold
+    decisions = {r["file"]: r["predicted"] for r in read_csv(run.path / "predictions-plain.csv")}
+    assert sorted(decisions.values()) == sorted(r["predicted"] for r in rows) and plain["n"] == 32

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -13,7 +14,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import make_xray_dataset
 from transferlab import analysis
+from transferlab.analysis import shift
 from transferlab.analysis import comparison as analysis_comparison
 from transferlab.errors import TransferlabError
 from transferlab.rundir import RunDir, read_csv
@@ -28,14 +31,42 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def study(xray_dir, tmp_path_factory):
-    """2 models x 2 strategies x 2 seeds = 8 runs, each a few seconds (mobilenet without ImageNet weights)."""
+def external_set(tmp_path_factory):
+    """Another 'hospital' (ROOT/CLASS/*), every run is evaluated on it."""
+    made = make_xray_dataset(tmp_path_factory.mktemp("made"), patients_per_class=5, seed=11, splits=("test",))
+    return shutil.copytree(made / "test", tmp_path_factory.mktemp("ext") / "hospital_b")
+
+
+@pytest.fixture(scope="module")
+def study(xray_dir, external_set, tmp_path_factory):
+    """2 models x 2 strategies x 2 seeds = 8 runs, each a few seconds (mobilenet without ImageNet weights),
+    each also evaluated on an external set with two adaptations."""
     config = StudyConfig(data=str(xray_dir), models=MODELS, strategies=["finetune", "features"], seeds=2,
                          out=str(tmp_path_factory.mktemp("study") / "s"), split_seed=3, measure_catalog=False,
-                         train=TRAIN, model_overrides={"mobilenet_v3_small": {"weights": "none"}})
+                         train=TRAIN, model_overrides={"mobilenet_v3_small": {"weights": "none"}},
+                         external=[str(external_set)], adapt="prior,bn")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(analysis_comparison, "N_BOOT", 100)
+        mp.setattr(shift, "N_BOOT", 30)
+        mp.setattr(shift, "N_PERMUTATIONS", 20)
         return run_study(config)
+
+
+def test_external_set_in_every_run_and_in_section_e(study):
+    runs = [RunDir(p) for p in (study / "runs").iterdir()]
+    assert len(runs) == 8
+    for run in runs:
+        result = json.loads((run.path / "eval-hospital_b.json").read_text())
+        assert result["n"] == 20 and set(result["adapted"]) == {"prior", "bn"} and "shift" in result
+    html = (study / "report.html").read_text()
+    section_e = html[html.index('id="section-E"'):html.index('id="section-methods"')]
+    assert "External set: hospital_b" in section_e
+    table = section_e[section_e.index("External set: hospital_b"):]
+    assert all(run.path.name in table for run in runs)            # one row per run
+    assert "adapt bn: acc. / bal. acc." in table and "PNEUMONIA share: true / EM" in table
+    analysis_json = json.loads((study / "analysis.json").read_text())
+    assert set(analysis_json["external_results"]["hospital_b"]) == {run.path.name for run in runs}
+    assert json.loads((study / "study.json").read_text())["external"][0]["name"] == "hospital_b"
 
 
 def test_results_and_summary(study):

@@ -33,7 +33,7 @@ def find_images(paths) -> list[Path]:
 
 
 def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = False, device: str = "auto",
-            progress: bool = False) -> list[dict]:
+            progress: bool = False, adapt=()) -> list[dict]:
     """One row per image: file, prob_<class> for every class, predicted (at the run's validation-chosen
     threshold), and with cam=True the path of its Grad-CAM overlay PNG (written to cam/ beside `out`).
     Unreadable files stop with one line naming them, or with skip_bad are left out with a warning.
@@ -68,11 +68,12 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     for i, p, predicted in zip(loaded.kept, probs, decide(probs, pos, threshold)):
         rows.append({"file": str(files[i]), **{f"prob_{c}": float(v) for c, v in zip(classes, p)},
                      "predicted": classes[predicted], "threshold": threshold})
+    _add_adapted(rows, adapt, run, model, config, loaded.pixels, probs, pos, resolve_device(device), progress)
     if cam:
         folder = Path(out).parent / "cam"
         folder.mkdir(parents=True, exist_ok=True)
         targets = [pos if len(classes) == 2 else classes.index(r["predicted"]) for r in rows]
-        overlays = [overlay for _, overlay in gradcam_overlays(model, loaded.pixels, mean=mean, std=std,
+        overlays = [overlay for _, overlay, _ in gradcam_overlays(model, loaded.pixels, mean=mean, std=std,
                                                                targets=targets)]
         names: set[str] = set()
         for row, overlay in zip(rows, overlays):
@@ -83,6 +84,28 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_csv(Path(out), rows)
     return rows
+
+
+def _add_adapted(rows, adapt, run, model, config, pixels, probs, pos, device, progress) -> None:
+    """prob_<class>_<method> and predicted_<method> columns for each label-free adaptation (--adapt): these
+    images are the target; the run's validation images are the source."""
+    from .analysis.external import _Scorer, adapted_probabilities, parse_adapt, source_side
+    from .evaluation import decide
+
+    adapt = parse_adapt(adapt)
+    if not adapt:
+        return
+    scorer = _Scorer(model, config, device, progress)
+    source = source_side(run, config, scorer)
+    if source is None:
+        raise TransferlabError(f"--adapt needs the run's validation images, which cannot be read from "
+                               f"{config['data']['root']}")
+    classes = config["data"]["classes"]
+    for method, (a_probs, a_threshold, _) in adapted_probabilities(adapt, model, config, pixels, probs, source,
+                                                                   device, progress, scorer).items():
+        for row, p, k in zip(rows, a_probs, decide(a_probs, pos, a_threshold)):
+            row.update({f"prob_{c}_{method}": float(v) for c, v in zip(classes, p)})
+            row[f"predicted_{method}"] = classes[k]
 
 
 def _unique(stem: str, taken: set[str]) -> str:
@@ -97,11 +120,13 @@ def _unique(stem: str, taken: set[str]) -> str:
 def format_table(rows: list[dict]) -> str:
     """The rows as an aligned text table (file, probabilities, prediction)."""
     columns = [c for c in rows[0] if c.startswith("prob_")]
+    decisions = [c for c in rows[0] if c.startswith("predicted")]
     width = min(60, max(len(r["file"]) for r in rows))
-    lines = [f"{'file':<{width}}  " + "  ".join(f"{c[5:]:>10}" for c in columns) + "  predicted"]
+    lines = [f"{'file':<{width}}  " + "  ".join(f"{c[5:]:>10}" for c in columns) + "  " + "  ".join(decisions)]
     for r in rows:
         name = r["file"] if len(r["file"]) <= width else "..." + r["file"][-width + 3:]
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{r[c]:>10.4f}" for c in columns) + f"  {r['predicted']}")
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{r[c]:>10.4f}" for c in columns) + "  "
+                     + "  ".join(f"{r[c]:<{len(c)}}" for c in decisions))
     return "\n".join(lines)
 
 
@@ -118,13 +143,15 @@ def add_predict_arguments(subparsers) -> None:
     p.add_argument("--cam", action="store_true", help="also write Grad-CAM overlay PNGs (for the positive class of "
                                                       "a binary problem) to cam/ beside the CSV")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning instead of stopping")
+    p.add_argument("--adapt", help="also predict with label-free adaptation to these images (they are the target; "
+                                   "the run's validation images the source): prior, bn, bn+prior, a comma list or all")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def run_predict(args) -> None:
     rows = predict(args.run, args.images, cam=args.cam, out=args.out, skip_bad=args.skip_bad, device=args.device,
-                   progress=args.progress)
+                   progress=args.progress, adapt=args.adapt)
     print(format_table(rows))
     threshold = rows[0]["threshold"]
     print(f"{len(rows)} image(s)" + (f"; threshold {threshold:.3f} chosen on the run's validation split" if threshold

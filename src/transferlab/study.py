@@ -25,6 +25,8 @@ A study file (`transferlab study study.yaml`; command-line options override it) 
     measure_catalog: true
     train: {epochs: 5, lr: 0.001}             # any `transferlab train` setting, for every run
     model_overrides: {resnet50: {batch_size: 16}}
+    external: [../hospital_b, ../official/test]   # every run is also scored on these (section E)
+    adapt: prior,bn                           # label-free adaptation reported beside them
 
 Every run uses the same `split_seed`, so all runs are scored on the same test images and paired tests
 (McNemar) between them are valid; `seed` (initialisation, data order) varies over the seeds.
@@ -66,6 +68,8 @@ class StudyConfig:
     measure_catalog: bool = True                    # time the models (catalogue section A); False: static facts only
     train: dict = field(default_factory=dict)       # TrainConfig settings for every run (epochs, lr, ...)
     model_overrides: dict = field(default_factory=dict)   # {model: {setting: value}} for one model's runs
+    external: list[str] = field(default_factory=list)     # other datasets every run is evaluated on (section E)
+    adapt: str | None = None                              # label-free adaptation reported on them: prior,bn,...
 
     def __post_init__(self):
         if not self.data:
@@ -97,6 +101,13 @@ class StudyConfig:
             unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainConfig)})
             if unknown:
                 raise TransferlabError(f"unknown training setting(s) in {where}: {', '.join(unknown)}")
+        self.external = [str(Path(e).expanduser().resolve()) for e in _as_list(self.external or [], "external")]
+        missing = [e for e in self.external if not Path(e).is_dir()]
+        if missing:
+            raise TransferlabError(f"--external {missing[0]}: no such folder")
+        from .analysis.external import parse_adapt
+
+        self.adapt = ",".join(parse_adapt(self.adapt)) or None
         extra = sorted(set(self.model_overrides) - set(self.models))
         if extra:
             raise TransferlabError(f"model_overrides names models not in the study: {', '.join(extra)}")
@@ -183,8 +194,9 @@ def run_study(config: StudyConfig) -> Path:
         run = train(cfg)
         runs.append({"model": model, "strategy": strategy, "seed": seed, "run": str(run.path.relative_to(out))})
 
+    external = evaluate_external(config, out, runs)
     catalog_entries = study_catalog(config, out)
-    write_json(out / "study.json", {"config": config.to_dict(), "runs": runs, "notes": notes,
+    write_json(out / "study.json", {"config": config.to_dict(), "runs": runs, "notes": notes, "external": external,
                                     "catalog": catalog_entries, "seconds": time.perf_counter() - start})
     rows = results_rows(out, runs)
     write_csv(out / "results.csv", rows)
@@ -195,6 +207,28 @@ def run_study(config: StudyConfig) -> Path:
     html, _ = write_report(out)
     print(f"study: {out}  ({len(runs)} runs, {time.perf_counter() - start:.0f} s)\nreport: {html}", flush=True)
     return out
+
+
+def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[dict]:
+    """Every run on every --external set (every image scored; shift estimates; --adapt beside). A result newer
+    than the run's model and made with the same adaptations is kept."""
+    from .analysis.external import default_name, evaluate, parse_adapt
+
+    sets, adapt = [], parse_adapt(config.adapt)
+    for data in config.external:
+        name = default_name(Path(data))
+        name = name if name not in {s["name"] for s in sets} else f"{name}_{len(sets) + 1}"
+        sets.append({"name": name, "data": data})
+        for i, r in enumerate(runs, 1):
+            run = RunDir(out / r["run"])
+            saved = run.path / f"eval-{name}.json"
+            if saved.exists() and saved.stat().st_mtime >= run.weights.stat().st_mtime \
+                    and json.loads(saved.read_text()).get("adapt") == adapt:
+                continue
+            print(f"external {name}: run {i}/{len(runs)} {r['run']}", flush=True)
+            evaluate(run.path, data=data, name=name, adapt=adapt, device=config.train.get("device", "auto"),
+                     progress=config.train.get("progress", True))
+    return sets
 
 
 def train_config(config: StudyConfig, model: str, strategy: str, seed: int) -> TrainConfig:
@@ -334,6 +368,12 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default=S, type=_seeds_arg,
                         help="number of seeds (3 = seeds 0,1,2) or a comma list of seeds (default: 3)")
     parser.add_argument("--out", default=S, help="study folder to write (runs/, results.csv, report.html)")
+    parser.add_argument("--external", action="append", default=S, metavar="DIR",
+                        help="another dataset (ROOT/CLASS/*, ROOT/test/CLASS/*, ... or a flat folder of images) that "
+                             "every run is evaluated on, with label-free shift estimates, in report section E; "
+                             "repeatable")
+    parser.add_argument("--adapt", default=S, help="label-free adaptation reported on the --external sets: prior, "
+                                                   "bn, bn+prior, a comma list or all (default: none)")
     parser.add_argument("--no-catalog", dest="measure_catalog", action="store_false", default=S,
                         help="do not time the models for the catalogue (its static facts are still shown)")
     # --split-seed (every run of the study uses it) comes with the training options

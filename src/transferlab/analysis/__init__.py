@@ -18,11 +18,12 @@ from pathlib import Path
 
 from ..errors import TransferlabError
 from .calibration import _calibration_sentence, _threshold_sentence, calibration, threshold_curve
-from .comparison import comparison_table, comparison_findings, mcnemar_tests
-from .errors import error_overlays, gradcam_overlays, top_errors
+from .comparison import best_on_validation, comparison_findings, comparison_table, mcnemar_tests
+from .errors import error_overlays, top_errors
+from .external import adaptation_findings, external_errors, external_results
 from .gap import _fitting_sentence, fitting, prevalence_effect, split_balance, val_test_gap
-from .runs import Run, fmt as _f, group_runs, load_run, load_study_runs
-from .splits import SHIFT_FEATURES, data_findings, distribution_shift, image_statistics, leakage, same_splits, splits_table
+from .runs import Run, fmt as _f, group_runs, load_study_runs
+from .splits import data_findings, distribution_shift, image_statistics, leakage, same_splits, splits_table
 
 def analyze_run(run: Run) -> dict:
     if not run.binary or not {"val", "test"} <= set(run.predictions):
@@ -68,8 +69,10 @@ def run_findings(run: Run, a: dict) -> list[str]:
     return out
 
 
-def analyze_study(study_dir: str | Path, runs: list[dict], *, gradcam: bool = True) -> dict:
-    """Everything sections D and E (and the data checks) need, measured on the study's runs."""
+def analyze_study(study_dir: str | Path, runs: list[dict], *, gradcam: bool = True,
+                  external: list[dict] = ()) -> dict:
+    """Everything sections D and E (and the data checks) need, measured on the study's runs; `external`: the
+    study's --external sets ({name, data}), whose eval-<name>.json each run holds."""
     loaded = load_study_runs(study_dir, runs)
     groups = group_runs(loaded)
     first = loaded[0]
@@ -88,14 +91,46 @@ def analyze_study(study_dir: str | Path, runs: list[dict], *, gradcam: bool = Tr
             run = group[0]
             errors = per_run[run.name].get("errors", [])
             try:
-                gallery[key] = list(zip(errors, error_overlays(run, [e["file"] for e in errors])))
+                gallery[key] = list(zip(errors, error_overlays(run, [e["file"] for e in errors],
+                                                               [e["predicted"] for e in errors])))
             except (RuntimeError, ValueError, TransferlabError) as exc:   # an architecture Grad-CAM cannot handle: say so, go on
                 gradcam_failures.append(f"Grad-CAM failed for {run.name}: {str(exc).splitlines()[0][:200]}")
+    ext = external_section_data(loaded, groups, table, list(external), gradcam, gradcam_failures)
     return {
-        "runs": loaded, "groups": groups, "per_run": per_run,
+        "runs": loaded, "groups": groups, "per_run": per_run, "external": ext,
         "run_findings": {r.name: run_findings(r, per_run[r.name]) for r in loaded},
         "balance": balance, "leakage": leak, "image_stats": stats, "shift": shift, "same_splits": same,
         "data_findings": data_findings(balance, leak, shift, same, first.positive),
         "comparison": table, "mcnemar": tests, "comparison_findings": comparison_findings(table, tests),
         "gallery": gallery, "gradcam_failures": gradcam_failures,
     }
+
+
+def external_section_data(loaded: list[Run], groups: dict, table: list[dict], sets: list[dict], gradcam: bool,
+                          failures: list[str]) -> dict:
+    """Per external set: every run's result, and for the run chosen on validation its findings and its most
+    confident errors with Grad-CAM."""
+    results = external_results([r.path for r in loaded], sets)
+    if not results:
+        return {}
+    ranked = [r for r in table if r["val_roc_auc"]["mean"] is not None]
+    best_group = (best_on_validation(ranked)["model"], best_on_validation(ranked)["strategy"]) if ranked else next(iter(groups))
+    best = groups[best_group][0]
+    out = {}
+    for s in sets:
+        if s["name"] not in results:
+            continue
+        per_run = results[s["name"]]
+        chosen = per_run.get(best.name) or next(iter(per_run.values()))
+        entry = {"data": s["data"], "results": per_run, "best_run": best.name,
+                 "findings": chosen.get("findings", []) + adaptation_findings(chosen), "gallery": []}
+        if gradcam and chosen.get("labelled"):
+            errors = external_errors(best.path, s["name"])
+            try:
+                entry["gallery"] = list(zip(errors, error_overlays(best, [e["file"] for e in errors],
+                                                                   [e["predicted"] for e in errors],
+                                                                   root=chosen["data"])))
+            except (RuntimeError, ValueError, TransferlabError) as exc:
+                failures.append(f"Grad-CAM failed for {best.name} on {s['name']}: {str(exc).splitlines()[0][:200]}")
+        out[s["name"]] = entry
+    return out

@@ -29,7 +29,9 @@ def last_conv(module):
 
 def gradcam_overlays(model, pixels, *, mean, std, targets: list[int], batch_size: int = 16) -> list:
     """Grad-CAM of class targets[i] at the backbone's last Conv2d over each uint8 (C, H, W) image in `pixels`:
-    (image, overlay) pairs, both uint8 RGB (H, W, 3) at the model's input size."""
+    (image, overlay, flat) triples, image and overlay uint8 RGB (H, W, 3) at the model's input size; `flat` is
+    True where the map has no activation at all (nothing at that layer raises the target's score), so the
+    overlay shows nothing and should be labelled as such."""
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -49,22 +51,23 @@ def gradcam_overlays(model, pixels, *, mean, std, targets: list[int], batch_size
                        targets=[ClassifierOutputTarget(t) for t in targets[start:start + batch_size]])
             rgb = np.broadcast_to(batch.numpy().transpose(0, 2, 3, 1), (*batch.shape[:1], *batch.shape[2:], 3))
             out += [(np.ascontiguousarray(img), show_cam_on_image(img.astype(np.float32) / 255, m, use_rgb=True,
-                                                                  image_weight=0.55))
+                                                                  image_weight=0.55), bool(np.ptp(m) < 1e-6))
                     for img, m in zip(rgb, maps)]
     return out
 
 
-def error_overlays(run: Run, files: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(image, Grad-CAM overlay for the positive class) of each of the run's files (paths relative to its data
-    root), decoded and resized exactly as the model saw them."""
+def error_overlays(run: Run, files: list[str], predicted: list[str], root: str | Path | None = None) -> list[tuple]:
+    """(image, Grad-CAM overlay, flat) of each of the run's files (paths relative to `root`, default its data
+    root), decoded and resized exactly as the model saw them, for the class the model predicted: what made it
+    say what it said."""
     from ..data.images import load_images
     from ..evaluation import load_model
 
     if not files:
         return []
     model, config = load_model(run.path)
-    root = Path(config["data"]["root"])
+    root = Path(root or config["data"]["root"])
     loaded = load_images([root / f for f in files], config["model"]["image_size"], progress=False)
-    pos = config["data"]["classes"].index(run.positive)
+    classes = config["data"]["classes"]
     return gradcam_overlays(model, loaded.pixels, mean=config["model"]["mean"], std=config["model"]["std"],
-                            targets=[pos] * len(files))
+                            targets=[classes.index(p) for p in predicted])

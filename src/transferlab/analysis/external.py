@@ -94,14 +94,14 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
               "n": len(target.files), "n_unreadable": len(target.bad), "unreadable": target.bad[:20],
               "labelled": target.labelled, "classes": classes, "positive_class": classes[pos],
               "threshold": threshold, "threshold_chosen_on": "val" if threshold is not None else None,
-              "notes": target.notes, "predicted_share": _shares(pred, classes)}
+              "notes": target.notes, "adapt": adapt, "predicted_share": _shares(pred, classes)}
     if target.labelled:
         result.update(_metrics(target.labels, probs, pos, threshold, n_boot, seed))
 
-    source = _source(run, config, score) if (shift or adapt) and target.own_split != "val" else None
+    source = source_side(run, config, score) if (shift or adapt) and target.own_split != "val" else None
     if source is None and (shift or adapt) and target.own_split != "val":
         result["notes"].append("the run's validation images could not be read, so nothing that compares with "
-                               "validation (shift estimates, prior adaptation) was computed")
+                               "validation (shift estimates, adaptation) was computed")
     if shift and source is not None:
         estimate = sh.estimate_shift(classes=classes, val_y=source["y"], val_probs=source["probs"],
                                      val_pred=source["pred"], target_probs=probs, target_pred=pred,
@@ -113,21 +113,8 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     columns = {"": (probs, pred)}
     if adapt:
         result["adapted"] = {}
-    bn_probs = None
-    for method in adapt:
-        if source is None:
-            result["notes"].append(f"--adapt {method} skipped: it needs the run's validation images")
-            continue
-        info = {}
-        a_probs, a_threshold = probs, threshold
-        if method.startswith("bn"):
-            if bn_probs is None:
-                bn_probs, layers = _batchnorm_adapted(model, config, target, source, dev, progress, score)
-            a_probs = bn_probs
-            info["batchnorm_layers"] = layers
-        if method.endswith("prior"):
-            a_probs, a_threshold, prior_info = _prior_adapted(a_probs, source, pos, threshold, config)
-            info.update(prior_info)
+    for method, (a_probs, a_threshold, info) in adapted_probabilities(adapt, model, config, target.pixels, probs,
+                                                                      source, dev, progress, score).items():
         a_pred = _decide(a_probs, pos, a_threshold)
         entry = {"how": ADAPT_HELP[method], **info, "threshold": a_threshold, "predicted_share": _shares(a_pred, classes)}
         if target.labelled:
@@ -231,7 +218,7 @@ def _decide(probs: np.ndarray, pos: int, threshold: float | None) -> np.ndarray:
     return decide(probs, pos, threshold)
 
 
-def _source(run: RunDir, config: dict, score: _Scorer) -> dict | None:
+def source_side(run: RunDir, config: dict, score) -> dict | None:
     """The run's validation split (from splits.csv), scored now: labels, probabilities, decisions, features."""
     from ..data.images import load_images
 
@@ -249,19 +236,42 @@ def _source(run: RunDir, config: dict, score: _Scorer) -> dict | None:
     metrics = run.read_metrics()
     pos = classes.index(metrics["positive_class"])
     return {"y": y, "probs": probs, "feats": feats, "pred": _decide(probs, pos, metrics.get("threshold")),
-            "files": [files[i] for i in loaded.kept], "pixels": loaded.pixels}
+            "files": [files[i] for i in loaded.kept], "pixels": loaded.pixels, "pos": pos,
+            "threshold": metrics.get("threshold")}
 
 
-def _batchnorm_adapted(model, config, target: Target, source: dict, device, progress, score):
+def adapted_probabilities(adapt: list[str], model, config: dict, pixels: np.ndarray, probs: np.ndarray,
+                          source: dict | None, device, progress: bool, score=None) -> dict:
+    """{method: (target probabilities, decision threshold, what was done)} for each adaptation (none without the
+    run's validation images, which every adaptation compares with)."""
+    if source is None:
+        return {}
+    score = score or _Scorer(model, config, device, progress)
+    out, bn_probs = {}, None
+    for method in adapt:
+        info, a_probs, threshold = {}, probs, source["threshold"]
+        if method.startswith("bn"):
+            if bn_probs is None:
+                bn_probs, layers = _batchnorm_adapted(model, config, pixels, source, device, progress, score)
+            a_probs = bn_probs
+            info["batchnorm_layers"] = layers
+        if method.endswith("prior"):
+            a_probs, threshold, prior_info = _prior_adapted(a_probs, source, source["pos"], threshold, config)
+            info.update(prior_info)
+        out[method] = (a_probs, threshold, info)
+    return out
+
+
+def _batchnorm_adapted(model, config, pixels: np.ndarray, source: dict, device, progress, score):
     """Target probabilities from a copy of the model whose BatchNorm layers match target to validation."""
     from ..engine import adapt_batchnorm
 
-    if len(target.pixels) < 8:
+    if len(pixels) < 8:
         raise TransferlabError(f"--adapt bn needs at least 8 target images to estimate BatchNorm statistics "
-                               f"(the {target.name} set has {len(target.pixels)})")
-    adapted, layers = adapt_batchnorm(model, target.pixels, source["pixels"], mean=config["model"]["mean"],
+                               f"(got {len(pixels)})")
+    adapted, layers = adapt_batchnorm(model, pixels, source["pixels"], mean=config["model"]["mean"],
                                       std=config["model"]["std"], device=device, progress=progress)
-    return score(target.pixels, model=adapted)[0], layers
+    return score(pixels, model=adapted)[0], layers
 
 
 def _prior_adapted(probs: np.ndarray, source: dict, pos: int, threshold: float | None, config: dict):
@@ -372,3 +382,44 @@ def _num(value) -> str:
 
 def _ci(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+# --- a study's runs on its external sets (report section E) -------------------------------------------------------
+
+def external_results(run_dirs: list[Path], sets: list[dict]) -> dict[str, dict[str, dict]]:
+    """{set name: {run name: eval-<name>.json}} for the study's --external sets."""
+    import json
+
+    out = {}
+    for s in sets:
+        found = {Path(p).name: json.loads((Path(p) / f"eval-{s['name']}.json").read_text()) for p in run_dirs
+                 if (Path(p) / f"eval-{s['name']}.json").exists()}
+        if found:
+            out[s["name"]] = found
+    return out
+
+
+def external_errors(run_dir: Path, name: str, k: int = 8) -> list[dict]:
+    """The k labelled images of an external set the run got most confidently wrong (predictions-<name>.csv)."""
+    rows = [r for r in read_csv(Path(run_dir) / f"predictions-{name}.csv") if r["label"] and r["predicted"] != r["label"]]
+    for r in rows:
+        r["confidence"] = float(r[f"prob_{r['predicted']}"])
+    return sorted(rows, key=lambda r: -r["confidence"])[:k]
+
+
+def adaptation_findings(result: dict) -> list[str]:
+    """One sentence per adaptation: what it changed, measured with the labels where there are any."""
+    out = []
+    for method, r in result.get("adapted", {}).items():
+        if "accuracy" in r and "accuracy" in result:
+            before, after = result.get("at_threshold", result), r.get("at_threshold", r)
+            delta = after["balanced_accuracy"] - before["balanced_accuracy"] if after.get("balanced_accuracy") is not None \
+                and before.get("balanced_accuracy") is not None else None
+            verdict = ("no change" if delta is None or abs(delta) < 0.005 else "helps" if delta > 0 else "hurts")
+            out.append(f"--adapt {method}: accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, balanced "
+                       f"accuracy {_num(before.get('balanced_accuracy'))} -> {_num(after.get('balanced_accuracy'))}, AUC "
+                       f"{_num(result.get('roc_auc'))} -> {_num(r.get('roc_auc'))}: {verdict} here.")
+        else:
+            shares = ", ".join(f"{c} {v:.0%}" for c, v in r["predicted_share"].items())
+            out.append(f"--adapt {method}: predicted {shares} (no labels to measure the effect).")
+    return out

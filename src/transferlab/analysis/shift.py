@@ -176,10 +176,12 @@ def statistics_shift(source: dict, target: dict, names: dict[str, str]) -> dict:
 
 def estimate_shift(*, classes: list[str], val_y: np.ndarray, val_probs: np.ndarray, val_pred: np.ndarray,
                    target_probs: np.ndarray, target_pred: np.ndarray, val_features: np.ndarray | None = None,
-                   target_features: np.ndarray | None = None, n_boot: int = N_BOOT,
-                   n_permutations: int = N_PERMUTATIONS, seed: int = 0) -> dict:
+                   target_features: np.ndarray | None = None, n_boot: int | None = None,
+                   n_permutations: int | None = None, seed: int = 0) -> dict:
     """Every label-free estimate for one target set, with bootstrap CIs and the assumption each one makes.
     Takes no target labels."""
+    n_boot = N_BOOT if n_boot is None else n_boot
+    n_permutations = N_PERMUTATIONS if n_permutations is None else n_permutations
     k = len(classes)
     val_y, val_pred, target_pred = (np.asarray(a, dtype=int) for a in (val_y, val_pred, target_pred))
     source_prior = np.bincount(val_y, minlength=k) / len(val_y)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, FileSystemLoader
 
-from ..analysis import SHIFT_FEATURES, Run, analyze_study
+from ..analysis import Run, analyze_study
+from ..analysis.splits import SHIFT_FEATURES
 from ..config import write_json
 from . import plots
 
@@ -48,6 +49,11 @@ class Section:
         if items:
             self.blocks.append(("findings", items))
 
+    def details(self, summary: str, items: list[str]):
+        """Findings folded away under a one-line summary (HTML <details>)."""
+        if items:
+            self.blocks.append(("details", (summary, items)))
+
     def image(self, png: bytes, caption: str, width: int | None = None):
         """A figure; `width` caps its displayed width in CSS pixels."""
         self.blocks.append(("images", [{"uri": plots.data_uri(png), "caption": caption, "width": width}]))
@@ -62,7 +68,7 @@ def write_report(study_dir: str | Path, *, gradcam: bool = True) -> tuple[Path, 
     """report.html and report.md in `study_dir` (a folder written by `run_study`)."""
     study_dir = Path(study_dir)
     info = json.loads((study_dir / "study.json").read_text())
-    a = analyze_study(study_dir, info["runs"], gradcam=gradcam)
+    a = analyze_study(study_dir, info["runs"], gradcam=gradcam, external=info.get("external") or [])
     sections = [
         catalog_section(study_dir, info),
         data_section(a, info),
@@ -78,13 +84,14 @@ def write_report(study_dir: str | Path, *, gradcam: bool = True) -> tuple[Path, 
     html_path, md_path = study_dir / "report.html", study_dir / "report.md"
     html_path.write_text(html, encoding="utf-8")
     md_path.write_text(to_markdown(title, sections), encoding="utf-8")
+    a["external_results"] = {name: e["results"] for name, e in a["external"].items()}
     write_json(study_dir / "analysis.json", {key: a[key] for key in JSON_KEYS})
     return html_path, md_path
 
 
 # the measured numbers behind every finding, kept as analysis.json beside the report
 JSON_KEYS = ("per_run", "run_findings", "balance", "leakage", "shift", "same_splits", "data_findings", "comparison",
-             "mcnemar", "comparison_findings", "gradcam_failures")
+             "mcnemar", "comparison_findings", "gradcam_failures", "external_results")
 
 
 def _subtitle(a: dict, info: dict) -> str:
@@ -326,9 +333,12 @@ def test_analysis_section(a: dict) -> Section:
                   "Every run. *Accuracy the validation sensitivity and specificity would give at the test set's "
                   "class balance: prev × sens + (1 − prev) × spec."))
     first_runs = [g[0] for g in a["groups"].values() if a["per_run"].get(g[0].name)]
+    chosen = _chosen_run(a, first_runs)
+    s.h3(f"Key findings: {chosen.model} {chosen.strategy} (seed {chosen.seed}), the run chosen on validation")
+    s.findings(a["run_findings"][chosen.name])
     for r in first_runs:
-        s.h3(f"{r.model} — {r.strategy} (seed {r.seed})")
-        s.findings(a["run_findings"][r.name])
+        if r is not chosen:
+            s.details(f"{r.model} — {r.strategy} (seed {r.seed}): the same findings", a["run_findings"][r.name])
     s.h3("Calibration and threshold")
     s.images([(plots.reliability([(f"{r.model} {r.strategy} s{r.seed}", a["per_run"][r.name]["calibration"])
                                for r in first_runs]),
@@ -341,23 +351,97 @@ def test_analysis_section(a: dict) -> Section:
     s.findings(a["gradcam_failures"])
     if a["gallery"]:
         s.h3("Most confident test errors, with Grad-CAM")
-        s.p("Grad-CAM (pytorch-grad-cam) for the positive class on the last convolution of the backbone; red = "
-            "regions that raise the positive-class score. Each pair: the image as the model sees it, then the overlay.")
+        s.p(GRADCAM_TEXT)
         for (model, strategy), items in a["gallery"].items():
-            if not items:
-                s.p(f"{model} {strategy}: no test errors.")
-                continue
-            cells = []
-            for err, (img, overlay) in items:
-                caption = f"true {err['label']} → {err['predicted']}\np({a['runs'][0].positive})={err['prob_positive']:.3f}"
-                cells += [(img, Path(err["file"]).name[:26]), (overlay, caption)]
             seed = a["groups"][(model, strategy)][0].seed
-            s.image(plots.image_grid(cells, cols=8, title=f"{model} {strategy}, seed {seed}"),
-                    f"{model} {strategy} (seed {seed}): the {len(items)} most confident test errors at the validation "
-                    f"threshold.")
+            _error_gallery(s, items, f"{model} {strategy}, seed {seed}", "test", a["runs"][0].positive)
+    for name, ext in a["external"].items():
+        external_subsection(s, name, ext, a)
     return s
 
 
+GRADCAM_TEXT = ("Grad-CAM (pytorch-grad-cam) for the class the model predicted, on the last convolution of the "
+                "backbone; red = regions that raised that class's score. Each pair: the image as the model sees it, "
+                "then the overlay. A 'flat' map means no region at that layer raised the predicted class's score: the "
+                "overlay is blank and explains nothing.")
+
+
+def _chosen_run(a: dict, candidates: list[Run]) -> Run:
+    ranked = [r for r in a["comparison"] if r["val_roc_auc"]["mean"] is not None]
+    if ranked:
+        best = max(ranked, key=lambda r: r["val_roc_auc"]["mean"])
+        for r in candidates:
+            if (r.model, r.strategy) == (best["model"], best["strategy"]):
+                return r
+    return candidates[0]
+
+
+def _error_gallery(s: Section, items: list, title: str, where: str, positive: str) -> None:
+    if not items:
+        s.p(f"{title}: no {where} errors.")
+        return
+    cells = []
+    for err, (img, overlay, flat) in items:
+        prob = err.get("prob_positive")
+        caption = (f"true {err['label']} → {err['predicted']}\n" + (f"p({positive})={prob:.3f}" if prob is not None
+                                                                    else f"p={err['confidence']:.3f}")
+                   + (" · flat map" if flat else ""))
+        cells += [(img, Path(err["file"]).name[:26]), (overlay, caption)]
+    flat = sum(f for _, (_, _, f) in items)
+    s.image(plots.image_grid(cells, cols=8, title=title),
+            f"{title}: the {len(items)} most confident {where} errors at the validation-chosen decision rule"
+            + (f"; {flat} of the {len(items)} Grad-CAM maps are flat (no activation for the predicted class)."
+               if flat else "."))
+
+
+def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
+    """One external set: every run's result with the label-free estimates beside the truth, findings, errors."""
+    results = ext["results"]
+    first = next(iter(results.values()))
+    classes = first["classes"]
+    s.h3(f"External set: {name}")
+    s.p(f"{first['n']} images from {first['data']} ({first['layout']}); every image scored, no carving"
+        + ("; labelled, so each label-free estimate stands beside the truth." if first["labelled"]
+           else "; unlabelled: predictions and label-free estimates only.")
+        + (f" {first['n_unreadable']} unreadable files skipped." if first["n_unreadable"] else ""))
+    shown = [first["positive_class"]] if len(classes) == 2 else classes
+    adapt = list(first.get("adapted", {}))
+    columns = ["run", "accuracy [95% CI]", "balanced acc.", "AUC"]
+    columns += [f"{c} share: true / EM [CI] / BBSE" for c in shown]
+    columns += ["domain AUC (p)", "accuracy est.: ATC / DoC / label-shift"]
+    columns += [f"adapt {m}: acc. / bal. acc." for m in adapt]
+    rows = []
+    for run_name, r in results.items():
+        sh_, truth = r.get("shift"), r.get("truth") or {}
+        at = r.get("at_threshold", r)
+        row = [run_name, _ci(at.get("accuracy"), r.get("ci", {}).get("accuracy")) if "accuracy" in r else "–",
+               fmt(at.get("balanced_accuracy")), fmt(r.get("roc_auc"))]
+        for c in shown:
+            if sh_:
+                em = sh_["prevalence"]["em"][c]
+                row.append(f"{fmt(truth.get('prevalence', {}).get(c))} / {fmt(em['estimate'])} "
+                           f"[{em['ci'][0]:.2f}, {em['ci'][1]:.2f}] / {fmt(sh_['prevalence']['bbse'][c]['estimate'])}")
+            else:
+                row.append("–")
+        d = (sh_ or {}).get("domain") or {}
+        row.append(f"{fmt(d.get('auc'), '.2f')} ({fmt(d.get('p_value'), '.2g')})" if d.get("auc") is not None else "–")
+        acc = (sh_ or {}).get("accuracy", {})
+        row.append(" / ".join(fmt(acc.get(m)) for m in ("atc", "doc", "label_shift")))
+        for m in adapt:
+            x = r["adapted"].get(m, {})
+            xa = x.get("at_threshold", x)
+            row.append(f"{fmt(xa.get('accuracy'))} / {fmt(xa.get('balanced_accuracy'))}")
+        rows.append(row)
+    s.table(Table(columns, rows,
+                  "Metrics at each run's validation-chosen decision rule. Shares: the truth (from the labels, when "
+                  "there are any) beside two estimates made without them, EM (Saerens et al. 2002) and BBSE (Lipton "
+                  "et al. 2018), both assuming pure label shift. Domain AUC: a classifier on backbone features "
+                  "telling these images from the validation images (0.5 = indistinguishable). Accuracy estimates: "
+                  "ATC (Garg et al. 2022), DoC, and EM prior × validation recall."))
+    s.findings([f"{ext['best_run']} (chosen on validation): {f}" if i == 0 else f
+                for i, f in enumerate(ext["findings"])])
+    if ext["gallery"] or first["labelled"]:
+        _error_gallery(s, ext["gallery"], f"{ext['best_run']} on {name}", name, first["positive_class"])
 SETTINGS_SHOWN = ("weights", "epochs", "batch_size", "lr", "backbone_lr_factor", "weight_decay", "patience", "monitor",
                   "balance", "augment", "threshold_method", "val_fraction", "test_fraction", "max_images", "precision")
 
