@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from transferlab.catalog import catalog, count_gflops, format_table, pareto_front, recommend, write_catalog
+from transferlab.model_catalog import catalog, count_gflops, format_table, pareto_front, recommend, write_catalog
 from transferlab.errors import ModelError
 from transferlab.models import weights as weights_mod
 from transferlab.models.heads import TransferModel, create_model, find_head, to_transfer_model

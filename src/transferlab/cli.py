@@ -139,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     from .demo import add_demo_arguments
-    from .export import add_export_arguments
-    from .predict import add_predict_arguments
+    from .exporting import add_export_arguments
+    from .prediction import add_predict_arguments
     for add_arguments in (add_demo_arguments, add_predict_arguments, add_export_arguments):
         add_arguments(sub)
     return parser
@@ -176,7 +176,7 @@ def run_study(args) -> None:
 
 
 def run_models(args) -> None:
-    from . import catalog as cat
+    from . import model_catalog as cat
 
     entries = cat.catalog(args.names or None, measure=args.measure, device=args.device, batch_size=args.batch_size,
                           repeats=args.repeats, image_size=args.image_size, progress=args.progress)
@@ -203,13 +203,13 @@ def run_demo(args) -> None:
 
 
 def run_predict(args) -> None:
-    from .predict import run_predict as run
+    from .prediction import run_predict as run
 
     run(args)
 
 
 def run_export(args) -> None:
-    from .export import run_export as run
+    from .exporting import run_export as run
 
     run(args)
 

@@ -225,7 +225,7 @@ def _check_existing(run: RunDir, cfg: TrainConfig, fingerprint: str) -> str:
 
 def study_catalog(config: StudyConfig, out: Path) -> list[dict]:
     """Catalogue entries (as dicts) for the study's models, written to OUT/catalog; reused when already there."""
-    from .catalog import catalog, write_catalog
+    from .model_catalog import catalog, write_catalog
 
     path = out / "study.json"
     if path.exists():

@@ -141,7 +141,7 @@ def catalog(names: list[str] | None = None, *, measure: bool = False, device: st
 
 # --- measuring ---------------------------------------------------------------------------------------------
 
-_CHILD = ("import json, sys; from transferlab.catalog import _measure; "
+_CHILD = ("import json, sys; from transferlab.model_catalog import _measure; "
           "print(json.dumps(_measure(**json.load(sys.stdin))))")
 
 
