@@ -35,7 +35,7 @@ def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, 
              measure_catalog: bool = True, progress: bool = True, threads: int | None = None, **train) -> Path:
     """Run the demo study into `out` (new or empty; or an interrupted demo, which continues), print the report's
     path and a five-line summary, and return the study folder. `train` overrides DEMO_TRAIN (e.g. epochs=1 for tests);
-    `threads` sets torch's CPU threads (default: torch's own choice, one per core)."""
+    `threads`: torch's CPU threads for every run and the report (default: see TrainConfig.threads)."""
     import torch
 
     from .study import StudyConfig, run_study
@@ -46,7 +46,7 @@ def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, 
         what = "a finished demo" if (out / "summary.txt").exists() else "other files"
         raise TransferlabError(f"{out} already holds {what}; the demo always trains afresh, so choose another --out "
                                f"or delete it")
-    settings = {**DEMO_TRAIN, **train, "cache_dir": str(out / "cache"), "progress": progress}
+    settings = {**DEMO_TRAIN, **train, "cache_dir": str(out / "cache"), "progress": progress, "threads": threads}
     n = {split: sum(1 for f in (sample_path() / split).rglob("*") if f.is_file()) for split in ("train", "val", "test")}
     print(f"demo: {len(models)} model(s) x {len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'} x "
           f"{seeds} seed(s) on the bundled sample ({n['train']} train / {n['val']} val / {n['test']} test chest "
@@ -174,8 +174,9 @@ def add_demo_arguments(subparsers) -> None:
     p.add_argument("--out", default="demo-out", help="folder to write: new, empty, or an interrupted demo to continue "
                                                      "(default: demo-out)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; on a busy shared "
-                                               "machine --threads 1 can be several times faster)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own count, reduced to the CPUs "
+                                               "free when each run starts; on a busy machine fewer threads than "
+                                               "cores can be several times faster)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 

@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from .console import show_bars
 from .models.heads import create_model, find_head
 from .models.registry import build_model, get_spec, list_models
 
@@ -129,7 +130,7 @@ def catalog(names: list[str] | None = None, *, measure: bool = False, device: st
         device = None
     settings = dict(device=device, batch_size=batch_size, repeats=repeats, warmup=warmup, budget_s=budget_s)
     entries = []
-    bar = tqdm(names, desc="measuring" if measure else "models", unit="model", disable=not progress)
+    bar = tqdm(names, desc="measuring" if measure else "models", unit="model", disable=not show_bars(progress))
     for name in bar:
         bar.set_postfix_str(name)
         entry = _static_entry(name, flops=flops, image_size=image_size)
