@@ -300,7 +300,7 @@ def whole_epoch_loader(dataset: Dataset) -> DataLoader:
     """A training loader whose only batch is the whole `dataset` (tensors, e.g. cached features): for
     Classifier(minibatch=...), which shuffles and splits it into mini-batches itself."""
     x, y = dataset[:]  # TensorDataset
-    return DataLoader(_WholeEpoch(x, y), batch_size=None, shuffle=False)
+    return DataLoader(_WholeEpoch(x, y), batch_size=None, shuffle=False, generator=torch.Generator())   # as make_loader
 
 
 def class_weights_for(labels: np.ndarray, num_classes: int) -> torch.Tensor:
