@@ -155,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "same cost, works offline)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=32, help="batch size for throughput and training steps")
-    p.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (latency: the fastest, with "
+                                                           "the median and 90th percentile as its spread; throughput "
+                                                           "and training steps: the median)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for every measurement (default: torch's own count)")
     p.add_argument("--image-size", type=int, help="resolution (default: each model's own)")
     p.add_argument("--max-latency-ms", type=float, help="keep models with batch-1 latency at most this")
     p.add_argument("--max-params", type=float, help="keep models with at most this many parameters (e.g. 3e7)")
@@ -223,7 +226,8 @@ def run_models(args) -> None:
     from . import model_catalog as cat
 
     entries = cat.catalog(args.names or None, measure=args.measure, device=args.device, batch_size=args.batch_size,
-                          repeats=args.repeats, image_size=args.image_size, progress=args.progress)
+                          repeats=args.repeats, image_size=args.image_size, progress=args.progress,
+                          threads=args.threads)
     budget = dict(max_latency_ms=args.max_latency_ms, max_params=args.max_params)
     shown = cat.sort_entries(cat.filter_entries(entries, **budget), args.sort)
     print(cat.format_table(shown))

@@ -8,12 +8,12 @@ interrupted demo continues: its finished runs are kept).
 """
 from __future__ import annotations
 
-import resource
 import shutil
 import time
 from pathlib import Path
 
 from .errors import TransferlabError
+from .machine import own_cpu_seconds
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 SAMPLE = SAMPLE_DIR / "chest_xray_sample"
@@ -56,7 +56,7 @@ def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, 
               flush=True)
     if threads:
         torch.set_num_threads(threads)
-    start, cpu = time.perf_counter(), _cpu_seconds()
+    start, cpu = time.perf_counter(), own_cpu_seconds()
     config = StudyConfig(data=str(sample_path()), models=list(models), strategies=list(strategies), seeds=seeds,
                          out=str(out), measure_catalog=measure_catalog, train=settings)
     try:
@@ -65,7 +65,7 @@ def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, 
         shutil.rmtree(out / "cache", ignore_errors=True)
     for checkpoints in (out / "runs").glob("*/checkpoints"):   # Lightning's resume state (~80 MB a finetune
         shutil.rmtree(checkpoints)                              # run); model.safetensors stays for predict/export
-    lines = summary_lines(out, wall=time.perf_counter() - start, cpu=_cpu_seconds() - cpu)
+    lines = summary_lines(out, wall=time.perf_counter() - start, cpu=own_cpu_seconds() - cpu)
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines) + f"\nOpen the report: {(out / 'report.html').resolve().as_uri()}", flush=True)
     return out
@@ -156,12 +156,6 @@ def _ms(row: dict, key: str) -> str:
 
 def _ci(value, ci) -> str:
     return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the catalogue measures in subprocesses)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 # --- command line -------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomS
 
 from .console import show_bars
 from .errors import CheckpointError, TransferlabError
+from .machine import free_cpus
 from .strategies import inference_model
 
 MONITOR_MODES = {"val_loss": "min", "val_auc": "max", "val_balanced_accuracy": "max"}
@@ -52,34 +53,6 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as exc:
         raise TransferlabError(f"--device {device}: {str(exc).splitlines()[0]}") from None
-
-
-def free_cpus(sample_s: float = 0.2) -> float:
-    """CPUs not used by other work right now: idle share of the CPU time over `sample_s` seconds (Linux
-    /proc/stat, while this process waits), else cpu_count - 1-minute load average."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        before = _cpu_jiffies()
-        time.sleep(sample_s)
-        after = _cpu_jiffies()
-        busy, total = after[0] - before[0], after[1] - before[1]
-        if total > 0:   # idle share of every CPU of the machine, at most the CPUs this process may use
-            return min(cpus, (os.cpu_count() or cpus) * (1 - busy / total))
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return max(0.0, cpus - os.getloadavg()[0])
-    except OSError:
-        return float(cpus)
-
-
-def _cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) CPU time of the whole machine since boot, in clock ticks (first line of /proc/stat)."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)   # idle + iowait
-    total = sum(values[:8])                                     # guest time is already counted in user
-    return total - idle, total
 
 
 def choose_threads(requested: int | None = None) -> int:

@@ -235,9 +235,10 @@ def study_catalog(config: StudyConfig, out: Path) -> list[dict]:
                 and (out / "catalog" / "catalog.png").exists():
             return old
     print(f"catalogue: {', '.join(config.models)}" + (" (measuring speed)" if config.measure_catalog else ""), flush=True)
+    sizes = {m: {**config.train, **config.model_overrides.get(m, {})}.get("image_size") for m in config.models}
     entries = catalog(config.models, measure=config.measure_catalog, device=config.train.get("device", "auto"),
-                      batch_size=8, repeats=5, warmup=2, image_size=config.train.get("image_size"),
-                      progress=config.train.get("progress", True), budget_s=5.0)
+                      batch_size=8, repeats=10, warmup=2, image_size=sizes,   # the sizes the runs use
+                      progress=config.train.get("progress", True), budget_s=5.0, threads=config.train.get("threads"))
     write_catalog(entries, out / "catalog")
     return [dataclasses.asdict(e) for e in entries]
 
