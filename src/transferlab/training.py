@@ -184,15 +184,7 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
         minibatch=cfg.batch_size if cached else None, sample_weights=weights if cfg.balance == "sampler" else None)
     if strategy.channels_last:
         net.to(memory_format=torch.channels_last)
-    workers = cfg.num_workers if cfg.num_workers is not None else (0 if device.type == "cpu" or cached
-                                                                   else min(8, os.cpu_count() or 1))
-    loader_args = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
-    if cached:
-        train_loader = whole_epoch_loader(train_set)
-        val_loader = make_loader(inputs["val"], None, shuffle=False, **(loader_args | {"batch_size": len(inputs["val"])}))
-    else:
-        train_loader = make_loader(train_set, train_labels, shuffle=True, balance=cfg.balance, **loader_args)
-        val_loader = make_loader(inputs["val"], None, shuffle=False, **loader_args)
+    train_loader, val_loader = make_loaders(cfg, train_set, train_labels, inputs["val"], device, cached=cached)
     fit_start = time.perf_counter()
     fitted = fit(module, train_loader, val_loader,
                  checkpoint_dir=run.checkpoints, epochs=cfg.epochs, monitor=cfg.monitor, patience=cfg.patience,
@@ -231,6 +223,19 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
         **metrics,
     }
     write_json(run.metrics, summary)
+
+
+def make_loaders(cfg: TrainConfig, train_set, train_labels: np.ndarray, val_set, device: torch.device, *,
+                 cached: bool) -> tuple:
+    """(train, validation) loaders. cached (features on cached backbone outputs): each epoch is one batch that
+    Classifier(minibatch=cfg.batch_size) splits itself, and validation is one batch; else ordinary loaders."""
+    workers = cfg.num_workers if cfg.num_workers is not None else (0 if device.type == "cpu" or cached
+                                                                   else min(8, os.cpu_count() or 1))
+    args = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    if cached:
+        return whole_epoch_loader(train_set), make_loader(val_set, None, shuffle=False, **(args | {"batch_size": len(val_set)}))
+    return (make_loader(train_set, train_labels, shuffle=True, balance=cfg.balance, **args),
+            make_loader(val_set, None, shuffle=False, **args))
 
 
 def _warn(message: str) -> None:
