@@ -135,7 +135,7 @@ def test_skip_bad_warns_and_lists_every_file(data, tmp_path, capsys, monkeypatch
 def test_check_data_lists_every_bad_file(data, capsys, monkeypatch):
     bad = [make_bad(data, name, monkeypatch) for name in BAD_FILES]
     code, err, out = run_cli(capsys, "check-data", "--data", data)
-    assert code == 0
+    assert code == 1      # documented: unreadable images
     assert f"unreadable images: {len(bad)}" in out
     lines = {line.strip().split(": ")[0]: line for line in out.splitlines()}
     for path in bad:
