@@ -15,6 +15,7 @@ from jinja2 import Environment, FileSystemLoader
 
 from ..analysis import SHIFT_FEATURES, Run, analyze_study
 from ..config import write_json
+from ..errors import TransferlabError
 from . import plots
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -61,6 +62,8 @@ class Section:
 def write_report(study_dir: str | Path, *, gradcam: bool = True) -> tuple[Path, Path]:
     """report.html and report.md in `study_dir` (a folder written by `run_study`)."""
     study_dir = Path(study_dir)
+    if not (study_dir / "study.json").is_file():
+        raise TransferlabError(f"{study_dir} is not a study folder (no study.json); `transferlab study` writes one")
     info = json.loads((study_dir / "study.json").read_text())
     a = analyze_study(study_dir, info["runs"], gradcam=gradcam)
     sections = [
