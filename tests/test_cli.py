@@ -11,14 +11,13 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import make_xray_dataset
 
 from transferlab import __version__, cli
 from transferlab.config import STRATEGIES, TrainConfig
-from transferlab.study import StudyConfig, run_study, train_config
+from transferlab.study import train_config
 
 DEFAULT = re.compile(r"\(default: (.*)\)$")   # the end of the help text
 

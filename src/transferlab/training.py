@@ -233,7 +233,8 @@ def make_loaders(cfg: TrainConfig, train_set, train_labels: np.ndarray, val_set,
                                                                    else min(8, os.cpu_count() or 1))
     args = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     if cached:
-        return whole_epoch_loader(train_set), make_loader(val_set, None, shuffle=False, **(args | {"batch_size": len(val_set)}))
+        return whole_epoch_loader(train_set), make_loader(val_set, None, shuffle=False,
+                                                          **(args | {"batch_size": len(val_set)}))
     return (make_loader(train_set, train_labels, shuffle=True, balance=cfg.balance, **args),
             make_loader(val_set, None, shuffle=False, **args))
 
@@ -243,7 +244,8 @@ def _warn(message: str) -> None:
 
 
 # Settings that may differ when a run is resumed. The data is compared by its fingerprint, not by its path.
-RESUME_MAY_CHANGE = {"data", "manifest", "resume", "progress", "device", "num_workers", "threads", "cache_dir", "weights_dir"}
+RESUME_MAY_CHANGE = {"data", "manifest", "resume", "progress", "device", "num_workers", "threads", "cache_dir",
+                     "weights_dir"}
 
 
 def _check_same_run(run: RunDir, cfg: TrainConfig, data: Prepared) -> None:
