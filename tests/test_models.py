@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from transferlab.catalog import catalog, count_gflops, format_table, pareto_front, recommend, write_catalog
+from transferlab.model_catalog import catalog, count_gflops, format_table, pareto_front, recommend, write_catalog
 from transferlab.errors import ModelError
 from transferlab.models import weights as weights_mod
 from transferlab.models.heads import TransferModel, create_model, find_head, to_transfer_model
@@ -196,7 +196,8 @@ def test_catalog_measure_and_write(tmp_path):
                     "train_step_ms_features", "train_ips_features", "peak_mem_mb", "gflops"):
             value = getattr(e, key)
             assert value is not None and math.isfinite(value) and value > 0, (e.name, key, value)
-        assert e.latency_ms_iqr >= 0 and e.resolution == 64
+        assert e.latency_ms <= e.latency_ms_median <= e.latency_ms_p90 and e.resolution == 64
+        assert e.threads == torch.get_num_threads() and e.other_load_cpus >= 0 and isinstance(e.busy, bool)
         assert e.params_trainable_features < e.params_trainable_finetune <= e.params_total
     assert entries[0].params_total == 11_689_512 and entries[0].params_trainable_features == 512 * 2 + 2
     assert set(pareto_front(entries)) <= {"resnet18", "mobilenet_v3_small"}
@@ -206,7 +207,7 @@ def test_catalog_measure_and_write(tmp_path):
     assert [p.name for p in paths] == ["catalog.csv", "catalog.json", "catalog.png"]
     assert all(p.stat().st_size > 0 for p in paths)
     doc = json.loads(paths[1].read_text())
-    assert len(doc["entries"]) == 2 and doc["pareto_x"] == "latency_ms"
+    assert len(doc["entries"]) == 2 and doc["pareto_x"] == ("gflops" if entries[0].busy else "latency_ms")
     assert paths[0].read_text().splitlines()[0].startswith("name,")
 
 
@@ -270,3 +271,80 @@ def test_lite_same_padding_rewrite_keeps_the_function():
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)
+
+
+def _timed(entries, latencies, busy=False):
+    """Static entries with made-up latencies (fastest, median, p90) as if measured."""
+    for e, (fastest, median, p90) in zip(entries, latencies):
+        e.latency_ms, e.latency_ms_median, e.latency_ms_p90 = fastest, median, p90
+        e.device, e.batch_size, e.other_load_cpus, e.busy = "cpu (2 threads, test)", 8, 1.4 if busy else 0.0, busy
+    return entries
+
+
+def test_catalog_draws_no_conclusion_from_noise():
+    from transferlab.model_catalog import busy_note, default_x
+
+    names = ["efficientnet_lite0", "efficientnet_lite1", "resnet18"]
+    # a busy machine: lite1 (the larger model) timed faster than lite0, resnet18 slowest of all
+    busy = _timed(catalog(names, progress=False), [(30.0, 45.0, 80.0), (20.0, 40.0, 90.0), (900.0, 918.0, 950.0)],
+                  busy=True)
+    assert default_x(busy) == "gflops" and pareto_front(busy, default_x(busy))[0] == "efficientnet_lite0"
+    text = recommend(busy)
+    assert text[0] == busy_note(busy) and "busy" in text[0] and "1.4 of" in text[0]
+    assert "lite0 is dominated by efficientnet_lite1" not in " ".join(text)
+    assert busy_note(busy) in format_table(busy) and "p50-p90" in format_table(busy)
+    # a quiet machine, but lite0 and lite1 within each other's noise: no "dominated" claim on latency
+    quiet = _timed(catalog(names, progress=False), [(12.0, 12.5, 14.0), (11.5, 12.0, 13.5), (30.0, 31.0, 33.0)])
+    assert default_x(quiet) == "latency_ms" and busy_note(quiet) is None
+    text = " ".join(recommend(quiet))
+    assert "efficientnet_lite0 is dominated" not in text and "within the measurement noise" in text
+    # clearly faster (its 90th percentile below the other's fastest call): a real finding
+    clear = _timed(catalog(names, progress=False), [(12.0, 12.5, 14.0), (8.0, 8.2, 8.5), (30.0, 31.0, 33.0)])
+    assert "efficientnet_lite0 is dominated by efficientnet_lite1" in " ".join(recommend(clear))
+
+
+def test_other_load_sees_a_busy_machine():
+    import subprocess
+    import sys
+    import time
+
+    from transferlab.machine import OtherLoad
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        with OtherLoad() as load:
+            time.sleep(1.5)                       # this process idles; the spinner keeps a CPU busy
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert load.cpus >= 0.5 and load.busy
+
+
+def test_catalog_plot_keeps_labels_inside_and_off_the_legend():
+    from transferlab.model_catalog import catalog_figure
+
+    names = ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_lite0", "efficientnet_lite2", "resnet18",
+             "resnet50", "resnet152", "regnet_y_400mf", "vgg16", "convnext_tiny"]
+    many = catalog(names, progress=False)
+    two = catalog(["efficientnet_lite0", "efficientnet_lite1"], progress=False)   # the demo's: one at each corner
+    cases = [(many, "gflops"), (_timed(many, [(e.gflops * 10, e.gflops * 11, e.gflops * 12) for e in many]),
+                                "latency_ms"),
+             (two, "gflops"), (_timed(two, [(30.0, 31.0, 33.0), (20.0, 21.0, 22.0)]), "latency_ms")]
+    for entries, x in cases:
+        names = [e.name for e in entries]
+        fig = catalog_figure(entries, x)
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        box, legend = ax.get_window_extent(renderer), ax.get_legend().get_window_extent(renderer)
+        labels = [t for t in ax.texts]
+        assert len(labels) == len(names)
+        for label in labels:
+            extent = label.get_window_extent(renderer)
+            assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1, \
+                (x, label.get_text(), extent, box)
+            assert not extent.overlaps(legend), (x, label.get_text())
+        for points in ax.collections:
+            for px, py in ax.transData.transform(points.get_offsets()):
+                assert box.x0 <= px <= box.x1 and box.y0 <= py <= box.y1
+                assert not legend.contains(px, py)

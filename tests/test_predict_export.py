@@ -12,8 +12,8 @@ from PIL import Image
 from transferlab.data.images import load_images, read_image
 from transferlab.demo import sample_path
 from transferlab.errors import TransferlabError
-from transferlab.export import add_export_arguments, export, run_export
-from transferlab.predict import add_predict_arguments, predict, run_predict
+from transferlab.exporting import add_export_arguments, export, run_export
+from transferlab.prediction import add_predict_arguments, predict, run_predict
 from transferlab.rundir import read_csv
 from transferlab.training import train
 
@@ -123,7 +123,7 @@ def test_export_without_onnx_is_one_line(monkeypatch, tmp_path):
     import importlib.util
 
     from transferlab.errors import TransferlabError
-    from transferlab.export import export
+    from transferlab.exporting import export
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))

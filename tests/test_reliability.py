@@ -31,7 +31,7 @@ from transferlab.rundir import read_csv
 from transferlab.training import train
 
 SMALL = ["--model", "mobilenet_v3_small", "--weights", "none", "--strategy", "finetune", "--epochs", "1",
-         "--image-size", "32", "--batch-size", "8", "--val-fraction", "0.25", "--no-progress"]
+         "--image-size", "32", "--batch-size", "8", "--val-fraction", "0.25", "--test-fraction", "0", "--no-progress"]
 # 4 epochs of 5 steps, a high learning rate: every step moves the weights a lot, and they are compared bit for bit
 RESUMABLE = ["--model", "mobilenet_v3_small", "--weights", "none", "--strategy", "finetune", "--epochs", "4",
              "--image-size", "64", "--batch-size", "8", "--val-fraction", "0.25", "--lr", "0.01",
@@ -135,7 +135,7 @@ def test_skip_bad_warns_and_lists_every_file(data, tmp_path, capsys, monkeypatch
 def test_check_data_lists_every_bad_file(data, capsys, monkeypatch):
     bad = [make_bad(data, name, monkeypatch) for name in BAD_FILES]
     code, err, out = run_cli(capsys, "check-data", "--data", data)
-    assert code == 0
+    assert code == 1      # documented: unreadable images
     assert f"unreadable images: {len(bad)}" in out
     lines = {line.strip().split(": ")[0]: line for line in out.splitlines()}
     for path in bad:
@@ -333,7 +333,7 @@ def test_resume_semantics(small_dir, tmp_path, monkeypatch):
     (here: after early stopping) ends the same as it would have; a resume with other settings is refused."""
     settings = dict(data=str(small_dir), out=str(tmp_path / "run"), model="mobilenet_v3_small", weights="none",
                     strategy="finetune", epochs=8, patience=1, image_size=32, batch_size=8, val_fraction=0.25,
-                    lr=0.01, backbone_lr_factor=1, progress=False)
+                    lr=0.01, backbone_lr_factor=1, test_fraction=0, progress=False)
     saved, save = [], engine.AtomicCheckpointIO.save_checkpoint
     monkeypatch.setattr(engine.AtomicCheckpointIO, "save_checkpoint",
                         lambda self, ckpt, path, **kw: (saved.append(Path(path).name), save(self, ckpt, path, **kw)))

@@ -138,7 +138,18 @@ def test_report_is_self_contained(study):
     assert f"{metrics['test']['at_threshold']['accuracy']:.3f} vs {metrics['val']['at_threshold']['accuracy']:.3f}" in html
     assert "McNemar" in html and "Grad-CAM" in html
     md = (study / "report.md").read_text()
-    assert "| model | strategy | seeds | test accuracy |" in md
+    # key columns first: model (strategy), AUC, accuracy, threshold, best epoch
+    assert "| model | strategy | seeds | test ROC-AUC | seed 0 [95% CI] | test accuracy |" in md
+    assert "| model | seeds | test ROC-AUC | test accuracy | threshold (val) | best epoch / run |" in md
+    # section A: the image size the runs used (the weights' own in brackets)
+    assert "| model | image px (weights' own) | ImageNet acc@1 % |" in md and "| efficientnet_lite0 | 64 (224) |" in md
+    # methods: what each strategy did; features never augments
+    methods = md[md.index("## Methods"):]
+    header = next(line for line in methods.splitlines() if line.startswith("| run group |"))
+    column = [c.strip() for c in header.split("|")].index("augment")
+    rows = [[c.strip() for c in line.split("|")] for line in methods.splitlines()
+            if line.startswith("| efficientnet_lite0 ") or line.startswith("| mobilenet_v3_small ")]
+    assert {r[1].split()[-1]: r[column] for r in rows} == {"finetune": "True", "features": "no (frozen features)"}
 
 
 def _chromium() -> str | None:
@@ -147,26 +158,36 @@ def _chromium() -> str | None:
 
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed")
 def test_report_renders_in_headless_chromium(study, tmp_path):
-    """Load the page in a real browser: no console errors, no failed loads, every image decoded."""
+    """Load the page in a real browser 1280 px wide: no console errors, no failed loads, every image decoded, and
+    no table wider than its section (every table fits; none needs scrolling, none sticks out of the page)."""
     page = tmp_path / "report.html"
     probe = ("<script>window.addEventListener('load', function () {"
              "var bad = 0; for (var i = 0; i < document.images.length; i++) {"
              "var im = document.images[i]; if (!im.complete || im.naturalWidth === 0) bad++; }"
-             "document.title = 'images ' + document.images.length + ' broken ' + bad; });</script>")
+             "var clipped = []; var tables = document.querySelectorAll('table');"
+             "for (var j = 0; j < tables.length; j++) { var t = tables[j], box = t.parentElement;"
+             "var section = t.closest('section').getBoundingClientRect();"
+             "if (box.scrollWidth > box.clientWidth + 1 || t.getBoundingClientRect().right > section.right + 1)"
+             "clipped.push(t.closest('section').id + '/' + j); }"
+             "var page = document.documentElement.scrollWidth > window.innerWidth ? 'overflows' : 'fits';"
+             "document.title = 'images ' + document.images.length + ' broken ' + bad + ' width ' + window.innerWidth"
+             "+ ' tables ' + tables.length + ' clipped ' + (clipped.join(',') || 'none') + ' page ' + page; });"
+             "</script>")
     html = (study / "report.html").read_text()
     page.write_text(html.replace("</body>", probe + "</body>"))
     result = subprocess.run(
         [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+         "--window-size=1280,1000", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
         capture_output=True, text=True, timeout=120)
     dom, log = result.stdout, result.stderr
     assert result.returncode == 0, log[-2000:]
     for section in SECTIONS:
         assert f'id="{section}"' in dom
-    n_images = len(re.findall(r"<img\s", html))
-    assert f"<title>images {n_images} broken 0</title>" in dom, re.search(r"<title>.*?</title>", dom)
+    n_images, n_tables = len(re.findall(r"<img\s", html)), len(re.findall(r"<table>", html))
+    title = re.search(r"<title>(.*?)</title>", dom).group(1)
+    assert title == f"images {n_images} broken 0 width 1280 tables {n_tables} clipped none page fits", title
     errors = [line for line in log.splitlines() if "Uncaught" in line or "CONSOLE" in line or "net::ERR" in line]
     assert not errors, errors
 

@@ -103,3 +103,62 @@ def test_cli_train_runs(xray_dir, tmp_path, capsys):
     assert settings["epochs"] == 2 and settings["strategy"] == "features"
     # a finished run is never overwritten silently
     assert cli.main(["train", "--data", str(xray_dir), "--epochs", "2", "--out", str(out)]) == 2
+
+
+# --- the head on cached features: whole epochs in one Lightning step, same optimisation --------------------
+
+def test_features_epoch_is_minibatch_steps_with_the_cosine_schedule(xray_dir, tmp_path, one_thread):
+    import math
+
+    from transferlab.engine import load_checkpoint
+
+    run = train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=4, patience=10,
+                out=str(tmp_path / "run"), **{**FAST, "batch_size": 8})
+    n_train = sum(1 for r in read_csv(run.splits) if r["split"] == "train")
+    ckpt = load_checkpoint(run.checkpoints / "last.ckpt")
+    steps = {int(state["step"]) for state in ckpt["optimizer_states"][0]["state"].values()}
+    per_epoch = n_train // 8 + (n_train % 8 > 1)          # mini-batches of 8, no last batch of one
+    assert steps == {4 * per_epoch}, (steps, n_train)
+    lrs = [float(r["lr"]) for r in read_csv(run.history)]
+    assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
+    assert train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=2, balance="sampler",
+                 out=str(tmp_path / "sampler"), **FAST).read_metrics()["epochs_run"] == 2
+
+
+def test_features_interrupted_and_resumed_is_bit_identical(xray_dir, tmp_path, monkeypatch, one_thread):
+    from transferlab import engine
+
+    settings = dict(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=5, patience=10,
+                    lr=0.01, seed=2, **FAST)
+    reference = train(**settings, out=str(tmp_path / "reference"))
+    step = engine.Classifier.training_step
+
+    def interrupted(self, batch, batch_idx):
+        if self.current_epoch == 3:
+            raise KeyboardInterrupt
+        return step(self, batch, batch_idx)
+    monkeypatch.setattr(engine.Classifier, "training_step", interrupted)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        train(**settings, out=str(tmp_path / "run"))
+    monkeypatch.setattr(engine.Classifier, "training_step", step)
+    resumed = train(**settings, out=str(tmp_path / "run"), resume=True)
+    assert resumed.weights.read_bytes() == reference.weights.read_bytes()
+    history = [{k: v for k, v in row.items() if k != "seconds"} for row in read_csv(resumed.history)]
+    assert history == [{k: v for k, v in row.items() if k != "seconds"} for row in read_csv(reference.history)]
+
+
+def test_threads_follow_the_free_cpus(monkeypatch):
+    from transferlab import engine
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(engine, "free_cpus", lambda: 0.6)      # another job holds 1.4 of 2 CPUs
+        assert engine.choose_threads() == 1 and engine.choose_threads(2) == 2
+        monkeypatch.setattr(engine, "free_cpus", lambda: 1.8)
+        assert engine.choose_threads() == 2
+        with engine.cpu_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -1,6 +1,6 @@
 """transferlab: which ImageNet-pretrained ConvNet and transfer strategy works best on your images.
 
-The public API (imported lazily, so `transferlab --help` stays fast):
+The public API (imported on first use, so that `transferlab --help` stays fast):
 
     train(data=..., model=..., strategy=..., out=...) -> RunDir      one model, one strategy
     evaluate(run_dir, split="test") -> dict                          metrics of a finished run
@@ -11,7 +11,12 @@ The public API (imported lazily, so `transferlab --help` stays fast):
     run_study(StudyConfig(data=..., models=[...], out=...)) -> Path  Tasks B-E and report.html
     predict(run_dir, paths, cam=False) / export(run_dir, "onnx")     use a trained model
     run_demo(out="demo-out")                                         the whole study on the bundled sample
+    check_data(root) -> DataReport                                   every problem of a dataset folder
     TrainConfig                                                      every training setting
+
+No submodule carries the name of a public function (the functions live in `training`, `evaluation`,
+`model_catalog`, `prediction`, `exporting`, ...): importing a submodule sets it as an attribute of the package,
+which would otherwise replace the function after its first use (tests/test_api.py checks this).
 """
 from importlib import import_module
 
@@ -20,15 +25,22 @@ __version__ = "0.1.0"
 _API = {
     "train": "training", "TrainConfig": "config", "evaluate": "analysis.external", "load_model": "evaluation",
     "create_model": "models.heads", "list_models": "models.registry", "get_spec": "models.registry",
-    "catalog": "catalog", "run_study": "study", "StudyConfig": "study", "write_report": "report",
-    "predict": "predict", "export": "export", "run_demo": "demo", "check_data": "data.check", "RunDir": "rundir", "TransferlabError": "errors",
+    "catalog": "model_catalog", "run_study": "study", "StudyConfig": "study", "write_report": "report",
+    "predict": "prediction", "export": "exporting", "run_demo": "demo", "check_data": "data.check",
+    "RunDir": "rundir", "TransferlabError": "errors",
 }
 
 
 def __getattr__(name):
     if name in _API:
-        return getattr(import_module(f".{_API[name]}", __name__), name)
+        value = getattr(import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value      # later look-ups skip this function
+        return value
     raise AttributeError(f"module 'transferlab' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))
 
 
 __all__ = sorted(_API)

@@ -11,43 +11,51 @@ from .config import STRATEGIES, STRATEGY_DEFAULTS, TrainConfig
 from .errors import TransferlabError
 
 TRAIN_OPTIONS = {
-    # field: (flags, help); defaults come from TrainConfig so the two never disagree
+    # field: (flags, help); "(default: ...)" is added from TrainConfig (DEFAULT_WORDS where it is None)
     "model": ("--model", "model name: any torchvision classification model or efficientnet_lite0/1/2 "
                          "(see `transferlab models`)"),
     "strategy": ("--strategy", "finetune: train the whole network; features: frozen backbone as a fixed "
                                "feature extractor, only the new head trains"),
     "weights": ("--weights", "'default' (ImageNet weights), 'none' (random init: the no-transfer control), "
                              "or a torchvision weights name such as IMAGENET1K_V2"),
-    "weights_dir": ("--weights-dir", "folder holding torchvision weight files for offline use "
-                                     "(also $TRANSFERLAB_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints)"),
-    "epochs": ("--epochs", "maximum epochs (default: finetune %d, features %d)" % (
-        STRATEGY_DEFAULTS["finetune"]["epochs"], STRATEGY_DEFAULTS["features"]["epochs"])),
-    "batch_size": ("--batch-size", "batch size (default: finetune %d, features %d)" % (
-        STRATEGY_DEFAULTS["finetune"]["batch_size"], STRATEGY_DEFAULTS["features"]["batch_size"])),
-    "lr": ("--lr", "learning rate of the new head (AdamW, cosine schedule; default 1e-3)"),
+    "weights_dir": ("--weights-dir", "folder holding torchvision weight files for offline use"),
+    "epochs": ("--epochs", "maximum epochs"),
+    "batch_size": ("--batch-size", "batch size (features: of the head's optimizer steps on cached features)"),
+    "lr": ("--lr", "learning rate of the new head (AdamW, cosine schedule)"),
     "backbone_lr_factor": ("--backbone-lr-factor", "finetune: backbone learning rate = lr x this"),
     "weight_decay": ("--weight-decay", "AdamW weight decay"),
     "patience": ("--patience", "early stopping: epochs without improvement of --monitor on validation"),
     "monitor": ("--monitor", "validation metric for early stopping and best-epoch selection: "
                              "val_loss, val_auc or val_balanced_accuracy"),
     "balance": ("--balance", "class imbalance: weights (class-weighted loss), sampler (balanced batches), none"),
-    "image_size": ("--image-size", "input resolution (default: the model's own, e.g. 224)"),
+    "image_size": ("--image-size", "input resolution"),
     "val_fraction": ("--val-fraction", "share of train/ carved out as a stratified, patient-disjoint validation split"),
-    "test_fraction": ("--test-fraction", "when the data has no test/, carve a patient-disjoint test split of this share"),
+    "test_fraction": ("--test-fraction", "when the data has no test/ folder, carve a stratified, patient-disjoint "
+                                         "test split of this share (0: no test split)"),
     "official_val": ("--official-val", "what to do with an official val/ folder: auto (keep it if it has >= 100 "
                                        "images, else merge it into train before carving), keep, merge, drop"),
     "patient_pattern": ("--patient-pattern", "regex with a named group 'patient' that finds the patient id in a "
                                              "file name (images without one are their own patient)"),
     "manifest": ("--manifest", "CSV of path,label[,patient_id][,split] (paths inside --data) instead of class folders"),
-    "positive_class": ("--positive-class", "binary problems: the positive class (default: the one not called NORMAL)"),
+    "positive_class": ("--positive-class", "binary problems: the positive class"),
     "threshold_method": ("--threshold-method", "how the decision threshold is chosen on validation: youden or f1"),
     "seed": ("--seed", "seed for initialisation, data order and augmentation (and the splits, unless --split-seed)"),
-    "split_seed": ("--split-seed", "seed for the validation/test split (default: --seed)"),
+    "split_seed": ("--split-seed", "seed for the validation/test split"),
     "device": ("--device", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N"),
     "precision": ("--precision", "auto (mixed precision on CUDA, 32-bit on CPU) or a Lightning precision, e.g. 32-true"),
-    "num_workers": ("--num-workers", "data-loading worker processes (default: 0 on CPU, where images are cached in memory)"),
+    "num_workers": ("--num-workers", "data-loading worker processes"),
+    "threads": ("--threads", "CPU threads for torch; on a machine busy with other work, fewer threads than cores can "
+                             "be several times faster"),
     "max_images": ("--max-images", "use at most this many images per split (quick trials)"),
-    "cache_dir": ("--cache-dir", "cache of decoded images and features (default ~/.cache/transferlab or $TRANSFERLAB_CACHE)"),
+    "cache_dir": ("--cache-dir", "cache of decoded images and features"),
+}
+DEFAULT_WORDS = {   # what a None default means
+    "weights_dir": "none: $TRANSFERLAB_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints",
+    "image_size": "the model's own, e.g. 224", "manifest": "none: class folders",
+    "positive_class": "the class not called NORMAL", "split_seed": "--seed",
+    "num_workers": "0 on CPU, where images are cached in memory; else up to 8",
+    "threads": "torch's own count, reduced to the CPUs free when the run starts",
+    "max_images": "all", "cache_dir": "$TRANSFERLAB_CACHE, else ~/.cache/transferlab",
 }
 FLAGS = {"skip_bad": ("--skip-bad", "skip unreadable images (listed in bad_files.csv) instead of stopping"),
          "augment": ("--no-augment", "finetune: no training augmentation"),
@@ -66,17 +74,27 @@ def _field_type(field: str) -> type:
     return next((t for t in get_args(hint) if t is not type(None)), hint)
 
 
-def add_train_options(parser: argparse.ArgumentParser, *, for_study: bool = False) -> None:
-    """Every TrainConfig setting as an option; unset options keep TrainConfig's (per-strategy) defaults."""
-    defaults = TrainConfig()
+def default_text(field: str) -> str:
+    """TrainConfig's default of `field` as --help shows it: per strategy where they differ, words for None."""
+    if field in STRATEGY_DEFAULTS["features"]:
+        values = {s: STRATEGY_DEFAULTS[s][field] for s in STRATEGIES}
+        if len(set(values.values())) == 1:
+            return str(values[STRATEGIES[0]])
+        return ", ".join(f"{s} {v}" for s, v in values.items())
+    value = getattr(TrainConfig(), field)
+    return DEFAULT_WORDS[field] if value is None else str(value)
+
+
+def add_train_options(parser: argparse.ArgumentParser, *, for_study: bool = False,
+                      defaults: dict[str, str] | None = None) -> None:
+    """Every TrainConfig setting as an option; unset options keep TrainConfig's (per-strategy) defaults.
+    `defaults`: the default text of options whose default the caller sets itself (a study's split seed)."""
     for field, (flag, help_text) in TRAIN_OPTIONS.items():
         if for_study and field in ("model", "strategy", "seed"):
             continue
-        default = getattr(defaults, field)
-        if field not in STRATEGY_DEFAULTS["features"] and default not in (None, "") and "default" not in help_text:
-            help_text += f" (default: {default})"
+        shown = (defaults or {}).get(field) or default_text(field)
         parser.add_argument(flag, dest=field, type=_field_type(field), choices=CHOICES.get(field),
-                            default=argparse.SUPPRESS, help=help_text)
+                            default=argparse.SUPPRESS, help=f"{help_text} (default: {shown})".replace("%", "%%"))
     for field, (flag, help_text) in FLAGS.items():
         if for_study and field == "resume":
             continue
@@ -84,11 +102,25 @@ def add_train_options(parser: argparse.ArgumentParser, *, for_study: bool = Fals
         parser.add_argument(flag, dest=field, action=store, default=argparse.SUPPRESS, help=help_text)
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to every option that has a default and does not state it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and "(default" not in text and action.default is not argparse.SUPPRESS
+                and action.default is not None and not isinstance(action.default, bool)):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="transferlab",
         description="Which ImageNet-pretrained ConvNet, and which transfer strategy, works best on your "
                     "medical images - and why.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one model with one strategy into a run directory",
@@ -140,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "same cost, works offline)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=32, help="batch size for throughput and training steps")
-    p.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (latency: the fastest, with "
+                                                           "the median and 90th percentile as its spread; throughput "
+                                                           "and training steps: the median)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for every measurement (default: torch's own count)")
     p.add_argument("--image-size", type=int, help="resolution (default: each model's own)")
     p.add_argument("--max-latency-ms", type=float, help="keep models with batch-1 latency at most this")
     p.add_argument("--max-params", type=float, help="keep models with at most this many parameters (e.g. 3e7)")
@@ -150,17 +185,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-data", help="scan a dataset folder and report every problem at once",
                        description="Reads every image; reports class counts, unreadable files, image sizes, "
-                                   "duplicates (identical bytes) and patients shared between splits.")
-    p.add_argument("--data", required=True)
-    p.add_argument("--manifest")
+                                   "duplicates (identical bytes) and patients shared between splits.",
+                       epilog=CHECK_DATA_EXIT_CODES)
+    p.add_argument("--data", required=True, help="dataset folder: ROOT/{train,val,test}/CLASS/* or ROOT/CLASS/*")
+    p.add_argument("--manifest", help="CSV of path,label[,patient_id][,split] instead of class folders")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     from .demo import add_demo_arguments
-    from .export import add_export_arguments
-    from .predict import add_predict_arguments
+    from .exporting import add_export_arguments
+    from .prediction import add_predict_arguments
     for add_arguments in (add_demo_arguments, add_predict_arguments, add_export_arguments):
         add_arguments(sub)
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsFormatter
     return parser
+
+
+CHECK_DATA_EXIT_CODES = ("exit codes: 0 every image is readable and no leakage was found; 1 unreadable images "
+                         "(training stops on them unless --skip-bad); 2 the folder cannot be checked (error: ...); "
+                         "3 all readable, but possible leakage: identical files in two splits or two classes, or "
+                         "patients in more than one split")
 
 
 def run_train(args) -> None:
@@ -170,6 +214,9 @@ def run_train(args) -> None:
     run = train(TrainConfig(**settings))
     metrics = run.read_metrics()
     print(f"run directory: {run.path}")
+    test_split = run.read_config()["data"]["splits"].get("test", "")
+    if test_split.startswith("carved"):   # the data has no test/ folder
+        print(f"test split {test_split} (the data has no test/ folder; --test-fraction 0 for none)")
     for split in ("val", "test"):
         if split in metrics:
             m = metrics[split]
@@ -199,10 +246,11 @@ def run_study(args) -> None:
 
 
 def run_models(args) -> None:
-    from . import catalog as cat
+    from . import model_catalog as cat
 
     entries = cat.catalog(args.names or None, measure=args.measure, device=args.device, batch_size=args.batch_size,
-                          repeats=args.repeats, image_size=args.image_size, progress=args.progress)
+                          repeats=args.repeats, image_size=args.image_size, progress=args.progress,
+                          threads=args.threads)
     budget = dict(max_latency_ms=args.max_latency_ms, max_params=args.max_params)
     shown = cat.sort_entries(cat.filter_entries(entries, **budget), args.sort)
     print(cat.format_table(shown))
@@ -217,6 +265,7 @@ def run_check_data(args) -> None:
 
     report = check_data(args.data, manifest=args.manifest)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+    return report.exit_code()
 
 
 def run_demo(args) -> None:
@@ -226,13 +275,13 @@ def run_demo(args) -> None:
 
 
 def run_predict(args) -> None:
-    from .predict import run_predict as run
+    from .prediction import run_predict as run
 
     run(args)
 
 
 def run_export(args) -> None:
-    from .export import run_export as run
+    from .exporting import run_export as run
 
     run(args)
 
@@ -244,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except TransferlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -253,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                  else "run the same command with --resume to continue from the last checkpoint")
         print(f"interrupted: {again}", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ class TrainConfig:
     augment: bool = True
     image_size: int | None = None     # None: the model's own input size
     val_fraction: float = 0.15
-    test_fraction: float = 0.0        # >0 carves a patient-disjoint test split when the data has no test/
+    test_fraction: float = 0.15       # data without test/: carve a patient-disjoint test split (0: none)
     official_val: str = "auto"        # auto | keep | merge | drop
     patient_pattern: str = DEFAULT_PATIENT_PATTERN
     manifest: str | None = None
@@ -52,6 +52,7 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "auto"           # auto: 16-mixed on CUDA, 32-true on CPU
     num_workers: int | None = None
+    threads: int | None = None        # CPU threads for torch; None: torch's default, reduced to the CPUs free
     max_images: int | None = None     # per split, for quick trials
     skip_bad: bool = False
     cache_dir: str | None = None      # on-disk cache of decoded images and features; None: ~/.cache/transferlab
@@ -71,6 +72,14 @@ class TrainConfig:
             raise TransferlabError(f"--test-fraction must be in [0, 1), not {self.test_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
             raise TransferlabError("--epochs and --batch-size must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise TransferlabError(f"--threads must be at least 1, not {self.threads}")
+        # absolute paths: config.json must mean the same files whichever folder the run is used from
+        for name in ("data", "cache_dir", "weights_dir"):
+            if getattr(self, name):
+                setattr(self, name, str(Path(getattr(self, name)).expanduser().resolve()))
+        if self.manifest and Path(self.manifest).expanduser().is_file():   # else: a path inside --data
+            self.manifest = str(Path(self.manifest).expanduser().resolve())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -8,12 +8,12 @@ interrupted demo continues: its finished runs are kept).
 """
 from __future__ import annotations
 
-import resource
 import shutil
 import time
 from pathlib import Path
 
 from .errors import TransferlabError
+from .machine import own_cpu_seconds
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 SAMPLE = SAMPLE_DIR / "chest_xray_sample"
@@ -35,7 +35,7 @@ def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, 
              measure_catalog: bool = True, progress: bool = True, threads: int | None = None, **train) -> Path:
     """Run the demo study into `out` (new or empty; or an interrupted demo, which continues), print the report's
     path and a five-line summary, and return the study folder. `train` overrides DEMO_TRAIN (e.g. epochs=1 for tests);
-    `threads` sets torch's CPU threads (default: torch's own choice, one per core)."""
+    `threads`: torch's CPU threads for every run and the report (default: see TrainConfig.threads)."""
     import torch
 
     from .study import StudyConfig, run_study
@@ -46,7 +46,7 @@ def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, 
         what = "a finished demo" if (out / "summary.txt").exists() else "other files"
         raise TransferlabError(f"{out} already holds {what}; the demo always trains afresh, so choose another --out "
                                f"or delete it")
-    settings = {**DEMO_TRAIN, **train, "cache_dir": str(out / "cache"), "progress": progress}
+    settings = {**DEMO_TRAIN, **train, "cache_dir": str(out / "cache"), "progress": progress, "threads": threads}
     n = {split: sum(1 for f in (sample_path() / split).rglob("*") if f.is_file()) for split in ("train", "val", "test")}
     print(f"demo: {len(models)} model(s) x {len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'} x "
           f"{seeds} seed(s) on the bundled sample ({n['train']} train / {n['val']} val / {n['test']} test chest "
@@ -56,7 +56,7 @@ def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, 
               flush=True)
     if threads:
         torch.set_num_threads(threads)
-    start, cpu = time.perf_counter(), _cpu_seconds()
+    start, cpu = time.perf_counter(), own_cpu_seconds()
     config = StudyConfig(data=str(sample_path()), models=list(models), strategies=list(strategies), seeds=seeds,
                          out=str(out), measure_catalog=measure_catalog, train=settings)
     try:
@@ -65,7 +65,7 @@ def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, 
         shutil.rmtree(out / "cache", ignore_errors=True)
     for checkpoints in (out / "runs").glob("*/checkpoints"):   # Lightning's resume state (~80 MB a finetune
         shutil.rmtree(checkpoints)                              # run); model.safetensors stays for predict/export
-    lines = summary_lines(out, wall=time.perf_counter() - start, cpu=_cpu_seconds() - cpu)
+    lines = summary_lines(out, wall=time.perf_counter() - start, cpu=own_cpu_seconds() - cpu)
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines) + f"\nOpen the report: {(out / 'report.html').resolve().as_uri()}", flush=True)
     return out
@@ -158,12 +158,6 @@ def _ci(value, ci) -> str:
     return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the catalogue measures in subprocesses)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 # --- command line -------------------------------------------------------------------------------------------
 
 def add_demo_arguments(subparsers) -> None:
@@ -174,8 +168,9 @@ def add_demo_arguments(subparsers) -> None:
     p.add_argument("--out", default="demo-out", help="folder to write: new, empty, or an interrupted demo to continue "
                                                      "(default: demo-out)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core; on a busy shared "
-                                               "machine --threads 1 can be several times faster)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own count, reduced to the CPUs "
+                                               "free when each run starts; on a busy machine fewer threads than "
+                                               "cores can be several times faster)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import pickle
 import platform
 import random
 import re
 import signal
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -22,12 +24,14 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins import TorchCheckpointIO
 from sklearn.metrics import roc_auc_score, balanced_accuracy_score
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
+from .console import show_bars
 from .errors import CheckpointError, TransferlabError
+from .machine import free_cpus
 from .strategies import inference_model
 
 MONITOR_MODES = {"val_loss": "min", "val_auc": "max", "val_balanced_accuracy": "max"}
@@ -49,6 +53,32 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as exc:
         raise TransferlabError(f"--device {device}: {str(exc).splitlines()[0]}") from None
+
+
+def choose_threads(requested: int | None = None) -> int:
+    """torch CPU threads for a run: `requested`, else torch's default (one per core, or what was set before)
+    reduced to the CPUs free right now, at least 1. On a machine shared with other jobs, more threads than free
+    CPUs make every operation wait for its slowest thread (a demo took 5x the CPU time at 2 threads on 2 busy
+    cores)."""
+    if requested:
+        return int(requested)
+    default = torch.get_num_threads()
+    if default <= 1:
+        return 1
+    return max(1, min(default, int(free_cpus() + 0.5)))
+
+
+@contextmanager
+def cpu_threads(n: int):
+    """torch.set_num_threads(n) while the block runs, then the previous count again."""
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # mallopt parameters (malloc.h)
@@ -100,16 +130,26 @@ def seed_all(seed: int) -> None:
 
 
 class Classifier(L.LightningModule):
-    """Trains `net` (a whole TransferModel, or only its head on cached features) with cross-entropy."""
+    """Trains `net` (a whole TransferModel, or only its head on cached features) with cross-entropy.
+
+    minibatch: the training loader yields each epoch's inputs as ONE batch (`whole_epoch_loader`, for cached
+    features), which the step itself splits into shuffled mini-batches of this size, one optimizer step each,
+    drawn as make_loader would draw them (`sample_weights`: with replacement, as balance="sampler"). Same
+    optimisation, without Lightning's per-step overhead and on one thread: a head is a few tiny matmuls, which
+    more threads only slow down, most of all on a busy machine."""
 
     def __init__(self, net: torch.nn.Module, param_groups: list[dict], *, class_weights: torch.Tensor | None,
-                 epochs: int, weight_decay: float, seed: int, channels_last: bool = False):
+                 epochs: int, weight_decay: float, seed: int, channels_last: bool = False,
+                 minibatch: int | None = None, sample_weights: torch.Tensor | None = None):
         super().__init__()
         self.net = net
         self.param_groups = param_groups
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.epochs, self.weight_decay, self.seed = epochs, weight_decay, seed
         self.channels_last = channels_last
+        self.minibatch = minibatch
+        self._sample_weights = sample_weights   # per class
+        self.automatic_optimization = minibatch is None
         self.history: list[dict] = []
         self._train_sums = np.zeros(3)   # loss * n, correct, n
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -128,8 +168,13 @@ class Classifier(L.LightningModule):
         seed_all(self.seed * 100_003 + self.current_epoch)
         self._train_sums[:] = 0
         self._epoch_start = time.perf_counter()
+        if not self.automatic_optimization:   # Lightning steps no scheduler then: the cosine schedule's closed form
+            for group in self.trainer.optimizers[0].param_groups:
+                group["lr"] = group["initial_lr"] * (1 + math.cos(math.pi * self.current_epoch / self.epochs)) / 2
 
     def training_step(self, batch, batch_idx):
+        if self.minibatch is not None:
+            return self._epoch_of_minibatches(*batch)
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y, weight=self.class_weights)
@@ -137,6 +182,29 @@ class Classifier(L.LightningModule):
         self._train_sums += (loss.item() * n, (logits.argmax(1) == y).sum().item(), n)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         return loss
+
+    def _epoch_of_minibatches(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        n, size = len(y), self.minibatch
+        if self._sample_weights is not None:
+            order = torch.multinomial(self._sample_weights.double()[y.cpu()], n, replacement=True)
+        else:
+            order = torch.randperm(n)
+        if n % size == 1 and n > 1:   # as make_loader: no last batch of one
+            order = order[:-1]
+        optimizer = self.optimizers()
+        sums = torch.zeros(2, dtype=torch.float64)
+        with cpu_threads(1) if x.device.type == "cpu" else _nothing():
+            for idx in order.to(x.device).split(size):
+                xb, yb = x[idx], y[idx]
+                logits = self(xb)
+                loss = F.cross_entropy(logits, yb, weight=self.class_weights)
+                optimizer.zero_grad(set_to_none=True)
+                self.manual_backward(loss)
+                optimizer.step()
+                sums += torch.stack([loss.detach() * len(yb), (logits.argmax(1) == yb).sum()]).double().cpu()
+        self._train_sums += (*sums.tolist(), len(order))
+        self.log("train_loss", sums[0].item() / max(len(order), 1), prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=len(order))
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -183,6 +251,29 @@ class Classifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         self.history = list(checkpoint.get("history", []))
         self.trainer.should_stop = bool(checkpoint.get("should_stop", False))
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+class _WholeEpoch(Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return self.x, self.y
+
+
+def whole_epoch_loader(dataset: Dataset) -> DataLoader:
+    """A training loader whose only batch is the whole `dataset` (tensors, e.g. cached features): for
+    Classifier(minibatch=...), which shuffles and splits it into mini-batches itself."""
+    x, y = dataset[:]  # TensorDataset
+    return DataLoader(_WholeEpoch(x, y), batch_size=None, shuffle=False, generator=torch.Generator())   # as make_loader
 
 
 def class_weights_for(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -239,6 +330,18 @@ def _reason(exc: Exception) -> str:
     return match.group(1) if match else text.splitlines()[0]
 
 
+class EpochLines(Callback):
+    """Instead of progress bars outside a terminal: one line per epoch on stderr."""
+
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.sanity_checking or not module.history:
+            return
+        h = module.history[-1]
+        print(f"epoch {h['epoch']}/{trainer.max_epochs}: train loss {h['train_loss']:.4f} acc {h['train_acc']:.3f}; "
+              f"val loss {h['val_loss']:.4f} acc {h['val_acc']:.3f} AUC {h['val_auc']:.3f}; {h['seconds']:.1f} s",
+              file=sys.stderr, flush=True)
+
+
 def fit(module: Classifier, train_loader: DataLoader, val_loader: DataLoader, *, checkpoint_dir: Path,
         epochs: int, monitor: str, patience: int, device: torch.device, precision: str, resume: bool,
         progress: bool) -> dict:
@@ -254,12 +357,15 @@ def fit(module: Classifier, train_loader: DataLoader, val_loader: DataLoader, *,
     # write it in epochs where "best" improved). Lightning runs it after `best`, so it holds best's state.
     last = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False)
     callbacks = [best, last, EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False)]
-    if progress:
+    bars = show_bars(progress)
+    if bars:
         callbacks.append(TQDMProgressBar(leave=True))
+    elif progress:
+        callbacks.append(EpochLines())
     trainer = L.Trainer(
         max_epochs=epochs, accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1, precision=precision,
-        callbacks=callbacks, plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=progress,
+        callbacks=callbacks, plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=bars,
         enable_model_summary=False, num_sanity_val_steps=0, deterministic=device.type == "cpu",
         default_root_dir=checkpoint_dir,
     )
@@ -302,7 +408,7 @@ def predict_probs(net: torch.nn.Module, dataset: Dataset, *, batch_size: int = 6
     out = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     with reuse_freed_memory(enabled=device.type == "cpu"):
-        for i, (x, _) in enumerate(tqdm(loader, desc=desc, disable=not progress, leave=False)):
+        for i, (x, _) in enumerate(tqdm(loader, desc=desc, disable=not show_bars(progress), leave=False)):
             x = x.to(device)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)

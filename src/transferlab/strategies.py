@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from .data.transforms import ImageTensorDataset, normalize, xray_augment
+from .console import show_bars
 from .models.heads import TransferModel
 
 
@@ -116,7 +117,8 @@ def extract_features(model: TransferModel, pixels: np.ndarray, *, mean, std, dev
     if backbone is None:
         backbone = inference_backbone(model.backbone, first[:1], device=device)
     out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, leave=False):
+    for start in tqdm(range(0, len(images), batch_size), desc="features", disable=not show_bars(progress),
+                      leave=False):
         x = first if start == 0 else _channels_last(normalize(images[start:start + batch_size], mean, std).to(device))
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             out.append(backbone(x).float().cpu())

@@ -50,11 +50,10 @@ from .config import STRATEGIES, TrainConfig, read_settings, write_json
 from .errors import TransferlabError
 from .rundir import RunDir, read_csv, write_csv
 
-DEFAULT_TEST_FRACTION = 0.15
 # TrainConfig settings a study sets itself, per run
 STUDY_OWNED = ("data", "model", "strategy", "seed", "split_seed", "out", "resume")
 # settings that do not change what a run computes (a finished run trained with other values is still valid)
-NOT_COMPARED = ("data", "out", "resume", "progress", "device", "num_workers", "cache_dir", "weights_dir")
+NOT_COMPARED = ("data", "out", "resume", "progress", "device", "num_workers", "threads", "cache_dir", "weights_dir")
 
 
 @dataclass
@@ -163,29 +162,30 @@ def run_study(config: StudyConfig) -> Path:
     """Train every model x strategy x seed (finished runs kept, the unfinished one resumed), measure the
     catalogue, write results.csv/summary.csv, analyse the test set and write report.html; returns the folder."""
     from .data.discover import discover
+    from .models.registry import get_spec
     from .training import train
 
     start = time.perf_counter()
     config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()), train=dict(config.train))
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     index = discover(config.data, patient_pattern=config.train.get("patient_pattern", TrainConfig.patient_pattern),
                      manifest=config.train.get("manifest"))
     notes = []
     if "test" not in index.source_splits:
-        if not config.train.get("test_fraction"):
-            config.train["test_fraction"] = DEFAULT_TEST_FRACTION
-            notes.append(f"The dataset has no test/ folder and no test fraction was given, so the study carved a "
-                         f"stratified, patient-disjoint test split of {DEFAULT_TEST_FRACTION:.0%} of the images "
-                         f"(test_fraction={DEFAULT_TEST_FRACTION}).")
-        else:
-            notes.append(f"The dataset has no test/ folder; the test split is a stratified, patient-disjoint "
-                         f"{config.train['test_fraction']:.0%} of the images (test_fraction given).")
+        fraction = config.train.get("test_fraction", TrainConfig.test_fraction)
+        notes.append(f"The dataset has no test/ folder, so every run carves the same stratified, patient-disjoint "
+                     f"test split of {fraction:.0%} of the images (test_fraction {fraction})." if fraction else
+                     "The dataset has no test/ folder and test_fraction is 0: the runs have no test split.")
+    for note in notes:
+        print(f"note: {note}", flush=True)
     # every run's settings first, so that a conflict with an earlier study stops before anything is written
     planned = [(model, strategy, seed, train_config(config, model, strategy, seed))
                for model, strategy, seed in config.run_names()]
     fingerprint = index.fingerprint()
     states = [_check_existing(RunDir(cfg.out), cfg, fingerprint) for *_, cfg in planned]
+    for *_, cfg in planned:
+        get_spec(cfg.model, cfg.weights)       # an unknown model or weights name stops before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     runs = []
@@ -259,7 +259,7 @@ def _check_existing(run: RunDir, cfg: TrainConfig, fingerprint: str) -> str:
 
 def study_catalog(config: StudyConfig, out: Path) -> list[dict]:
     """Catalogue entries (as dicts) for the study's models, written to OUT/catalog; reused when already there."""
-    from .catalog import catalog, write_catalog
+    from .model_catalog import catalog, write_catalog
 
     path = out / "study.json"
     if path.exists():
@@ -269,9 +269,10 @@ def study_catalog(config: StudyConfig, out: Path) -> list[dict]:
                 and (out / "catalog" / "catalog.png").exists():
             return old
     print(f"catalogue: {', '.join(config.models)}" + (" (measuring speed)" if config.measure_catalog else ""), flush=True)
+    sizes = {m: {**config.train, **config.model_overrides.get(m, {})}.get("image_size") for m in config.models}
     entries = catalog(config.models, measure=config.measure_catalog, device=config.train.get("device", "auto"),
-                      batch_size=8, repeats=5, warmup=2, image_size=config.train.get("image_size"),
-                      progress=config.train.get("progress", True), budget_s=5.0)
+                      batch_size=8, repeats=10, warmup=2, image_size=sizes,   # the sizes the runs use
+                      progress=config.train.get("progress", True), budget_s=5.0, threads=config.train.get("threads"))
     write_catalog(entries, out / "catalog")
     return [dataclasses.asdict(e) for e in entries]
 
@@ -364,9 +365,9 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                                                       "OUT/study.yaml re-runs a study exactly")
     parser.add_argument("--data", default=S, help="dataset folder: ROOT/{train,val,test}/CLASS/* or ROOT/CLASS/*")
     parser.add_argument("--models", default=S, help="comma list of models, e.g. resnet50,mobilenet_v3_large")
-    parser.add_argument("--strategies", default=S, help="comma list of finetune,features (default: both)")
+    parser.add_argument("--strategies", default=S, help=f"comma list of strategies (default: {','.join(STRATEGIES)})")
     parser.add_argument("--seeds", default=S, type=_seeds_arg,
-                        help="number of seeds (3 = seeds 0,1,2) or a comma list of seeds (default: 3)")
+                        help=f"number of seeds (3 = seeds 0,1,2) or a comma list of seeds (default: {StudyConfig.seeds})")
     parser.add_argument("--out", default=S, help="study folder to write (runs/, results.csv, report.html)")
     parser.add_argument("--external", action="append", default=S, metavar="DIR",
                         help="another dataset (ROOT/CLASS/*, ROOT/test/CLASS/*, ... or a flat folder of images) that "
@@ -377,7 +378,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-catalog", dest="measure_catalog", action="store_false", default=S,
                         help="do not time the models for the catalogue (its static facts are still shown)")
     # --split-seed (every run of the study uses it) comes with the training options
-    add_train_options(parser, for_study=True)
+    add_train_options(parser, for_study=True, defaults={"split_seed": f"{StudyConfig.split_seed}, for every run"})
 
 
 def _seeds_arg(text: str) -> int | list[int]:

@@ -10,6 +10,7 @@ Stages, in order (each one a call into its own module):
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from .config import TrainConfig, write_json
 from .data.discover import DatasetIndex, Sample, discover
 from .data.images import load_images, unreadable_error
 from .data.split import Splits, make_splits
-from .engine import (Classifier, class_weights_for, fit, load_best_weights, make_loader, predict_probs, resolve_device,
-                     reuse_freed_memory, seed_all)
+from .engine import (Classifier, choose_threads, class_weights_for, cpu_threads, fit, load_best_weights, make_loader,
+                     predict_probs, resolve_device, reuse_freed_memory, seed_all, whole_epoch_loader)
 from .errors import TransferlabError
 from .evaluation import decide, positive_index, split_metrics
 from .metrics import choose_threshold
@@ -111,11 +112,29 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
         raise TransferlabError(f"{run.path} already holds a finished run; choose another --out")
     if (run.checkpoints / "last.ckpt").exists() and not cfg.resume:
         raise TransferlabError(f"{run.path} holds an unfinished run; add --resume to continue it, or choose another --out")
-    run.path.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    with reuse_freed_memory(enabled=device.type == "cpu"):
-        _train(cfg, run, device)
+    created = _first_missing(run.path)
+    run.path.mkdir(parents=True, exist_ok=True)
+    try:
+        with reuse_freed_memory(enabled=device.type == "cpu"), cpu_threads(choose_threads(cfg.threads)):
+            _train(cfg, run, device)
+    except BaseException:
+        # an error before the first epoch's checkpoint (no data, unknown model, missing weights, ...) leaves
+        # nothing behind that this call created; after it, the run directory stays for --resume
+        if created is not None and not (run.checkpoints / "last.ckpt").exists():
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     return run
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what mkdir(parents=True) creates), or None."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
 
 
 def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
@@ -144,6 +163,7 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
     seed_all(cfg.seed)
     model = create_model(cfg.model, len(classes), weights=cfg.weights, weights_dir=cfg.weights_dir)
     strategy = get_strategy(cfg.strategy)
+    cached = strategy.name == "features"   # cached features: each epoch is one batch, split by the step itself
     net = strategy.trainable(model)
     prep_start = time.perf_counter()
     encode = dict(mean=spec.mean, std=spec.std, device=device, progress=cfg.progress,
@@ -156,18 +176,17 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
 
     # 4. fit
     train_labels = data.labels("train")
+    weights = class_weights_for(train_labels, len(classes))
     module = Classifier(
         net, strategy.param_groups(model, cfg.lr, cfg.backbone_lr_factor),
-        class_weights=class_weights_for(train_labels, len(classes)) if cfg.balance == "weights" else None,
-        epochs=cfg.epochs, weight_decay=cfg.weight_decay, seed=cfg.seed,
-        channels_last=strategy.channels_last)
+        class_weights=weights if cfg.balance == "weights" else None,
+        epochs=cfg.epochs, weight_decay=cfg.weight_decay, seed=cfg.seed, channels_last=strategy.channels_last,
+        minibatch=cfg.batch_size if cached else None, sample_weights=weights if cfg.balance == "sampler" else None)
     if strategy.channels_last:
         net.to(memory_format=torch.channels_last)
-    workers = cfg.num_workers if cfg.num_workers is not None else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
-    loader_args = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    train_loader, val_loader = make_loaders(cfg, train_set, train_labels, inputs["val"], device, cached=cached)
     fit_start = time.perf_counter()
-    fitted = fit(module, make_loader(train_set, train_labels, shuffle=True, balance=cfg.balance, **loader_args),
-                 make_loader(inputs["val"], None, shuffle=False, **loader_args),
+    fitted = fit(module, train_loader, val_loader,
                  checkpoint_dir=run.checkpoints, epochs=cfg.epochs, monitor=cfg.monitor, patience=cfg.patience,
                  device=device, precision=_precision(cfg.precision, device), resume=cfg.resume, progress=cfg.progress)
     fit_seconds = time.perf_counter() - fit_start
@@ -206,12 +225,27 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
     write_json(run.metrics, summary)
 
 
+def make_loaders(cfg: TrainConfig, train_set, train_labels: np.ndarray, val_set, device: torch.device, *,
+                 cached: bool) -> tuple:
+    """(train, validation) loaders. cached (features on cached backbone outputs): each epoch is one batch that
+    Classifier(minibatch=cfg.batch_size) splits itself, and validation is one batch; else ordinary loaders."""
+    workers = cfg.num_workers if cfg.num_workers is not None else (0 if device.type == "cpu" or cached
+                                                                   else min(8, os.cpu_count() or 1))
+    args = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    if cached:
+        return whole_epoch_loader(train_set), make_loader(val_set, None, shuffle=False,
+                                                          **(args | {"batch_size": len(val_set)}))
+    return (make_loader(train_set, train_labels, shuffle=True, balance=cfg.balance, **args),
+            make_loader(val_set, None, shuffle=False, **args))
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
 # Settings that may differ when a run is resumed. The data is compared by its fingerprint, not by its path.
-RESUME_MAY_CHANGE = {"data", "manifest", "resume", "progress", "device", "num_workers", "cache_dir", "weights_dir"}
+RESUME_MAY_CHANGE = {"data", "manifest", "resume", "progress", "device", "num_workers", "threads", "cache_dir",
+                     "weights_dir"}
 
 
 def _check_same_run(run: RunDir, cfg: TrainConfig, data: Prepared) -> None:

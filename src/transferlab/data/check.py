@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..console import show_bars
 from .discover import DEFAULT_PATIENT_PATTERN, discover
 from .images import ImageError, decode_image, read_bytes
 from .split import patient_overlap
@@ -38,6 +39,14 @@ class DataReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def exit_code(self) -> int:
+        """`transferlab check-data`'s exit code: 0 clean, 1 unreadable images, 3 possible leakage (2: errors)."""
+        if self.bad:
+            return 1
+        if self.duplicates_across_splits or self.duplicates_across_classes or any(self.patient_overlap.values()):
+            return 3
+        return 0
 
     def to_text(self) -> str:
         width = max(len(c) for c in self.classes) + 2
@@ -76,7 +85,7 @@ def check_data(root, *, manifest=None, patient_pattern: str = DEFAULT_PATIENT_PA
     index = discover(root, patient_pattern=patient_pattern, manifest=manifest)
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         results = list(tqdm(pool.map(_inspect, [s.path for s in index.samples]), total=len(index.samples),
-                            desc="check", disable=not progress))
+                            desc="check", disable=not show_bars(progress)))
 
     bad, shapes, formats, by_hash = [], [], Counter(), defaultdict(list)
     for sample, (digest, shape, fmt, reason) in zip(index.samples, results):

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from ..console import show_bars
 from ..errors import DataError
 
 MIN_SIDE, MAX_SIDE = 8, 12_000
@@ -194,7 +195,7 @@ def load_images(paths: list[Path], size: int, *, cache_dir: Path | None = None, 
     """
     paths = [Path(p) for p in paths]
     with ThreadPoolExecutor(num_threads or min(8, os.cpu_count() or 1)) as pool:
-        hashed = list(tqdm(pool.map(_hash_file, paths), total=len(paths), desc="hash", disable=not progress,
+        hashed = list(tqdm(pool.map(_hash_file, paths), total=len(paths), desc="hash", disable=not show_bars(progress),
                            leave=False))
         digest = hashlib.sha256(f"v{CACHE_VERSION} {size}\n".encode()
                                 + "\n".join(h or f"unreadable: {r}" for h, r in hashed).encode()).hexdigest()
@@ -248,7 +249,7 @@ def _decode_all(paths, errors, size, pool, progress):
     out = np.zeros((len(paths), 1, size, size), np.uint8)
     bad = []
     jobs = pool.map(lambda p, e: (None, e) if e else _load_resized(p, size), paths, errors)
-    for i, (arr, reason) in enumerate(tqdm(jobs, total=len(paths), desc="decode", disable=not progress)):
+    for i, (arr, reason) in enumerate(tqdm(jobs, total=len(paths), desc="decode", disable=not show_bars(progress))):
         if reason:
             bad.append((i, reason))
             continue

@@ -56,7 +56,7 @@ def make_splits(index: DatasetIndex, *, val_fraction: float = 0.15, test_fractio
             f" < {min_official_val})" if official_val == "auto" else ", --official-val merge)")
 
     if test:
-        method["test"] = "official test/ folder" + ("; --test-fraction ignored" if test_fraction > 0 else "")
+        method["test"] = "official test/ folder"
     elif test_fraction > 0:
         pool, test, how = _carve(pool, test_fraction, seed, "--test-fraction", "test", index.classes)
         method["test"] = f"carved from {source}: {how}"
@@ -86,11 +86,15 @@ def _carve(samples: list[Sample], fraction: float, seed: int, option: str, name:
         raise DataError(f"{option} must be above 0 and at most 0.66, not {fraction}")
     labels = np.array([s.label for s in samples])
     groups = np.array([s.patient for s in samples])
+    none = " (or --test-fraction 0: no test split)" if name == "test" else ""
     n_groups = len(set(groups.tolist()))
     if n_groups < folds:
         raise DataError(f"{option} {fraction}: cannot carve a {name} split from {len(samples)} images of "
-                        f"{n_groups} patients (needs at least {folds}); use a larger {option} or add images")
+                        f"{n_groups} patients (needs at least {folds}); use a larger {option}{none} or add images")
     present = set(labels.tolist())
+    if all(np.sum(labels == c) < folds for c in present):   # StratifiedGroupKFold's own limit
+        raise DataError(f"{option} {fraction}: cannot carve a {name} split (1 of {folds} folds) from {len(samples)} "
+                        f"images with fewer than {folds} per class; use a larger {option}{none} or add images")
     with warnings.catch_warnings():
         # sklearn warns when a class has fewer patients than folds; the check below decides instead.
         warnings.simplefilter("ignore", UserWarning)
@@ -103,4 +107,4 @@ def _carve(samples: list[Sample], fraction: float, seed: int, option: str, name:
     rarest = min(present, key=lambda c: len(set(groups[labels == c].tolist())))
     n_rare = len(set(groups[labels == rarest].tolist()))
     raise DataError(f"{option} {fraction}: class {classes[rarest]} has only {n_rare} patient(s), too few to put "
-                    f"some in both the {name} split and the rest; add images of it or provide a {name}/ folder")
+                    f"some in both the {name} split and the rest; add images of it or provide a {name}/ folder{none}")

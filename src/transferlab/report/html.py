@@ -16,6 +16,7 @@ from jinja2 import Environment, FileSystemLoader
 from ..analysis import Run, analyze_study
 from ..analysis.splits import SHIFT_FEATURES
 from ..config import write_json
+from ..errors import TransferlabError
 from . import plots
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -67,6 +68,8 @@ class Section:
 def write_report(study_dir: str | Path, *, gradcam: bool = True) -> tuple[Path, Path]:
     """report.html and report.md in `study_dir` (a folder written by `run_study`)."""
     study_dir = Path(study_dir)
+    if not (study_dir / "study.json").is_file():
+        raise TransferlabError(f"{study_dir} is not a study folder (no study.json); `transferlab study` writes one")
     info = json.loads((study_dir / "study.json").read_text())
     a = analyze_study(study_dir, info["runs"], gradcam=gradcam, external=info.get("external") or [])
     sections = [
@@ -105,6 +108,8 @@ def _subtitle(a: dict, info: dict) -> str:
 
 # --- formatting -------------------------------------------------------------------------------------------------
 
+NBSP = "\u00a0"   # "0.842 ± 0.012" may wrap before the "±" in a narrow column, never after it
+
 def fmt(value, spec: str = ".3f") -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "–"
@@ -117,18 +122,18 @@ def mean_sd(values, spec: str = ".3f") -> str:
         return "–"
     if len(values) == 1:
         return format(values[0], spec)
-    return f"{format(np.mean(values), spec)} ± {format(np.std(values, ddof=1), spec)}"
+    return f"{format(np.mean(values), spec)} ±{NBSP}{format(np.std(values, ddof=1), spec)}"
 
 
 def _ms(d: dict | None, spec: str = ".3f") -> str:
     if not d or d.get("mean") is None:
         return "–"
-    return format(d["mean"], spec) + (f" ± {format(d['sd'], spec)}" if d.get("sd") is not None else "")
+    return format(d["mean"], spec) + (f" ±{NBSP}{format(d['sd'], spec)}" if d.get("sd") is not None else "")
 
 
 def _ci(value, ci) -> str:
     """The first seed's value and its bootstrap interval: 0.842 [0.811, 0.870]."""
-    return f"{fmt(value)} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and np.isfinite(ci[0]) else "–"
+    return f"{fmt(value)} [{ci[0]:.3f},{NBSP}{ci[1]:.3f}]" if ci and np.isfinite(ci[0]) else "–"
 
 
 # --- sections ---------------------------------------------------------------------------------------------------
@@ -140,28 +145,35 @@ def catalog_section(study_dir: Path, info: dict) -> Section:
         s.p("No catalogue was made for this study.")
         return s
     measured = any(e.get("latency_ms") is not None for e in entries)
-    columns = ["model", "input px", "params (M)", "trainable: finetune (M)", "trainable: features", "GFLOPs",
-               "ImageNet acc@1 %", "acc@5 %", "weights MB"]
+    columns = ["model", "image px (weights' own)", "ImageNet acc@1 %", "GFLOPs"]
     if measured:
-        columns += ["latency ms (batch 1)", "inference img/s", "train step ms: finetune", "train step ms: features",
-                    "peak MB"]
+        columns += ["latency ms, batch 1 (fastest)", "latency median / p90 ms"]
+    columns += ["params (M)", "trainable: finetune (M)", "trainable: features", "acc@5 %", "weights MB"]
+    if measured:
+        columns += ["inference img/s", "train step ms: finetune", "train step ms: features", "peak MB"]
     rows = []
     for e in entries:
         gflops = e.get("gflops") if e.get("gflops") is not None else e.get("gflops_meta")
-        row = [e.get("name"), fmt(e.get("input_size"), "d"), fmt(_div(e.get("params_total"), 1e6), ".2f"),
-               fmt(_div(e.get("params_trainable_finetune"), 1e6), ".2f"), fmt(e.get("params_trainable_features"), ",d"),
-               fmt(gflops, ".3f"), fmt(e.get("acc1"), ".1f"), fmt(e.get("acc5"), ".1f"), fmt(e.get("file_size_mb"), ".1f")]
+        size, own = e.get("resolution") or e.get("input_size"), e.get("input_size")
+        row = [e.get("name"), f"{size}" + (f" ({own})" if own != size else ""), fmt(e.get("acc1"), ".1f"),
+               fmt(gflops, ".3f")]
         if measured:
-            row += [e.get("error") or fmt(e.get("latency_ms"), ".1f"), fmt(e.get("throughput_ips"), ".1f"),
-                    fmt(e.get("train_step_ms_finetune"), ".0f"), fmt(e.get("train_step_ms_features"), ".0f"),
-                    fmt(e.get("peak_mem_mb"), ".0f")]
+            row += [e.get("error") or fmt(e.get("latency_ms"), ".1f"),
+                    f"{fmt(e.get('latency_ms_median'), '.1f')} / {fmt(e.get('latency_ms_p90'), '.1f')}"]
+        row += [fmt(_div(e.get("params_total"), 1e6), ".2f"), fmt(_div(e.get("params_trainable_finetune"), 1e6), ".2f"),
+                fmt(e.get("params_trainable_features"), ",d"), fmt(e.get("acc5"), ".1f"), fmt(e.get("file_size_mb"), ".1f")]
+        if measured:
+            row += [fmt(e.get("throughput_ips"), ".1f"), fmt(e.get("train_step_ms_finetune"), ".0f"),
+                    fmt(e.get("train_step_ms_features"), ".0f"), fmt(e.get("peak_mem_mb"), ".0f")]
         rows.append(row)
     device = next((e.get("device") for e in entries if e.get("device")), None)
     batch = next((e.get("batch_size") for e in entries if e.get("batch_size")), None)
-    caption = ("GFLOPs = multiply-adds per image at the measured resolution; ImageNet accuracy as published for "
-               "the weights. ")
-    caption += (f"Speed measured on {device} (throughput and training steps at batch {batch}, random weights)."
-                if measured else "Speed not measured (--no-catalog).")
+    caption = ("Image px: the size the study's runs use, at which FLOPs were counted and speed measured (the "
+               "weights' own size in brackets where different). GFLOPs = multiply-adds per image; ImageNet accuracy "
+               "as published for the weights. ")
+    caption += (f"Speed measured on {device}, random weights: latency = the fastest of interleaved batch-1 calls, "
+                f"with their median and 90th percentile as the spread; throughput and training steps at batch "
+                f"{batch}." if measured else "Speed not measured (--no-catalog).")
     s.table(Table(columns, rows, caption))
     png = study_dir / "catalog" / "catalog.png"
     if png.exists():
@@ -227,9 +239,8 @@ def sample_grid(run: Run, per_class: int = 4) -> bytes:
     return plots.image_grid(items, cols=per_class)
 
 
-TEST_COLUMNS = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("recall", "sensitivity"),
-                ("specificity", "specificity"), ("precision", "precision"), ("f1", "F1"), ("roc_auc", "ROC-AUC"),
-                ("pr_auc", "PR-AUC")]
+TEST_COLUMNS = [("balanced_accuracy", "balanced acc."), ("recall", "sensitivity"), ("specificity", "specificity"),
+                ("precision", "precision"), ("f1", "F1"), ("pr_auc", "PR-AUC")]   # after the key columns
 
 
 def strategy_section(a: dict, strategy: str) -> Section:
@@ -241,13 +252,15 @@ def strategy_section(a: dict, strategy: str) -> Section:
         return s
     rows = []
     for (model, _), runs in groups.items():
-        rows.append([model, str(len(runs)), *[mean_sd([r.at("test").get(k) for r in runs]) for k, _ in TEST_COLUMNS],
-                     mean_sd([r.metrics["val"].get("roc_auc") for r in runs]),
+        rows.append([model, str(len(runs)), mean_sd([r.at("test").get("roc_auc") for r in runs]),
+                     mean_sd([r.at("test").get("accuracy") for r in runs]),
                      mean_sd([r.metrics.get("threshold") for r in runs]),
                      mean_sd([r.metrics.get("best_epoch") for r in runs], ".1f") + " / " +
-                     mean_sd([r.metrics.get("epochs_run") for r in runs], ".1f")])
-    s.table(Table(["model", "seeds", *[f"test {label}" for _, label in TEST_COLUMNS], "val ROC-AUC",
-                   "threshold (val)", "best epoch / run"], rows,
+                     mean_sd([r.metrics.get("epochs_run") for r in runs], ".1f"),
+                     mean_sd([r.metrics["val"].get("roc_auc") for r in runs]),
+                     *[mean_sd([r.at("test").get(k) for r in runs]) for k, _ in TEST_COLUMNS]])
+    s.table(Table(["model", "seeds", "test ROC-AUC", "test accuracy", "threshold (val)", "best epoch / run",
+                   "val ROC-AUC", *[f"test {label}" for _, label in TEST_COLUMNS]], rows,
                   "Test metrics at each run's validation-chosen threshold (ROC-AUC and PR-AUC are threshold-free); "
                   "mean ± sd over seeds."))
     for (model, _), runs in groups.items():
@@ -277,14 +290,14 @@ def comparison_section(a: dict) -> Section:
         if r.get("cuda_peak_mb"):
             memory += f" (CUDA {_ms(r['cuda_peak_mb'], '.0f')})"
         rows.append([r["model"], r["strategy"], str(len(r["seeds"])),
+                     _ms(r["roc_auc"]), _ci(first.get("roc_auc"), ci.get("roc_auc")),
                      _ms(r["accuracy"]), _ci(first.get("accuracy"), ci.get("accuracy")),
                      _ms(r["f1"]), _ci(first.get("f1"), ci.get("f1")),
-                     _ms(r["roc_auc"]), _ci(first.get("roc_auc"), ci.get("roc_auc")),
                      _ms(r["balanced_accuracy"]), _ms(r["train_seconds"], ".1f"), _ms(r["total_seconds"], ".1f"),
                      memory, fmt(r["trainable_params"], ",d")])
     seed, n_boot = (a["comparison"][0]["ci_seed"], a["comparison"][0]["n_boot"]) if a["comparison"] else (0, 0)
-    s.table(Table(["model", "strategy", "seeds", "test accuracy", f"seed {seed} [95% CI]", "test F1",
-                   f"seed {seed} [95% CI]", "test ROC-AUC", f"seed {seed} [95% CI]", "balanced acc.", "train s",
+    s.table(Table(["model", "strategy", "seeds", "test ROC-AUC", f"seed {seed} [95% CI]", "test accuracy",
+                   f"seed {seed} [95% CI]", "test F1", f"seed {seed} [95% CI]", "balanced acc.", "train s",
                    "total s", "peak RSS MB", "trainable params"], rows,
                   f"Mean ± sd over seeds; then the first seed's run (seed {seed}) alone, with its 95% CI: percentile "
                   f"bootstrap ({n_boot} resamples of the test images). Accuracy and F1 at each run's validation "
@@ -446,6 +459,15 @@ SETTINGS_SHOWN = ("weights", "epochs", "batch_size", "lr", "backbone_lr_factor",
                   "balance", "augment", "threshold_method", "val_fraction", "test_fraction", "max_images", "precision")
 
 
+def _setting(strategy: str, key: str, value) -> str:
+    """A training setting as the methods table shows it: what the strategy really did."""
+    if strategy == "features" and key == "augment":
+        return "no (frozen features)"
+    if strategy == "features" and key == "backbone_lr_factor":
+        return "– (backbone frozen)"
+    return str(value)
+
+
 def methods_section(a: dict, info: dict) -> Section:
     s = Section("section-methods", "Methods")
     run: Run = a["runs"][0]
@@ -466,11 +488,19 @@ def methods_section(a: dict, info: dict) -> Section:
         f"frozen features are computed once per image from un-augmented images with the backbone in eval mode.")
     s.p(f"Seeds: {', '.join(map(str, c['seeds']))} (initialisation of the new head, data order, augmentation); "
         f"results are reported as mean ± sd over seeds.")
-    rows = [[f"{m} {st}", *[str(runs[0].config["settings"].get(k)) for k in SETTINGS_SHOWN],
-             str(runs[0].config["model"]["image_size"])] for (m, st), runs in a["groups"].items()]
-    s.table(Table(["run group", *SETTINGS_SHOWN, "image_size"], rows,
-                  "Training settings (AdamW, cosine learning-rate schedule, early stopping on the monitored "
-                  "validation metric; class-weighted loss unless balance says otherwise)."))
+    groups = {f"{m} {st}": {**{k: _setting(st, k, runs[0].config["settings"].get(k)) for k in SETTINGS_SHOWN},
+                            "image_size": str(runs[0].config["model"]["image_size"])}
+              for (m, st), runs in a["groups"].items()}
+    keys = list(next(iter(groups.values())))
+    same = [k for k in keys if len({g[k] for g in groups.values()}) == 1]
+    differ = [k for k in keys if k not in same]
+    how = ("AdamW, cosine learning-rate schedule, early stopping on the monitored validation metric; class-weighted "
+           "loss unless balance says otherwise")
+    if differ:
+        s.table(Table(["run group", *differ], [[name, *[g[k] for k in differ]] for name, g in groups.items()],
+                      f"Training settings that differ between the run groups ({how})."))
+    s.table(Table(["setting", "value"], [[k, next(iter(groups.values()))[k]] for k in same],
+                  "Training settings shared by every run" + ("." if differ else f" ({how}).")))
     env = run.config.get("environment", {})
     s.table(Table(["software / hardware", "value"], [[k, str(v)] for k, v in env.items()] +
                   [["training device", str(run.config.get("device"))],

@@ -108,7 +108,7 @@ def add_export_arguments(subparsers) -> None:
                                           "probabilities. A sidecar <file>.json records size, mean/std, classes "
                                           "and the validation-chosen threshold.")
     p.add_argument("run", help="run directory written by `transferlab train` (or a study's runs/NAME)")
-    p.add_argument("--format", default="onnx", choices=tuple(FORMATS), help="onnx (default) or torchscript")
+    p.add_argument("--format", default="onnx", choices=tuple(FORMATS), help="onnx or torchscript")
     p.add_argument("--out", help="model file to write (default: RUN/model.onnx or RUN/model.pt)")
 
 

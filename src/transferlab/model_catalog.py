@@ -2,16 +2,23 @@
 
 Without `measure` nothing runs on real tensors: each model is built on PyTorch's meta device (no memory, no
 weights) to count parameters and, when few models are asked for (<= FLOPS_NAMES_LIMIT) or when measuring, FLOPs.
-With `measure`, each model is benchmarked with random weights (same cost as pretrained) in a fresh Python
-process, so its peak memory is its own: inference latency at batch 1, inference throughput, and one training
-step (forward + backward) at `batch_size` for both strategies (finetune: everything trains; features: frozen
-backbone in eval mode, only the new head trains). fp32, no autocast.
+With `measure`, the models are benchmarked with random weights (same cost as pretrained), fp32, no autocast, on a
+fixed number of threads:
+- latency at batch 1, like `timeit`: the fastest of many calls (the least disturbed by other work), with the
+  median and 90th percentile as the spread. The models are timed in turn, round after round (interleaved, in one
+  process), so that a burst of other work slows them all alike instead of one model's whole series;
+- in a fresh Python process per model (so that its peak memory is its own): inference throughput, and one
+  training step (forward + backward) at `batch_size` for both strategies (finetune: everything trains;
+  features: frozen backbone in eval mode, only the new head trains).
+While measuring, the CPU time other processes used is recorded (machine.OtherLoad). On a busy machine the
+latencies are noise: they are shown, but the Pareto front and the recommendations use GFLOPs instead, and say why.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
 import platform
 import resource
 import statistics
@@ -27,12 +34,15 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from .console import show_bars
+from .machine import BUSY_SHARE, OtherLoad
 from .models.heads import create_model, find_head
 from .models.registry import build_model, get_spec, list_models
 
 NUM_CLASSES = 2                 # NORMAL vs PNEUMONIA: the new head the trainable-parameter counts assume
 FLOPS_NAMES_LIMIT = 20          # count FLOPs without `measure` only for this many models or fewer (~0.3 s each)
 MIN_REPEATS = 3                 # a timing phase stops after `budget_s` once it has this many samples
+LATENCY_GROUP_PARAMS = 400e6    # models timed together (interleaved) in one process: at most this many parameters
 HIGHER_IS_BETTER = {"acc1", "acc5", "throughput_ips", "train_ips_finetune", "train_ips_features"}
 
 
@@ -51,8 +61,9 @@ class CatalogEntry:
     file_size_mb: float | None
     weights_file: str | None
     resolution: int | None = None            # image size FLOPs were counted and timings measured at
-    latency_ms: float | None = None          # inference, batch 1, median
-    latency_ms_iqr: float | None = None
+    latency_ms: float | None = None          # inference, batch 1: the fastest call (as timeit)
+    latency_ms_median: float | None = None   # ... the median and 90th percentile of the calls: the spread
+    latency_ms_p90: float | None = None
     throughput_ips: float | None = None      # inference images/s at batch_size
     train_step_ms_finetune: float | None = None
     train_ips_finetune: float | None = None
@@ -61,6 +72,9 @@ class CatalogEntry:
     peak_mem_mb: float | None = None         # CUDA max allocated, or the process's peak RSS increase on CPU
     batch_size: int | None = None
     device: str | None = None
+    threads: int | None = None               # torch CPU threads while measuring
+    other_load_cpus: float | None = None     # CPUs other processes kept busy while the catalogue was measured
+    busy: bool | None = None                 # other_load_cpus > BUSY_SHARE of the CPUs: latencies are unreliable
     error: str | None = None                 # why measuring this model failed (e.g. out of memory)
 
 
@@ -109,52 +123,83 @@ def _static_entry(name: str, *, flops: bool, image_size: int | None) -> CatalogE
 
 
 def catalog(names: list[str] | None = None, *, measure: bool = False, device: str = "auto", batch_size: int = 32,
-            repeats: int = 10, warmup: int = 3, image_size: int | None = None, progress: bool = True,
-            count_flops: bool | None = None, isolate: bool = True, budget_s: float = 30.0) -> list[CatalogEntry]:
+            repeats: int = 10, warmup: int = 3, image_size: int | dict | None = None, progress: bool = True,
+            count_flops: bool | None = None, isolate: bool = True, budget_s: float = 30.0,
+            threads: int | None = None) -> list[CatalogEntry]:
     """One CatalogEntry per model (all registered models when `names` is None).
 
+    image_size: one resolution for every model, or {name: size} (missing names: the model's own).
     count_flops: None = when measuring or for <= FLOPS_NAMES_LIMIT models (otherwise `gflops_meta` only).
-    repeats / warmup are upper bounds: a timing phase ends once it has run `budget_s` seconds and has at least
-    MIN_REPEATS samples, so big models at batch 32 on a small CPU still finish. isolate=False measures in this
-    process (no ~3 s interpreter start per model; CPU peak memory then relies on resetting the peak-RSS mark).
+    repeats / warmup are upper bounds: a timing phase ends once it has run `budget_s` seconds (per model) and has
+    at least MIN_REPEATS samples, so big models at batch 32 on a small CPU still finish. isolate=False measures
+    in this process (no ~3 s interpreter start per model; CPU peak memory then relies on resetting the peak-RSS
+    mark). threads: torch CPU threads for every measurement (default: this process's count).
     """
     names = list_models() if names is None else list(names)
     for name in names:
         get_spec(name)          # unknown names fail before any work
     flops = count_flops if count_flops is not None else (measure or len(names) <= FLOPS_NAMES_LIMIT)
-    if measure:
-        from .engine import resolve_device
-        device = str(resolve_device(device))
-    else:
-        device = None
-    settings = dict(device=device, batch_size=batch_size, repeats=repeats, warmup=warmup, budget_s=budget_s)
-    entries = []
-    bar = tqdm(names, desc="measuring" if measure else "models", unit="model", disable=not progress)
-    for name in bar:
-        bar.set_postfix_str(name)
-        entry = _static_entry(name, flops=flops, image_size=image_size)
-        if measure:
-            _apply_measurement(entry, _run_measurement(name, entry.resolution, isolate=isolate, **settings))
-        entries.append(entry)
+    sizes = image_size if isinstance(image_size, dict) else {name: image_size for name in names}
+    entries = [_static_entry(name, flops=flops, image_size=sizes.get(name))
+               for name in tqdm(names, desc="models", unit="model", disable=not show_bars(progress) or measure)]
+    if not measure:
+        return entries
+    from .engine import resolve_device
+
+    settings = dict(device=str(resolve_device(device)), repeats=repeats, warmup=warmup, budget_s=budget_s,
+                    threads=threads or torch.get_num_threads())
+    with OtherLoad() as load:
+        for group in _latency_groups(entries):
+            for entry, result in zip(group, _run_latencies(group, isolate=isolate, **settings)):
+                _apply_measurement(entry, result)
+        bar = tqdm(entries, desc="measuring", unit="model", disable=not show_bars(progress))
+        for entry in bar:
+            bar.set_postfix_str(entry.name)
+            if entry.error is None:
+                _apply_measurement(entry, _run_measurement(entry.name, entry.resolution, isolate=isolate,
+                                                           batch_size=batch_size, **settings))
+    for entry in entries:
+        entry.other_load_cpus, entry.busy = load.cpus, load.busy
     return entries
 
 
 # --- measuring ---------------------------------------------------------------------------------------------
 
-_CHILD = ("import json, sys; from transferlab.catalog import _measure; "
-          "print(json.dumps(_measure(**json.load(sys.stdin))))")
+_CHILD = ("import json, sys; from transferlab import model_catalog as c; "
+          "job = json.load(sys.stdin); print(json.dumps(getattr(c, job.pop('function'))(**job)))")
 
 
-def _run_measurement(name: str, size: int, *, isolate: bool, **settings) -> dict:
-    """Measure in a fresh Python process (own peak memory; no multiprocessing re-import of __main__)."""
-    if not isolate:
-        return _measure(name, size, **settings)
-    proc = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(dict(name=name, size=size, **settings)),
+def _in_child(function: str, **job):
+    """model_catalog.<function>(**job) in a fresh Python process (own peak memory; no multiprocessing re-import of
+    __main__); {"error": ...} when it fails (out of memory, killed, ...), so that the other models carry on."""
+    proc = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(dict(function=function, **job)),
                           capture_output=True, text=True)
-    if proc.returncode != 0:   # out of memory, killed, ...: report it and carry on with the other models
+    if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
         return {"error": lines[-1][:200]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_measurement(name: str, size: int, *, isolate: bool, **settings) -> dict:
+    return _in_child("_measure", name=name, size=size, **settings) if isolate else _measure(name, size, **settings)
+
+
+def _latency_groups(entries: list[CatalogEntry]) -> list[list[CatalogEntry]]:
+    """Consecutive models whose parameters together stay under LATENCY_GROUP_PARAMS (they share a process)."""
+    groups, total = [], math.inf
+    for entry in entries:
+        if total + entry.params_total > LATENCY_GROUP_PARAMS:
+            groups.append([])
+            total = 0
+        groups[-1].append(entry)
+        total += entry.params_total
+    return groups
+
+
+def _run_latencies(group: list[CatalogEntry], *, isolate: bool, **settings) -> list[dict]:
+    job = dict(items=[(e.name, e.resolution) for e in group], **settings)
+    result = _in_child("_latencies", **job) if isolate else _latencies(**job)
+    return [result] * len(group) if "error" in result else [result[e.name] for e in group]
 
 
 def _apply_measurement(entry: CatalogEntry, result: dict) -> None:
@@ -196,14 +241,18 @@ def _read(path: str) -> str:
         return ""
 
 
-def _timeit(fn, *, repeats: int, warmup: int, budget_s: float, sync) -> list[float]:
-    """Seconds per call of `fn` after warm-up; see `catalog` for how `budget_s` bounds the work."""
+def _warm_up(fn, *, warmup: int, budget_s: float, sync) -> None:
     start = time.perf_counter()
     for _ in range(max(warmup, 1)):
         fn()
         sync()
         if time.perf_counter() - start > budget_s / 2:
             break
+
+
+def _timeit(fn, *, repeats: int, warmup: int, budget_s: float, sync) -> list[float]:
+    """Seconds per call of `fn` after warm-up; see `catalog` for how `budget_s` bounds the work."""
+    _warm_up(fn, warmup=warmup, budget_s=budget_s, sync=sync)
     times, start = [], time.perf_counter()
     for _ in range(max(repeats, 1)):
         t = time.perf_counter()
@@ -215,31 +264,82 @@ def _timeit(fn, *, repeats: int, warmup: int, budget_s: float, sync) -> list[flo
     return times
 
 
-def _quartiles(times: list[float]) -> tuple[float, float]:
-    if len(times) < 2:
-        return times[0], 0.0
-    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
-    return statistics.median(times), q3 - q1
+def _sync(dev: torch.device):
+    return (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+
+
+class _Threads:
+    """torch.set_num_threads(n) inside the block (a measuring child keeps it; in-process calls get theirs back)."""
+
+    def __init__(self, n: int):
+        self.n, self.before = n, torch.get_num_threads()
+
+    def __enter__(self):
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)
+
+
+def _latencies(items: list[tuple[str, int]], *, device: str, repeats: int, warmup: int, budget_s: float,
+               threads: int) -> dict[str, dict]:
+    """Batch-1 inference latency of several models (random weights), timed in turn, round after round (each
+    round starts one model later); per model the fastest call, the median and the 90th percentile, in ms."""
+    dev = torch.device(device)
+    sync = _sync(dev)
+    with _Threads(threads), torch.inference_mode():
+        models = {}
+        for name, size in items:
+            torch.manual_seed(0)
+            models[name] = (create_model(name, NUM_CLASSES, weights="none").to(dev).eval(),
+                            torch.randn(1, 3, size, size, device=dev))
+        for model, x in models.values():
+            _warm_up(lambda: model(x), warmup=warmup, budget_s=budget_s, sync=sync)
+        names, times = list(models), {name: [] for name in models}
+        start = time.perf_counter()
+        for r in range(max(repeats, MIN_REPEATS)):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                model, x = models[name]
+                t = time.perf_counter()
+                model(x)
+                sync()
+                times[name].append(time.perf_counter() - t)
+            if r + 1 >= MIN_REPEATS and time.perf_counter() - start > budget_s * len(names):
+                break
+    return {name: dict(latency_ms=min(t) * 1e3, latency_ms_median=statistics.median(t) * 1e3,
+                       latency_ms_p90=_percentile(t, 90) * 1e3) for name, t in times.items()}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    k = (len(values) - 1) * q / 100
+    lo = math.floor(k)
+    return values[lo] + (values[min(lo + 1, len(values) - 1)] - values[lo]) * (k - lo)
 
 
 def _measure(name: str, size: int, *, device: str, batch_size: int, repeats: int, warmup: int,
-             budget_s: float) -> dict:
-    """Benchmark one model (random weights) on `device`; returns CatalogEntry fields."""
+             budget_s: float, threads: int) -> dict:
+    """Throughput, training steps and peak memory of one model (random weights) on `device`; CatalogEntry fields."""
+    with _Threads(threads):
+        return _measure_steps(name, size, device=device, batch_size=batch_size, repeats=repeats, warmup=warmup,
+                              budget_s=budget_s)
+
+
+def _measure_steps(name: str, size: int, *, device: str, batch_size: int, repeats: int, warmup: int,
+                   budget_s: float) -> dict:
     dev = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    sync = _sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     rss_before = _reset_peak_rss()
     torch.manual_seed(0)
     model = create_model(name, NUM_CLASSES, weights="none").to(dev)
-    one = torch.randn(1, 3, size, size, device=dev)
     batch = torch.randn(batch_size, 3, size, size, device=dev)
     labels = torch.randint(0, NUM_CLASSES, (batch_size,), device=dev)
     timing = dict(repeats=repeats, warmup=warmup, budget_s=budget_s, sync=sync)
 
     model.eval()
     with torch.inference_mode():
-        latency = _timeit(lambda: model(one), **timing)
         infer = _timeit(lambda: model(batch), **timing)
 
     def finetune_step():
@@ -257,14 +357,13 @@ def _measure(name: str, size: int, *, device: str, batch_size: int, repeats: int
     model.backbone.requires_grad_(False).eval()
     features = _timeit(features_step, **timing)
 
-    lat, lat_iqr = _quartiles(latency)
     step = {k: statistics.median(v) for k, v in (("infer", infer), ("ft", finetune), ("feat", features))}
     peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
             else _peak_rss_mb() - rss_before)
-    return dict(latency_ms=lat * 1e3, latency_ms_iqr=lat_iqr * 1e3, throughput_ips=batch_size / step["infer"],
+    return dict(throughput_ips=batch_size / step["infer"],
                 train_step_ms_finetune=step["ft"] * 1e3, train_ips_finetune=batch_size / step["ft"],
                 train_step_ms_features=step["feat"] * 1e3, train_ips_features=batch_size / step["feat"],
-                peak_mem_mb=peak, batch_size=batch_size, device=_device_label(dev))
+                peak_mem_mb=peak, batch_size=batch_size, device=_device_label(dev), threads=torch.get_num_threads())
 
 
 # --- analysis ----------------------------------------------------------------------------------------------
@@ -276,9 +375,25 @@ def _value(entry: CatalogEntry, key: str):
     return value if value is not None and math.isfinite(value) else None
 
 
+def busy_note(entries: list[CatalogEntry]) -> str | None:
+    """One sentence when the latencies were measured on a busy machine (then they are not compared), else None."""
+    e = next((e for e in entries if e.busy), None)
+    if e is None:
+        return None
+    return (f"The machine was busy while the models were timed: other processes kept {e.other_load_cpus:.1f} of its "
+            f"{os.cpu_count()} CPUs busy (more than {BUSY_SHARE:.0%}), so the latencies are noise; they are shown "
+            f"with their spread but not compared: the Pareto front is on GFLOPs. Measure again on a quiet machine.")
+
+
 def default_x(entries: list[CatalogEntry]) -> str:
-    """The cost axis: measured latency when available, else GFLOPs."""
-    return "latency_ms" if any(e.latency_ms is not None for e in entries) else "gflops"
+    """The cost axis: measured latency when available and measured on a quiet machine, else GFLOPs."""
+    measured = any(e.latency_ms is not None for e in entries)
+    return "latency_ms" if measured and not busy_note(entries) else "gflops"
+
+
+def clearly_faster(a: CatalogEntry, b: CatalogEntry) -> bool:
+    """a's latency beats b's beyond the measurement noise: a's 90th percentile is below b's fastest call."""
+    return a.latency_ms_p90 is not None and b.latency_ms is not None and a.latency_ms_p90 < b.latency_ms
 
 
 def pareto_front(entries: list[CatalogEntry], x: str = "latency_ms", y: str = "acc1") -> list[str]:
@@ -339,8 +454,9 @@ def recommend(entries: list[CatalogEntry], max_latency_ms: float | None = None, 
     label = {e.name: f"{e.name} ({e.acc1:.1f}%, {_fmt_x(x, _value(e, x))})" for e in pool if e in front}
     where = f" within {budget}" if budget else ""
     device = f" on {pool[0].device}" if x == "latency_ms" and pool[0].device else ""
-    out = [f"Pareto-optimal{where} (ImageNet acc@1 vs {cost}{device}): "
-           + ", ".join(label[e.name] for e in front) + "."]
+    note = busy_note(entries)
+    out = ([note] if note else []) + [f"Pareto-optimal{where} (ImageNet acc@1 vs {cost}{device}): "
+                                      + ", ".join(label[e.name] for e in front) + "."]
     cheap, best = front[0], front[-1]
     if len(front) > 1:
         ratio = _value(best, x) / max(_value(cheap, x), 1e-12)
@@ -353,6 +469,11 @@ def recommend(entries: list[CatalogEntry], max_latency_ms: float | None = None, 
     dominated = [e for e in pool if e not in front and _value(e, x) is not None and e.acc1 is not None]
     for e in sort_entries(dominated, "acc1")[:max_dominated]:
         beater = next(f for f in front if _value(f, x) <= _value(e, x) and f.acc1 >= e.acc1)
+        if x == "latency_ms" and not clearly_faster(beater, e):   # no conclusion from noise
+            out.append(f"{beater.name} is {'as accurate as' if beater.acc1 == e.acc1 else 'more accurate than'} "
+                       f"{e.name} ({beater.acc1:.1f}% vs {e.acc1:.1f}%) at a latency within the measurement noise "
+                       f"of it (fastest-p90: {_spread(beater)} vs {_spread(e)}).")
+            continue
         out.append(f"{e.name} is dominated by {beater.name} ({_fmt_x(x, _value(beater, x))} vs "
                    f"{_fmt_x(x, _value(e, x))}, {beater.acc1:.1f}% vs {e.acc1:.1f}%).")
     if len(dominated) > max_dominated:
@@ -365,6 +486,10 @@ def recommend(entries: list[CatalogEntry], max_latency_ms: float | None = None, 
     out.append("ImageNet accuracy is only a proxy for transfer to chest X-rays: train the front models on your "
                "data before choosing.")
     return out
+
+
+def _spread(e: CatalogEntry) -> str:
+    return f"{e.latency_ms:.1f}-{e.latency_ms_p90:.1f} ms"
 
 
 def _knee(front: list[CatalogEntry], x: str) -> CatalogEntry:
@@ -398,6 +523,11 @@ def write_catalog(entries: list[CatalogEntry], out_dir: str | Path) -> list[Path
 
 
 def _plot(entries: list[CatalogEntry], x: str, path: Path) -> None:
+    catalog_figure(entries, x).savefig(path, dpi=150)
+
+
+def catalog_figure(entries: list[CatalogEntry], x: str):
+    """ImageNet acc@1 vs cost, the Pareto front in red; the legend beside the axes and every label inside them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -413,19 +543,36 @@ def _plot(entries: list[CatalogEntry], x: str, path: Path) -> None:
                    label="Pareto front" if on_front else "dominated", edgecolors="k", linewidths=0.5)
     line = sorted((e for e in shown if e.name in front), key=lambda e: _value(e, x))
     ax.plot([_value(e, x) for e in line], [e.acc1 for e in line], color="tab:red", lw=1.2)
-    for e in shown if len(shown) <= 25 else line:      # crowded plots: label the front only
-        ax.annotate(e.name, (_value(e, x), e.acc1), fontsize=7, xytext=(4, 3), textcoords="offset points")
     if shown and max(_value(e, x) for e in shown) / max(min(_value(e, x) for e in shown), 1e-9) > 20:
         ax.set_xscale("log")
+    ax.margins(x=0.06, y=0.08)
+    labels = [ax.annotate(e.name, (_value(e, x), e.acc1), fontsize=7, xytext=(4, 3), textcoords="offset points")
+              for e in (shown if len(shown) <= 25 else line)]      # crowded plots: label the front only
     device = next((e.device for e in shown if e.device), "")
-    ax.set_xlabel(f"inference latency, batch 1 (ms) — {device}" if x == "latency_ms"
+    ax.set_xlabel(f"inference latency, batch 1, fastest call (ms)\n{device}" if x == "latency_ms"
                   else "GFLOPs per image (multiply-adds)")
     ax.set_ylabel("ImageNet-1K top-1 accuracy (%)")
     ax.set_title("ImageNet accuracy vs cost (marker area ∝ parameters)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8)   # beside the points
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    _keep_labels_inside(fig, ax, labels)
+    return fig
+
+
+def _keep_labels_inside(fig, ax, labels) -> None:
+    """Labels that would cross the right or top edge of the axes go to the left of / below their point."""
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    for label in labels:
+        extent = label.get_window_extent(renderer)
+        dx, dy = label.xyann
+        if extent.x1 > box.x1:
+            label.set_horizontalalignment("right")
+            dx = -4
+        if extent.y1 > box.y1:
+            dy = -10
+        label.xyann = (dx, dy)
 
 
 def _num(v, fmt: str) -> str:
@@ -434,7 +581,7 @@ def _num(v, fmt: str) -> str:
 
 _STATIC_COLUMNS = [
     ("model", lambda e: e.name),
-    ("input", lambda e: str(e.input_size)),
+    ("px", lambda e: str(e.resolution) + (f" ({e.input_size})" if e.resolution != e.input_size else "")),
     ("params M", lambda e: _num(e.params_total / 1e6, ".2f")),
     ("head→2", lambda e: f"{e.params_trainable_features:,}"),
     ("GFLOPs", lambda e: _num(_value(e, "gflops"), ".2f")),
@@ -444,7 +591,7 @@ _STATIC_COLUMNS = [
 ]
 _MEASURED_COLUMNS = [
     ("lat ms", lambda e: e.error[:30] if e.error else _num(e.latency_ms, ".1f")),
-    ("±IQR", lambda e: _num(e.latency_ms_iqr, ".1f")),
+    ("p50-p90", lambda e: "-" if e.latency_ms_median is None else f"{e.latency_ms_median:.1f}-{e.latency_ms_p90:.1f}"),
     ("inf img/s", lambda e: _num(e.throughput_ips, ".1f")),
     ("ft ms/step", lambda e: _num(e.train_step_ms_finetune, ".0f")),
     ("ft img/s", lambda e: _num(e.train_ips_finetune, ".1f")),
@@ -468,10 +615,12 @@ def format_table(entries: list[CatalogEntry]) -> str:
         e = next((e for e in entries if e.device), entries[0])
         sizes = {e.resolution for e in entries}
         size = f"{sizes.pop()}px" if len(sizes) == 1 else "each model's input size"
-        notes.append(f"measured on {e.device} at {size}; inference throughput and training steps at batch "
-                     f"{e.batch_size}; ft = fine-tune, feat = frozen features (only the new head trains)")
+        notes.append(f"measured on {e.device} at {size}; lat ms = the fastest of the batch-1 calls, p50-p90 = "
+                     f"their median and 90th percentile (the spread); inference throughput and training steps at "
+                     f"batch {e.batch_size}; ft = fine-tune, feat = frozen features (only the new head trains)")
+        notes += [busy_note(entries)] if busy_note(entries) else []
     counted = {e.resolution for e in entries if e.gflops is not None}
     at = f" at {counted.pop()}px" if len(counted) == 1 else ""
-    notes.append(f"head→2 = parameters of the new 2-class head (all that trains with frozen features); "
-                 f"GFLOPs = multiply-adds per image{at}")
+    notes.append(f"px = image size (the weights' own in brackets where different); head→2 = parameters of the "
+                 f"new 2-class head (all that trains with frozen features); GFLOPs = multiply-adds per image{at}")
     return "\n".join(lines + notes)
