@@ -479,10 +479,26 @@ def _batchnorm_pass(model, layers, pixels, sources, *, mean, std, device, batch_
     return {name: w.statistics() for name, w in wrappers.items()}
 
 
-def adapt_batchnorm(model: torch.nn.Module, target: np.ndarray, source: np.ndarray, *, mean, std,
+def _batchnorm_layers(model: torch.nn.Module) -> dict:
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+
+
+def batchnorm_statistics(model: torch.nn.Module, pixels: np.ndarray, *, mean, std, device: torch.device,
+                         batch_size: int = 64, progress: bool = False) -> dict:
+    """Per BatchNorm layer (by name), the per-channel mean and variance of its input over `pixels`, with the
+    model as it is (eval mode); the model is left unchanged."""
+    model.eval().to(device)
+    with reuse_freed_memory(enabled=device.type == "cpu"):
+        return _batchnorm_pass(model, _batchnorm_layers(model), pixels, None, mean=mean, std=std, device=device,
+                               batch_size=batch_size, progress=progress, desc="BN statistics (validation)")
+
+
+def adapt_batchnorm(model: torch.nn.Module, target: np.ndarray, source_statistics: dict, *, mean, std,
                     device: torch.device, batch_size: int = 64, progress: bool = False) -> tuple[torch.nn.Module, int]:
     """A copy of `model` whose BatchNorm layers normalise the target's images so that every layer's input
-    statistics match what they are on the source (validation) images; weights are unchanged, no labels used.
+    statistics match `source_statistics` (batchnorm_statistics of the source, i.e. validation, images); weights
+    are unchanged, no labels used.
 
     For a fine-tuned network, whose running statistics are those of its training images, this is AdaBN (Li et
     al. 2016): the target's own statistics replace them. For a frozen ImageNet backbone (`features`), plain
@@ -492,16 +508,14 @@ def adapt_batchnorm(model: torch.nn.Module, target: np.ndarray, source: np.ndarr
     import copy
 
     adapted = copy.deepcopy(model).eval().to(device)
-    layers = {name: m for name, m in adapted.named_modules()
-              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+    layers = _batchnorm_layers(adapted)
     if not layers:
         return adapted, 0
-    kw = dict(mean=mean, std=std, device=device, batch_size=batch_size, progress=progress)
     with reuse_freed_memory(enabled=device.type == "cpu"):
-        sources = _batchnorm_pass(adapted, layers, source, None, desc="BN statistics (validation)", **kw)
-        targets = _batchnorm_pass(adapted, layers, target, sources, desc="BN statistics (target)", **kw)
+        targets = _batchnorm_pass(adapted, layers, target, source_statistics, mean=mean, std=std, device=device,
+                                  batch_size=batch_size, progress=progress, desc="BN statistics (target)")
     for name, bn in layers.items():
-        m, v = _matched(bn, sources[name], *targets[name])
+        m, v = _matched(bn, source_statistics[name], *targets[name])
         bn.running_mean.copy_(m)
         bn.running_var.copy_(v)
     return adapted.eval(), len(layers)

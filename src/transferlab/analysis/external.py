@@ -218,12 +218,18 @@ def _decide(probs: np.ndarray, pos: int, threshold: float | None) -> np.ndarray:
     return decide(probs, pos, threshold)
 
 
+_SOURCES: dict = {}   # the last runs' source sides: a study or the harness scores one run on several sets
+
+
 def source_side(run: RunDir, config: dict, score) -> dict | None:
     """The run's validation split (from splits.csv), scored now: labels, probabilities, decisions, features."""
     from ..data.images import load_images
 
     if not run.splits.exists():
         return None
+    key = (str(run.path.resolve()), run.weights.stat().st_mtime_ns, run.splits.stat().st_mtime_ns)
+    if key in _SOURCES:
+        return _SOURCES[key]
     root = Path(config["data"]["root"])
     classes = config["data"]["classes"]
     rows = [r for r in read_csv(run.splits) if r["split"] == "val"]
@@ -235,9 +241,11 @@ def source_side(run: RunDir, config: dict, score) -> dict | None:
     probs, feats = score(loaded.pixels)
     metrics = run.read_metrics()
     pos = classes.index(metrics["positive_class"])
-    return {"y": y, "probs": probs, "feats": feats, "pred": _decide(probs, pos, metrics.get("threshold")),
-            "files": [files[i] for i in loaded.kept], "pixels": loaded.pixels, "pos": pos,
-            "threshold": metrics.get("threshold")}
+    _SOURCES.clear()
+    _SOURCES[key] = {"y": y, "probs": probs, "feats": feats, "pred": _decide(probs, pos, metrics.get("threshold")),
+                     "files": [files[i] for i in loaded.kept], "pixels": loaded.pixels, "pos": pos,
+                     "threshold": metrics.get("threshold")}
+    return _SOURCES[key]
 
 
 def adapted_probabilities(adapt: list[str], model, config: dict, pixels: np.ndarray, probs: np.ndarray,
@@ -264,13 +272,15 @@ def adapted_probabilities(adapt: list[str], model, config: dict, pixels: np.ndar
 
 def _batchnorm_adapted(model, config, pixels: np.ndarray, source: dict, device, progress, score):
     """Target probabilities from a copy of the model whose BatchNorm layers match target to validation."""
-    from ..engine import adapt_batchnorm
+    from ..engine import adapt_batchnorm, batchnorm_statistics
 
     if len(pixels) < 8:
         raise TransferlabError(f"--adapt bn needs at least 8 target images to estimate BatchNorm statistics "
                                f"(got {len(pixels)})")
-    adapted, layers = adapt_batchnorm(model, pixels, source["pixels"], mean=config["model"]["mean"],
-                                      std=config["model"]["std"], device=device, progress=progress)
+    norm = dict(mean=config["model"]["mean"], std=config["model"]["std"], device=device, progress=progress)
+    if "batchnorm" not in source:
+        source["batchnorm"] = batchnorm_statistics(model, source["pixels"], **norm)
+    adapted, layers = adapt_batchnorm(model, pixels, source["batchnorm"], **norm)
     return score(pixels, model=adapted)[0], layers
 
 
