@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from transferlab import cli
 from transferlab.evaluation import evaluate, load_model
+from transferlab.metrics import choose_threshold
 from transferlab.models.heads import create_model
 from transferlab.rundir import read_csv
 from transferlab.training import train
@@ -22,8 +23,17 @@ def test_features_strategy_end_to_end(xray_dir, tmp_path):
     for path in (run.config, run.splits, run.history, run.metrics, run.predictions, run.weights):
         assert path.exists(), path
     metrics = run.read_metrics()
-    assert metrics["threshold_chosen_on"] == "val" and 0 <= metrics["threshold"] <= 1
-    assert metrics["positive_class"] == "PNEUMONIA"
+    assert metrics["threshold_chosen_on"] == "val" and metrics["positive_class"] == "PNEUMONIA"
+    # predictions.csv: one probability per class, and the threshold is the one its validation rows give
+    rows = read_csv(run.predictions)
+    assert list(rows[0]) == ["split", "file", "label", "prob_NORMAL", "prob_PNEUMONIA", "predicted"]
+    for r in rows:
+        assert float(r["prob_NORMAL"]) + float(r["prob_PNEUMONIA"]) == pytest.approx(1, abs=1e-6)
+        assert r["predicted"] == ("PNEUMONIA" if float(r["prob_PNEUMONIA"]) >= metrics["threshold"] else "NORMAL")
+    val = [r for r in rows if r["split"] == "val"]
+    assert metrics["threshold"] == pytest.approx(choose_threshold(
+        [r["label"] == "PNEUMONIA" for r in val], [float(r["prob_PNEUMONIA"]) for r in val], "youden"), abs=1e-9)
+    assert len(val) == metrics["val"]["n"]
     # the synthetic task is easy: genuine ImageNet features separate the classes
     assert metrics["val"]["roc_auc"] > 0.9
     assert set(metrics) >= {"train", "val", "test"}

@@ -189,7 +189,7 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run.weights))
     write_csv(run.predictions, [
         {"split": name, "file": str(s.path.relative_to(data.index.root)) if s.path.is_relative_to(data.index.root) else str(s.path),
-         "label": classes[s.label], "prob_" + classes[pos]: float(p[pos]), "predicted": classes[k]}
+         "label": classes[s.label], **{f"prob_{c}": float(v) for c, v in zip(classes, p)}, "predicted": classes[k]}
         for name in probs for s, p, k in zip(data.samples[name], probs[name], decide(probs[name], pos, threshold))])
     summary = {
         "classes": classes, "positive_class": classes[pos], "threshold": threshold,
