@@ -27,10 +27,11 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from .errors import TransferlabError
 from .models.heads import create_model, find_head
 from .models.registry import build_model, get_spec, list_models
 
-NUM_CLASSES = 2                 # NORMAL vs PNEUMONIA: the new head the trainable-parameter counts assume
+NUM_CLASSES = 2                 # default classes of the new head (NORMAL vs PNEUMONIA); catalog(num_classes=...)
 FLOPS_NAMES_LIMIT = 20          # count FLOPs without `measure` only for this many models or fewer (~0.3 s each)
 MIN_REPEATS = 3                 # a timing phase stops after `budget_s` once it has this many samples
 HIGHER_IS_BETTER = {"acc1", "acc5", "throughput_ips", "train_ips_finetune", "train_ips_features"}
@@ -42,8 +43,8 @@ class CatalogEntry:
     source: str
     input_size: int                          # the weights' native resolution
     params_total: int                        # the ImageNet model as built (1000-class head, no aux heads)
-    params_trainable_finetune: int           # backbone + new 2-class head
-    params_trainable_features: int           # new 2-class head only
+    params_trainable_finetune: int           # backbone + new num_classes-class head
+    params_trainable_features: int           # new num_classes-class head only
     gflops: float | None                     # counted (FlopCounterMode, GMACs) at `resolution`
     gflops_meta: float | None                # published (torchvision meta `_ops` / EfficientNet-Lite README)
     acc1: float | None
@@ -62,6 +63,7 @@ class CatalogEntry:
     batch_size: int | None = None
     device: str | None = None
     error: str | None = None                 # why measuring this model failed (e.g. out of memory)
+    num_classes: int = NUM_CLASSES           # classes of the new head the trainable counts and timings assume
 
 
 def count_gflops(model: torch.nn.Module, input_size: int) -> float:
@@ -89,7 +91,7 @@ class _AllocateOnMeta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _static_entry(name: str, *, flops: bool, image_size: int | None) -> CatalogEntry:
+def _static_entry(name: str, *, flops: bool, image_size: int | None, num_classes: int = NUM_CLASSES) -> CatalogEntry:
     spec = get_spec(name)
     with _AllocateOnMeta():
         model = build_model(name, weights="none")
@@ -98,26 +100,30 @@ def _static_entry(name: str, *, flops: bool, image_size: int | None) -> CatalogE
     total = sum(p.numel() for p in model.parameters())
     head_params = sum(p.numel() for p in head.parameters())
     feature_dim = head.weight.shape[1]
-    new_head = feature_dim * NUM_CLASSES + NUM_CLASSES
+    new_head = feature_dim * num_classes + num_classes
     resolution = image_size or spec.input_size
     return CatalogEntry(
         name=name, source=spec.source, input_size=spec.input_size, params_total=total,
         params_trainable_finetune=total - head_params + new_head, params_trainable_features=new_head,
         gflops=round(count_gflops(model, resolution), 4) if flops else None, gflops_meta=spec.gflops,
         acc1=spec.acc1, acc5=spec.acc5, file_size_mb=spec.file_size_mb, weights_file=spec.weights_file,
-        resolution=resolution)
+        resolution=resolution, num_classes=num_classes)
 
 
 def catalog(names: list[str] | None = None, *, measure: bool = False, device: str = "auto", batch_size: int = 32,
             repeats: int = 10, warmup: int = 3, image_size: int | None = None, progress: bool = True,
-            count_flops: bool | None = None, isolate: bool = True, budget_s: float = 30.0) -> list[CatalogEntry]:
-    """One CatalogEntry per model (all registered models when `names` is None).
+            count_flops: bool | None = None, isolate: bool = True, budget_s: float = 30.0,
+            num_classes: int = NUM_CLASSES) -> list[CatalogEntry]:
+    """One CatalogEntry per model (all registered models when `names` is None), each with a new head for
+    `num_classes` classes (the trainable-parameter counts and the training-step timings depend on it).
 
     count_flops: None = when measuring or for <= FLOPS_NAMES_LIMIT models (otherwise `gflops_meta` only).
     repeats / warmup are upper bounds: a timing phase ends once it has run `budget_s` seconds and has at least
     MIN_REPEATS samples, so big models at batch 32 on a small CPU still finish. isolate=False measures in this
     process (no ~3 s interpreter start per model; CPU peak memory then relies on resetting the peak-RSS mark).
     """
+    if num_classes < 2:
+        raise TransferlabError(f"--classes must be at least 2, not {num_classes}")
     names = list_models() if names is None else list(names)
     for name in names:
         get_spec(name)          # unknown names fail before any work
@@ -127,12 +133,13 @@ def catalog(names: list[str] | None = None, *, measure: bool = False, device: st
         device = str(resolve_device(device))
     else:
         device = None
-    settings = dict(device=device, batch_size=batch_size, repeats=repeats, warmup=warmup, budget_s=budget_s)
+    settings = dict(device=device, batch_size=batch_size, repeats=repeats, warmup=warmup, budget_s=budget_s,
+                    num_classes=num_classes)
     entries = []
     bar = tqdm(names, desc="measuring" if measure else "models", unit="model", disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
-        entry = _static_entry(name, flops=flops, image_size=image_size)
+        entry = _static_entry(name, flops=flops, image_size=image_size, num_classes=num_classes)
         if measure:
             _apply_measurement(entry, _run_measurement(name, entry.resolution, isolate=isolate, **settings))
         entries.append(entry)
@@ -223,7 +230,7 @@ def _quartiles(times: list[float]) -> tuple[float, float]:
 
 
 def _measure(name: str, size: int, *, device: str, batch_size: int, repeats: int, warmup: int,
-             budget_s: float) -> dict:
+             budget_s: float, num_classes: int = NUM_CLASSES) -> dict:
     """Benchmark one model (random weights) on `device`; returns CatalogEntry fields."""
     dev = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
@@ -231,10 +238,10 @@ def _measure(name: str, size: int, *, device: str, batch_size: int, repeats: int
         torch.cuda.reset_peak_memory_stats(dev)
     rss_before = _reset_peak_rss()
     torch.manual_seed(0)
-    model = create_model(name, NUM_CLASSES, weights="none").to(dev)
+    model = create_model(name, num_classes, weights="none").to(dev)
     one = torch.randn(1, 3, size, size, device=dev)
     batch = torch.randn(batch_size, 3, size, size, device=dev)
-    labels = torch.randint(0, NUM_CLASSES, (batch_size,), device=dev)
+    labels = torch.randint(0, num_classes, (batch_size,), device=dev)
     timing = dict(repeats=repeats, warmup=warmup, budget_s=budget_s, sync=sync)
 
     model.eval()
@@ -436,7 +443,7 @@ _STATIC_COLUMNS = [
     ("model", lambda e: e.name),
     ("input", lambda e: str(e.input_size)),
     ("params M", lambda e: _num(e.params_total / 1e6, ".2f")),
-    ("head→2", lambda e: f"{e.params_trainable_features:,}"),
+    ("new head", lambda e: f"{e.params_trainable_features:,}"),
     ("GFLOPs", lambda e: _num(_value(e, "gflops"), ".2f")),
     ("acc@1", lambda e: _num(e.acc1, ".1f")),
     ("acc@5", lambda e: _num(e.acc5, ".1f")),
@@ -472,6 +479,7 @@ def format_table(entries: list[CatalogEntry]) -> str:
                      f"{e.batch_size}; ft = fine-tune, feat = frozen features (only the new head trains)")
     counted = {e.resolution for e in entries if e.gflops is not None}
     at = f" at {counted.pop()}px" if len(counted) == 1 else ""
-    notes.append(f"head→2 = parameters of the new 2-class head (all that trains with frozen features); "
-                 f"GFLOPs = multiply-adds per image{at}")
+    heads = sorted({e.num_classes for e in entries})
+    notes.append(f"new head = parameters of the new {'/'.join(map(str, heads))}-class head (all that trains with "
+                 f"frozen features); GFLOPs = multiply-adds per image{at}")
     return "\n".join(lines + notes)

@@ -28,6 +28,7 @@ from sklearn.metrics import roc_auc_score, balanced_accuracy_score
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
 from .errors import CheckpointError, TransferlabError
+from .metrics import macro_auc
 from .strategies import inference_model
 
 MONITOR_MODES = {"val_loss": "min", "val_auc": "max", "val_balanced_accuracy": "max"}
@@ -155,9 +156,10 @@ class Classifier(L.LightningModule):
         y_np = y.cpu().numpy()
         pred = probs.argmax(1)
         both = len(np.unique(y_np)) > 1
-        auc = (roc_auc_score(y_np, probs[:, 1]) if probs.shape[1] == 2 else
-               roc_auc_score(y_np, probs, multi_class="ovr", labels=list(range(probs.shape[1])))) if both else float("nan")
-        values = {"val_loss": loss, "val_acc": float((pred == y_np).mean()), "val_auc": float(auc),
+        # three or more classes: the macro one-vs-rest AUC over the classes validation has
+        auc = (roc_auc_score(y_np, probs[:, 1]) if probs.shape[1] == 2 else macro_auc(y_np, probs)) if both else None
+        values = {"val_loss": loss, "val_acc": float((pred == y_np).mean()),
+                  "val_auc": float("nan") if auc is None else float(auc),
                   "val_balanced_accuracy": float(balanced_accuracy_score(y_np, pred)) if both else float("nan")}
         self.log_dict(values, prog_bar=True)
         if self.trainer.sanity_checking:
