@@ -151,16 +151,7 @@ class Classifier(L.LightningModule):
         logits = torch.cat([o[0] for o in self._val_outputs])
         y = torch.cat([o[1] for o in self._val_outputs])
         self._val_outputs.clear()
-        loss = F.cross_entropy(logits, y, weight=self.class_weights).item()
-        probs = logits.softmax(1).cpu().numpy()
-        y_np = y.cpu().numpy()
-        pred = probs.argmax(1)
-        both = len(np.unique(y_np)) > 1
-        # three or more classes: the macro one-vs-rest AUC over the classes validation has
-        auc = (roc_auc_score(y_np, probs[:, 1]) if probs.shape[1] == 2 else macro_auc(y_np, probs)) if both else None
-        values = {"val_loss": loss, "val_acc": float((pred == y_np).mean()),
-                  "val_auc": float("nan") if auc is None else float(auc),
-                  "val_balanced_accuracy": float(balanced_accuracy_score(y_np, pred)) if both else float("nan")}
+        values = validation_scores(logits, y, self.class_weights)
         self.log_dict(values, prog_bar=True)
         if self.trainer.sanity_checking:
             return
@@ -185,6 +176,20 @@ class Classifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         self.history = list(checkpoint.get("history", []))
         self.trainer.should_stop = bool(checkpoint.get("should_stop", False))
+
+
+def validation_scores(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None) -> dict:
+    """The end-of-epoch validation numbers: loss, accuracy, AUC (three or more classes: the macro one-vs-rest AUC
+    over the classes validation has) and balanced accuracy; NaN where validation has a single class."""
+    loss = F.cross_entropy(logits, y, weight=class_weights).item()
+    probs = logits.softmax(1).cpu().numpy()
+    y_np = y.cpu().numpy()
+    pred = probs.argmax(1)
+    both = len(np.unique(y_np)) > 1
+    auc = (roc_auc_score(y_np, probs[:, 1]) if probs.shape[1] == 2 else macro_auc(y_np, probs)) if both else None
+    return {"val_loss": loss, "val_acc": float((pred == y_np).mean()),
+            "val_auc": float("nan") if auc is None else float(auc),
+            "val_balanced_accuracy": float(balanced_accuracy_score(y_np, pred)) if both else float("nan")}
 
 
 def class_weights_for(labels: np.ndarray, num_classes: int) -> torch.Tensor:
