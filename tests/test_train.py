@@ -48,9 +48,11 @@ def test_features_strategy_end_to_end(xray_dir, tmp_path):
 
 
 def test_features_backbone_untouched(xray_dir, tmp_path):
-    """Fixed feature extractor: backbone weights *and BatchNorm running statistics* equal the ImageNet ones."""
+    """Fixed feature extractor: backbone weights *and BatchNorm running statistics* equal the ImageNet ones.
+    A cache of its own: features found in a cache would skip the backbone pass this test is about."""
     run = train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=3,
-                out=str(tmp_path / "run"), **FAST)
+                out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), **FAST)
+    assert list((tmp_path / "cache" / "features").glob("*.safetensors"))   # the backbone did run here
     trained = load_file(str(run.weights))
     pretrained = create_model("efficientnet_lite0", 2).state_dict()
     backbone_keys = [k for k in pretrained if k.startswith("backbone.")]
@@ -75,11 +77,14 @@ def test_finetune_end_to_end_and_evaluate(xray_dir, tmp_path):
 
 
 def test_same_seed_same_result(xray_dir, tmp_path):
-    a = train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=3, out=str(tmp_path / "a"), **FAST)
-    b = train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=3, out=str(tmp_path / "b"), **FAST)
+    """Each run computes its own features (separate caches), so the whole run must be deterministic."""
+    a, b = (train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=3,
+                  out=str(tmp_path / name), cache_dir=str(tmp_path / f"cache-{name}"), **FAST) for name in "ab")
     assert a.splits.read_text() == b.splits.read_text()
+    assert a.predictions.read_text() == b.predictions.read_text()
     ma, mb = a.read_metrics(), b.read_metrics()
     assert ma["val"] == mb["val"] and ma["test"] == mb["test"]
+    assert load_file(str(a.weights))["head.weight"].equal(load_file(str(b.weights))["head.weight"])
 
 
 def test_validation_split_is_patient_disjoint_on_real_data(real_subset, tmp_path):
