@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import real_data
 from transferlab.data import images
 from transferlab.data.check import check_data
 from transferlab.data.discover import DatasetIndex, Sample, discover, patient_id
@@ -17,7 +18,6 @@ from transferlab.data.split import make_splits, patient_overlap
 from transferlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTensorDataset, normalize, xray_augment
 from transferlab.errors import DataError
 
-REAL = Path("/work/shared/data/chest_xray")
 rng = np.random.default_rng(0)
 
 
@@ -414,10 +414,10 @@ def test_check_data_report(tmp_path):
 
 # ---------------------------------------------------------------- real data
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="real chest_xray sample not present")
 def test_real_chest_xray_sample(tmp_path):
+    real = real_data()
     for cls in ("NORMAL", "PNEUMONIA"):
-        for src in sorted((REAL / "train" / cls).iterdir())[:20]:
+        for src in sorted((real / "train" / cls).iterdir())[:20]:
             (tmp_path / "train" / cls).mkdir(parents=True, exist_ok=True)
             (tmp_path / "train" / cls / src.name).symlink_to(src)
     index = discover(tmp_path)
