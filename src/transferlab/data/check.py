@@ -108,10 +108,20 @@ def check_data(root, *, manifest=None, patient_pattern: str = DEFAULT_PATIENT_PA
         duplicates_across_classes=sum(len({s.label for s in g}) > 1 for g in groups),
         patient_overlap={f"{a}/{b}": sorted(patient_overlap(index.split(a), index.split(b)))
                          for a, b in itertools.combinations(splits, 2)},
-        shared_with_train={sp: shared_with_train(index.split("train"), index.split(sp), digests.get)
-                           for sp in ("val", "test") if sp in splits and "train" in splits})
+        shared_with_train=_shared(index, digests.get))
     report.notes = _notes(report)
     return report
+
+
+def _shared(index, digest) -> dict[str, dict]:
+    """val/ against train/, test/ against train/ + val/ (as split_leakage does for the splits training uses)."""
+    train, val, test = index.split("train"), index.split("val"), index.split("test")
+    out = {}
+    if train and val:
+        out["val"] = shared_with_train(train, val, digest)
+    if train and test:
+        out["test"] = shared_with_train(train + val, test, digest, "train/val" if val else "train")
+    return out
 
 
 def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None, str | None]:

@@ -35,10 +35,11 @@ def file_digest(path: Path) -> str | None:
         return None
 
 
-def shared_with_train(train: list[Sample], other: list[Sample], digest=file_digest) -> dict:
-    """What `other` (a val or test split) shares with `train`: patients (ids found in both), images (of `other`,
-    from those patients) and identical (images of `other` whose bytes equal a train image's). Only files whose
-    size matches a file on the other side are hashed; `digest(path)` may give known hashes (check-data)."""
+def shared_with_train(train: list[Sample], other: list[Sample], digest=file_digest, against: str = "train") -> dict:
+    """What `other` (a val or test split) shares with `train` (the images a model learns or is chosen from, named
+    by `against`): patients (ids found in both), images (of `other`, from those patients) and identical (images
+    of `other` whose bytes equal one of `train`). Only files whose size matches a file on the other side are
+    hashed; `digest(path)` may give known hashes (check-data)."""
     patients = patient_overlap(train, other)
 
     def size(sample: Sample) -> int:
@@ -50,8 +51,8 @@ def shared_with_train(train: list[Sample], other: list[Sample], digest=file_dige
     common = (set(train_sizes.values()) & set(other_sizes.values())) - {-1, 0}
     train_hashes = {digest(p) for p, n in train_sizes.items() if n in common} - {None}
     identical = sum(n in common and digest(p) in train_hashes for p, n in other_sizes.items())
-    return {"patients": len(patients), "images": sum(s.patient in patients for s in other), "identical": identical,
-            "of": len(other)}
+    return {"against": against, "patients": len(patients), "images": sum(s.patient in patients for s in other),
+            "identical": identical, "of": len(other)}
 
 
 def leakage_warning(split: str, shared: dict, how: str) -> str | None:
@@ -61,18 +62,23 @@ def leakage_warning(split: str, shared: dict, how: str) -> str | None:
         return None
     parts = []
     if shared["patients"]:
-        parts.append(f"{shared['patients']} patient{'s' * (shared['patients'] != 1)} with train "
+        parts.append(f"{shared['patients']} patient{'s' * (shared['patients'] != 1)} with {shared['against']} "
                      f"({shared['images']} of its {shared['of']} images)")
     if shared["identical"]:
-        parts.append(f"{shared['identical']} image{'s' * (shared['identical'] != 1)} byte-identical to train images")
+        parts.append(f"{shared['identical']} image{'s' * (shared['identical'] != 1)} byte-identical to "
+                     f"{shared['against']} images")
     return f"{split} ({how}) shares {' and '.join(parts)}: its scores may be optimistic"
 
 
 def split_leakage(splits: Splits) -> dict[str, dict]:
-    """shared_with_train for the val and test splits (carved splits share no patient by construction, but may
-    still hold byte-identical copies of train images)."""
-    return {name: shared_with_train(splits.train, getattr(splits, name))
-            for name in ("val", "test") if getattr(splits, name)}
+    """What val shares with train, and test with train + val (the images the model was fitted and chosen on).
+    Carved splits share no patient by construction, but may still hold byte-identical copies."""
+    out = {}
+    if splits.val:
+        out["val"] = shared_with_train(splits.train, splits.val)
+    if splits.test:
+        out["test"] = shared_with_train(splits.train + splits.val, splits.test, against="train/val")
+    return out
 
 
 def how_made(splits: Splits, name: str) -> str:
