@@ -112,7 +112,11 @@ def test_cli_train_runs(xray_dir, tmp_path, capsys):
     code = cli.main(["train", "--data", str(xray_dir), "--model", "efficientnet_lite0", "--strategy", "features",
                      "--epochs", "2", "--image-size", "64", "--no-progress", "--out", str(out)])
     assert code == 0
-    assert "val" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    val = metrics["val"]["at_threshold"]
+    assert (f"  val: accuracy {val['accuracy']:.3f}  balanced {val['balanced_accuracy']:.3f}  AUC "
+            f"{metrics['val']['roc_auc']:.3f}  (n={val['n']}, threshold {metrics['threshold']:.3f} chosen on val)") in printed
     settings = json.loads((out / "config.json").read_text())["settings"]
     assert settings["epochs"] == 2 and settings["strategy"] == "features"
     # a finished run is never overwritten silently
