@@ -9,15 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import real_data
 from transferlab.data import images
 from transferlab.data.check import check_data
 from transferlab.data.discover import DatasetIndex, Sample, discover, patient_id
 from transferlab.data.images import ImageError, load_images, read_image
-from transferlab.data.split import make_splits, patient_overlap
+from transferlab.data.split import leakage_warning, make_splits, patient_overlap, shared_with_train
 from transferlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTensorDataset, normalize, xray_augment
 from transferlab.errors import DataError
 
-REAL = Path("/work/shared/data/chest_xray")
 rng = np.random.default_rng(0)
 
 
@@ -405,6 +405,9 @@ def test_check_data_report(tmp_path):
     assert report.duplicates == [["train/NORMAL/IM-0001-0001.png", "val/NORMAL/IM-0001-0002.png"]]
     assert report.duplicates_across_splits == 1 and report.duplicates_across_classes == 0
     assert report.patient_overlap == {"train/val": ["IM-0001"]}
+    # val/ shares patient IM-0001 (1 image), which is also a byte copy; val/ this small is merged: no warning
+    assert report.shared_with_train == {"val": {"against": "train", "patients": 1, "images": 1, "identical": 1, "of": 2}}
+    assert not [note for note in report.notes if note.startswith("warning:")]
     assert report.formats == {"PNG L": 5} and report.sizes["width"]["max"] == 16
     assert len(report.skipped) == 1
     text = report.to_text()
@@ -412,12 +415,33 @@ def test_check_data_report(tmp_path):
     assert report.to_dict()["counts"]["val"]["NORMAL"] == 1
 
 
+def _leaky(root):
+    """train/ and an official test/ that shares patient IM-0001 and holds a byte copy of a train image."""
+    tree(root, {"train/NORMAL": ["IM-0001-0001.png", "IM-0002-0001.png"], "train/PNEUMONIA": ["person1_virus_1.png"],
+                "test/NORMAL": ["IM-0001-0003.png", "IM-0009-0001.png"], "test/PNEUMONIA": ["person5_virus_5.png"]})
+    (root / "test/PNEUMONIA/person5_virus_5.png").write_bytes((root / "train/PNEUMONIA/person1_virus_1.png").read_bytes())
+    return root
+
+
+def test_shared_with_train_counts_patients_and_identical_files(tmp_path):
+    index = discover(_leaky(tmp_path))
+    shared = shared_with_train(index.split("train"), index.split("test"))
+    assert shared == {"against": "train", "patients": 1, "images": 1, "identical": 1, "of": 3}
+    assert leakage_warning("test", shared, "the official test/ folder, used as given") == (
+        "test (the official test/ folder, used as given) shares 1 patient with train (1 of its 3 images) and "
+        "1 image byte-identical to train images: its scores may be optimistic")
+    assert leakage_warning("val", {**shared, "patients": 0, "identical": 0}, "carved") is None
+    report = check_data(tmp_path, progress=False)
+    assert report.shared_with_train["test"] == shared
+    assert "warning: test (the official test/ folder, used as given) shares 1 patient" in report.to_text()
+
+
 # ---------------------------------------------------------------- real data
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="real chest_xray sample not present")
 def test_real_chest_xray_sample(tmp_path):
+    real = real_data()
     for cls in ("NORMAL", "PNEUMONIA"):
-        for src in sorted((REAL / "train" / cls).iterdir())[:20]:
+        for src in sorted((real / "train" / cls).iterdir())[:20]:
             (tmp_path / "train" / cls).mkdir(parents=True, exist_ok=True)
             (tmp_path / "train" / cls / src.name).symlink_to(src)
     index = discover(tmp_path)

@@ -72,8 +72,14 @@ def test_predict_cam_and_cli(run, tmp_path, capsys):
     out = tmp_path / "p" / "pred.csv"
     run_predict(parser.parse_args(["predict", str(run.path), *map(str, images), "--cam", "--out", str(out),
                                    "--no-progress"]))
-    assert "PNEUMONIA" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()
     rows = read_csv(out)
+    # the table's body: one line per image, its probabilities and prediction as in the CSV (the header always
+    # names the classes, so only these lines tell what was predicted)
+    assert len(printed) == len(rows) + 2 and printed[-1].startswith(f"{len(rows)} image(s); threshold ")
+    for line, row in zip(printed[1:], rows):
+        assert line.split()[1:] == [f"{float(row['prob_NORMAL']):.4f}", f"{float(row['prob_PNEUMONIA']):.4f}",
+                                    row["predicted"]]
     for row in rows:
         with Image.open(row["cam"]) as im:
             assert im.format == "PNG" and im.size == (SIZE, SIZE) and im.mode == "RGB"
@@ -94,6 +100,8 @@ def test_export_onnx_matches_pytorch(run, tmp_path):
     meta = json.loads((tmp_path / "model.onnx.json").read_text())
     assert meta["input"]["shape"] == ["batch", 3, SIZE, SIZE] and meta["normalisation"]["baked_into_graph"]
     assert meta["output"]["classes"] == ["NORMAL", "PNEUMONIA"] and meta["threshold"] == run.read_metrics()["threshold"]
+    assert meta["positive_class"] == "PNEUMONIA" and meta["threshold_rule"].startswith(
+        "predict PNEUMONIA when probabilities[1] >= threshold")
     # TorchScript, through the command-line functions
     parser = argparse.ArgumentParser()
     add_export_arguments(parser.add_subparsers(dest="command"))

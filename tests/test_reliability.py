@@ -158,6 +158,24 @@ def test_manifest_trains_end_to_end(data, tmp_path, capsys):
     assert len(read_csv(out / "splits.csv")) == 12 and (out / "metrics.json").exists()
 
 
+def test_train_warns_when_the_official_test_folder_shares_patients(data, tmp_path, capsys):
+    for cls in ("NORMAL", "PNEUMONIA"):   # an official test/ of 2 + 2 images; 1 patient and 1 image come from train
+        (data / "test" / cls).mkdir(parents=True)
+    train_normal = sorted((data / "train" / "NORMAL").iterdir())
+    shutil.copy(train_normal[0], data / "test" / "NORMAL" / "IM-0000-0009.jpeg")        # patient IM-0000 again
+    shutil.copy(train_normal[1], data / "test" / "NORMAL" / "IM-7777-0001.jpeg")        # a byte copy, new id
+    for k, src in enumerate(sorted((data / "train" / "PNEUMONIA").iterdir())[:2]):
+        Image.open(src).rotate(90).save(data / "test" / "PNEUMONIA" / f"person{900 + k}_virus_{k}.jpeg")
+    out = tmp_path / "run"
+    code, err, _ = run_cli(capsys, "train", "--data", data, "--out", out, *SMALL)
+    assert code == 0 and err == [
+        "warning: test (the official test/ folder, used as given) shares 1 patient with train/val (1 of its 4 "
+        "images) and 2 images byte-identical to train/val images: its scores may be optimistic"]
+    shared = json.loads((out / "config.json").read_text())["data"]["shared_with_train"]
+    assert shared["test"] == {"against": "train/val", "patients": 1, "images": 1, "identical": 2, "of": 4}
+    assert shared["val"] == {"against": "train", "patients": 0, "images": 0, "identical": 0, "of": shared["val"]["of"]}
+
+
 def _two_splits_differ(data: Path) -> None:
     for cls in ("NORMAL", "COVID"):
         (data / "test" / cls).mkdir(parents=True)

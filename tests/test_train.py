@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transferlab import cli
 from transferlab.analysis.external import evaluate
 from transferlab.evaluation import load_model
+from transferlab.metrics import choose_threshold
 from transferlab.models.heads import create_model
 from transferlab.rundir import read_csv
 from transferlab.training import train
@@ -23,8 +24,17 @@ def test_features_strategy_end_to_end(xray_dir, tmp_path):
     for path in (run.config, run.splits, run.history, run.metrics, run.predictions, run.weights):
         assert path.exists(), path
     metrics = run.read_metrics()
-    assert metrics["threshold_chosen_on"] == "val" and 0 <= metrics["threshold"] <= 1
-    assert metrics["positive_class"] == "PNEUMONIA"
+    assert metrics["threshold_chosen_on"] == "val" and metrics["positive_class"] == "PNEUMONIA"
+    # predictions.csv: one probability per class, and the threshold is the one its validation rows give
+    rows = read_csv(run.predictions)
+    assert list(rows[0]) == ["split", "file", "label", "prob_NORMAL", "prob_PNEUMONIA", "predicted"]
+    for r in rows:
+        assert float(r["prob_NORMAL"]) + float(r["prob_PNEUMONIA"]) == pytest.approx(1, abs=1e-6)
+        assert r["predicted"] == ("PNEUMONIA" if float(r["prob_PNEUMONIA"]) >= metrics["threshold"] else "NORMAL")
+    val = [r for r in rows if r["split"] == "val"]
+    assert metrics["threshold"] == pytest.approx(choose_threshold(
+        [r["label"] == "PNEUMONIA" for r in val], [float(r["prob_PNEUMONIA"]) for r in val], "youden"), abs=1e-9)
+    assert len(val) == metrics["val"]["n"]
     # the synthetic task is easy: genuine ImageNet features separate the classes
     assert metrics["val"]["roc_auc"] > 0.9
     assert set(metrics) >= {"train", "val", "test"}
@@ -39,9 +49,11 @@ def test_features_strategy_end_to_end(xray_dir, tmp_path):
 
 
 def test_features_backbone_untouched(xray_dir, tmp_path):
-    """Fixed feature extractor: backbone weights *and BatchNorm running statistics* equal the ImageNet ones."""
+    """Fixed feature extractor: backbone weights *and BatchNorm running statistics* equal the ImageNet ones.
+    A cache of its own: features found in a cache would skip the backbone pass this test is about."""
     run = train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=3,
-                out=str(tmp_path / "run"), **FAST)
+                out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), **FAST)
+    assert list((tmp_path / "cache" / "features").glob("*.safetensors"))   # the backbone did run here
     trained = load_file(str(run.weights))
     pretrained = create_model("efficientnet_lite0", 2).state_dict()
     backbone_keys = [k for k in pretrained if k.startswith("backbone.")]
@@ -66,11 +78,14 @@ def test_finetune_end_to_end_and_evaluate(xray_dir, tmp_path):
 
 
 def test_same_seed_same_result(xray_dir, tmp_path):
-    a = train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=3, out=str(tmp_path / "a"), **FAST)
-    b = train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=3, out=str(tmp_path / "b"), **FAST)
+    """Each run computes its own features (separate caches), so the whole run must be deterministic."""
+    a, b = (train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=3,
+                  out=str(tmp_path / name), cache_dir=str(tmp_path / f"cache-{name}"), **FAST) for name in "ab")
     assert a.splits.read_text() == b.splits.read_text()
+    assert a.predictions.read_text() == b.predictions.read_text()
     ma, mb = a.read_metrics(), b.read_metrics()
     assert ma["val"] == mb["val"] and ma["test"] == mb["test"]
+    assert load_file(str(a.weights))["head.weight"].equal(load_file(str(b.weights))["head.weight"])
 
 
 def test_validation_split_is_patient_disjoint_on_real_data(real_subset, tmp_path):
@@ -98,7 +113,11 @@ def test_cli_train_runs(xray_dir, tmp_path, capsys):
     code = cli.main(["train", "--data", str(xray_dir), "--model", "efficientnet_lite0", "--strategy", "features",
                      "--epochs", "2", "--image-size", "64", "--no-progress", "--out", str(out)])
     assert code == 0
-    assert "val" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    val = metrics["val"]["at_threshold"]
+    assert (f"  val: accuracy {val['accuracy']:.3f}  balanced {val['balanced_accuracy']:.3f}  AUC "
+            f"{metrics['val']['roc_auc']:.3f}  (n={val['n']}, threshold {metrics['threshold']:.3f} chosen on val)") in printed
     settings = json.loads((out / "config.json").read_text())["settings"]
     assert settings["epochs"] == 2 and settings["strategy"] == "features"
     # a finished run is never overwritten silently

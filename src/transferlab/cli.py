@@ -37,8 +37,10 @@ TRAIN_OPTIONS = {
     "patient_pattern": ("--patient-pattern", "regex with a named group 'patient' that finds the patient id in a "
                                              "file name (images without one are their own patient)"),
     "manifest": ("--manifest", "CSV of path,label[,patient_id][,split] (paths inside --data) instead of class folders"),
-    "positive_class": ("--positive-class", "binary problems: the positive class"),
-    "threshold_method": ("--threshold-method", "how the decision threshold is chosen on validation: youden or f1"),
+    "positive_class": ("--positive-class", "two classes only: the positive class (three or more classes are "
+                                           "decided by the most probable class)"),
+    "threshold_method": ("--threshold-method", "two classes: how the decision threshold is chosen on validation, "
+                                               "youden or f1"),
     "seed": ("--seed", "seed for initialisation, data order and augmentation (and the splits, unless --split-seed)"),
     "split_seed": ("--split-seed", "seed for the validation/test split"),
     "device": ("--device", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N"),
@@ -179,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="resolution (default: each model's own)")
     p.add_argument("--max-latency-ms", type=float, help="keep models with batch-1 latency at most this")
     p.add_argument("--max-params", type=float, help="keep models with at most this many parameters (e.g. 3e7)")
+    p.add_argument("--classes", type=int, default=2, help="classes of the new head: its parameters and the "
+                                                          "training-step timings depend on it (default: 2)")
     p.add_argument("--sort", default="acc1", help="column to sort by, e.g. acc1, latency_ms, params_total, gflops")
     p.add_argument("--out", help="folder for catalog.csv, catalog.json and catalog.png")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -217,13 +221,17 @@ def run_train(args) -> None:
     test_split = run.read_config()["data"]["splits"].get("test", "")
     if test_split.startswith("carved"):   # the data has no test/ folder
         print(f"test split {test_split} (the data has no test/ folder; --test-fraction 0 for none)")
+    nan = float("nan")
     for split in ("val", "test"):
-        if split in metrics:
-            m = metrics[split]
-            at = m.get("at_threshold", m)
-            print(f"{split:>5}: accuracy {at['accuracy']:.3f}  balanced {at['balanced_accuracy'] or float('nan'):.3f}  "
-                  f"AUC {m.get('roc_auc') or float('nan'):.3f}  (n={m['n']}, threshold {at.get('threshold', 0.5):.3f} "
-                  f"chosen on val)")
+        if split not in metrics:
+            continue
+        m = metrics[split]
+        at = m.get("at_threshold", m)
+        line = f"{split:>5}: accuracy {at['accuracy']:.3f}  balanced {at['balanced_accuracy'] or nan:.3f}  "
+        if metrics["threshold"] is None:   # three or more classes: the most probable class, no threshold
+            print(line + f"macro F1 {m['f1']:.3f}  macro AUC {m['roc_auc'] or nan:.3f}  (n={m['n']}, argmax)")
+        else:
+            print(line + f"AUC {m['roc_auc'] or nan:.3f}  (n={m['n']}, threshold {metrics['threshold']:.3f} chosen on val)")
 
 
 def run_evaluate(args) -> None:
@@ -250,7 +258,7 @@ def run_models(args) -> None:
 
     entries = cat.catalog(args.names or None, measure=args.measure, device=args.device, batch_size=args.batch_size,
                           repeats=args.repeats, image_size=args.image_size, progress=args.progress,
-                          threads=args.threads)
+                          threads=args.threads, num_classes=args.classes)
     budget = dict(max_latency_ms=args.max_latency_ms, max_params=args.max_params)
     shown = cat.sort_entries(cat.filter_entries(entries, **budget), args.sort)
     print(cat.format_table(shown))

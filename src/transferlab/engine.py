@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomS
 from .console import show_bars
 from .errors import CheckpointError, TransferlabError
 from .machine import free_cpus
+from .metrics import macro_auc
 from .strategies import inference_model
 
 MONITOR_MODES = {"val_loss": "min", "val_auc": "max", "val_balanced_accuracy": "max"}
@@ -218,15 +219,7 @@ class Classifier(L.LightningModule):
         logits = torch.cat([o[0] for o in self._val_outputs])
         y = torch.cat([o[1] for o in self._val_outputs])
         self._val_outputs.clear()
-        loss = F.cross_entropy(logits, y, weight=self.class_weights).item()
-        probs = logits.softmax(1).cpu().numpy()
-        y_np = y.cpu().numpy()
-        pred = probs.argmax(1)
-        both = len(np.unique(y_np)) > 1
-        auc = (roc_auc_score(y_np, probs[:, 1]) if probs.shape[1] == 2 else
-               roc_auc_score(y_np, probs, multi_class="ovr", labels=list(range(probs.shape[1])))) if both else float("nan")
-        values = {"val_loss": loss, "val_acc": float((pred == y_np).mean()), "val_auc": float(auc),
-                  "val_balanced_accuracy": float(balanced_accuracy_score(y_np, pred)) if both else float("nan")}
+        values = validation_scores(logits, y, self.class_weights)
         self.log_dict(values, prog_bar=True)
         if self.trainer.sanity_checking:
             return
@@ -274,6 +267,18 @@ def whole_epoch_loader(dataset: Dataset) -> DataLoader:
     Classifier(minibatch=...), which shuffles and splits it into mini-batches itself."""
     x, y = dataset[:]  # TensorDataset
     return DataLoader(_WholeEpoch(x, y), batch_size=None, shuffle=False, generator=torch.Generator())   # as make_loader
+def validation_scores(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None) -> dict:
+    """The end-of-epoch validation numbers: loss, accuracy, AUC (three or more classes: the macro one-vs-rest AUC
+    over the classes validation has) and balanced accuracy; NaN where validation has a single class."""
+    loss = F.cross_entropy(logits, y, weight=class_weights).item()
+    probs = logits.softmax(1).cpu().numpy()
+    y_np = y.cpu().numpy()
+    pred = probs.argmax(1)
+    both = len(np.unique(y_np)) > 1
+    auc = (roc_auc_score(y_np, probs[:, 1]) if probs.shape[1] == 2 else macro_auc(y_np, probs)) if both else None
+    return {"val_loss": loss, "val_acc": float((pred == y_np).mean()),
+            "val_auc": float("nan") if auc is None else float(auc),
+            "val_balanced_accuracy": float(balanced_accuracy_score(y_np, pred)) if both else float("nan")}
 
 
 def class_weights_for(labels: np.ndarray, num_classes: int) -> torch.Tensor:

@@ -17,31 +17,40 @@ from .rundir import RunDir
 NEGATIVE_NAMES = re.compile(r"normal|negative|healthy|benign|control", re.I)
 
 
-def positive_index(classes: list[str], positive_class: str | None = None) -> int:
-    """Which class a binary problem treats as positive: the one asked for, else the one not called NORMAL."""
+def positive_index(classes: list[str], positive_class: str | None = None) -> int | None:
+    """Which class a binary problem treats as positive: the one asked for, else the one not called NORMAL.
+    Three or more classes have none (None); asking for one there is an error."""
     if positive_class is not None:
         if positive_class not in classes:
             raise TransferlabError(f"--positive-class {positive_class!r} is not one of the classes {classes}")
+        if len(classes) != 2:
+            raise TransferlabError(f"--positive-class is only for two classes; {len(classes)} classes "
+                                   f"({', '.join(classes)}) are decided by the most probable class")
         return classes.index(positive_class)
-    if len(classes) == 2 and NEGATIVE_NAMES.search(classes[1]) and not NEGATIVE_NAMES.search(classes[0]):
+    if len(classes) != 2:
+        return None
+    if NEGATIVE_NAMES.search(classes[1]) and not NEGATIVE_NAMES.search(classes[0]):
         return 0
-    return len(classes) - 1
+    return 1
 
 
-def decide(probs: np.ndarray, pos: int, threshold: float | None) -> np.ndarray:
+def decide(probs: np.ndarray, pos: int | None, threshold: float | None) -> np.ndarray:
     """Predicted class per row: binary problems call the positive class at `threshold` (chosen on validation),
-    otherwise (or without a threshold) the most probable class."""
-    if threshold is None or probs.shape[1] != 2:
+    otherwise (three or more classes, or no threshold) the most probable class."""
+    if threshold is None or pos is None or probs.shape[1] != 2:
         return probs.argmax(axis=1)
     return np.where(probs[:, pos] >= threshold, pos, 1 - pos)
 
 
-def split_metrics(labels: np.ndarray, probs: np.ndarray, pos: int, threshold: float | None) -> dict:
-    """Metrics of one split; for binary problems the positive class's probability is column 1."""
+def split_metrics(labels: np.ndarray, probs: np.ndarray, pos: int | None, threshold: float | None,
+                  classes: list[str] | None = None) -> dict:
+    """Metrics of one split (metrics.score): binary problems on the positive class's probability (at 0.5 and at
+    `threshold`), three or more classes by argmax, with per-class metrics named by `classes`."""
     if probs.shape[1] == 2:
+        pos = 1 if pos is None else pos
         probs = probs[:, [1 - pos, pos]]
         labels = (labels == pos).astype(int)
-    return score(labels, probs, threshold)
+    return score(labels, probs, threshold, classes)
 
 
 def probabilities_and_features(model: TransferModel, pixels: np.ndarray, *, mean, std, device,

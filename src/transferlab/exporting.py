@@ -3,7 +3,8 @@
 The exported graph takes `pixels`, float32 (N, 3, H, W) with values 0..255 (a grayscale image repeated on the
 three channels), resized to H x W without cropping; it applies the run's ImageNet normalisation itself and
 returns `probabilities`, float32 (N, classes) after softmax. The sidecar `<file>.json` documents all of this
-plus the classes, the positive class and the decision threshold the run chose on validation.
+plus the classes and how to decide: two classes at the threshold the run chose on validation for its positive
+class, three or more by the most probable class.
 """
 from __future__ import annotations
 
@@ -74,11 +75,21 @@ def export(run_dir, format: str = "onnx", out=None) -> Path:
         "normalisation": {"baked_into_graph": True, "formula": "(pixels / 255 - mean) / std", "mean": mean, "std": std},
         "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(config["data"]["classes"])],
                    "classes": config["data"]["classes"], "softmax": True},
-        "positive_class": metrics["positive_class"], "threshold": metrics.get("threshold"),
-        "threshold_rule": "predict the positive class when its probability >= threshold (chosen on validation)",
+        **decision_rule(config["data"]["classes"], metrics["positive_class"], metrics.get("threshold")),
         "max_abs_diff_vs_pytorch": check,
     })
     return out
+
+
+def decision_rule(classes: list[str], positive_class: str | None, threshold: float | None) -> dict:
+    """The sidecar's decision keys: binary problems name their positive class and validation threshold."""
+    if positive_class is None or threshold is None:
+        return {"positive_class": None, "threshold": None,
+                "decision": f"argmax: the most probable of the {len(classes)} classes (no threshold)"}
+    negative = next(c for c in classes if c != positive_class)
+    return {"positive_class": positive_class, "threshold": threshold, "decision": "threshold",
+            "threshold_rule": f"predict {positive_class} when probabilities[{classes.index(positive_class)}] >= "
+                              f"threshold (chosen on validation), else {negative}"}
 
 
 def _check_onnx(net, path: Path, example) -> float | None:
@@ -106,7 +117,7 @@ def add_export_arguments(subparsers) -> None:
                               description="Export a finished run's model with normalisation and softmax in the "
                                           "graph: input float32 pixels 0..255 (N, 3, H, W), output class "
                                           "probabilities. A sidecar <file>.json records size, mean/std, classes "
-                                          "and the validation-chosen threshold.")
+                                          "and the decision rule (two classes: the validation-chosen threshold).")
     p.add_argument("run", help="run directory written by `transferlab train` (or a study's runs/NAME)")
     p.add_argument("--format", default="onnx", choices=tuple(FORMATS), help="onnx or torchscript")
     p.add_argument("--out", help="model file to write (default: RUN/model.onnx or RUN/model.pt)")

@@ -36,10 +36,11 @@ from tqdm.auto import tqdm
 
 from .console import show_bars
 from .machine import BUSY_SHARE, OtherLoad
+from .errors import TransferlabError
 from .models.heads import create_model, find_head
 from .models.registry import build_model, get_spec, list_models
 
-NUM_CLASSES = 2                 # NORMAL vs PNEUMONIA: the new head the trainable-parameter counts assume
+NUM_CLASSES = 2                 # default classes of the new head (NORMAL vs PNEUMONIA); catalog(num_classes=...)
 FLOPS_NAMES_LIMIT = 20          # count FLOPs without `measure` only for this many models or fewer (~0.3 s each)
 MIN_REPEATS = 3                 # a timing phase stops after `budget_s` once it has this many samples
 LATENCY_GROUP_PARAMS = 400e6    # models timed together (interleaved) in one process: at most this many parameters
@@ -52,8 +53,8 @@ class CatalogEntry:
     source: str
     input_size: int                          # the weights' native resolution
     params_total: int                        # the ImageNet model as built (1000-class head, no aux heads)
-    params_trainable_finetune: int           # backbone + new 2-class head
-    params_trainable_features: int           # new 2-class head only
+    params_trainable_finetune: int           # backbone + new num_classes-class head
+    params_trainable_features: int           # new num_classes-class head only
     gflops: float | None                     # counted (FlopCounterMode, GMACs) at `resolution`
     gflops_meta: float | None                # published (torchvision meta `_ops` / EfficientNet-Lite README)
     acc1: float | None
@@ -76,6 +77,7 @@ class CatalogEntry:
     other_load_cpus: float | None = None     # CPUs other processes kept busy while the catalogue was measured
     busy: bool | None = None                 # other_load_cpus > BUSY_SHARE of the CPUs: latencies are unreliable
     error: str | None = None                 # why measuring this model failed (e.g. out of memory)
+    num_classes: int = NUM_CLASSES           # classes of the new head the trainable counts and timings assume
 
 
 def count_gflops(model: torch.nn.Module, input_size: int) -> float:
@@ -103,7 +105,7 @@ class _AllocateOnMeta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _static_entry(name: str, *, flops: bool, image_size: int | None) -> CatalogEntry:
+def _static_entry(name: str, *, flops: bool, image_size: int | None, num_classes: int = NUM_CLASSES) -> CatalogEntry:
     spec = get_spec(name)
     with _AllocateOnMeta():
         model = build_model(name, weights="none")
@@ -112,21 +114,22 @@ def _static_entry(name: str, *, flops: bool, image_size: int | None) -> CatalogE
     total = sum(p.numel() for p in model.parameters())
     head_params = sum(p.numel() for p in head.parameters())
     feature_dim = head.weight.shape[1]
-    new_head = feature_dim * NUM_CLASSES + NUM_CLASSES
+    new_head = feature_dim * num_classes + num_classes
     resolution = image_size or spec.input_size
     return CatalogEntry(
         name=name, source=spec.source, input_size=spec.input_size, params_total=total,
         params_trainable_finetune=total - head_params + new_head, params_trainable_features=new_head,
         gflops=round(count_gflops(model, resolution), 4) if flops else None, gflops_meta=spec.gflops,
         acc1=spec.acc1, acc5=spec.acc5, file_size_mb=spec.file_size_mb, weights_file=spec.weights_file,
-        resolution=resolution)
+        resolution=resolution, num_classes=num_classes)
 
 
 def catalog(names: list[str] | None = None, *, measure: bool = False, device: str = "auto", batch_size: int = 32,
             repeats: int = 10, warmup: int = 3, image_size: int | dict | None = None, progress: bool = True,
             count_flops: bool | None = None, isolate: bool = True, budget_s: float = 30.0,
-            threads: int | None = None) -> list[CatalogEntry]:
-    """One CatalogEntry per model (all registered models when `names` is None).
+            threads: int | None = None, num_classes: int = NUM_CLASSES) -> list[CatalogEntry]:
+    """One CatalogEntry per model (all registered models when `names` is None), each with a new head for
+    `num_classes` classes (the trainable-parameter counts and the training-step timings depend on it).
 
     image_size: one resolution for every model, or {name: size} (missing names: the model's own).
     count_flops: None = when measuring or for <= FLOPS_NAMES_LIMIT models (otherwise `gflops_meta` only).
@@ -135,12 +138,14 @@ def catalog(names: list[str] | None = None, *, measure: bool = False, device: st
     in this process (no ~3 s interpreter start per model; CPU peak memory then relies on resetting the peak-RSS
     mark). threads: torch CPU threads for every measurement (default: this process's count).
     """
+    if num_classes < 2:
+        raise TransferlabError(f"--classes must be at least 2, not {num_classes}")
     names = list_models() if names is None else list(names)
     for name in names:
         get_spec(name)          # unknown names fail before any work
     flops = count_flops if count_flops is not None else (measure or len(names) <= FLOPS_NAMES_LIMIT)
     sizes = image_size if isinstance(image_size, dict) else {name: image_size for name in names}
-    entries = [_static_entry(name, flops=flops, image_size=sizes.get(name))
+    entries = [_static_entry(name, flops=flops, image_size=sizes.get(name), num_classes=num_classes)
                for name in tqdm(names, desc="models", unit="model", disable=not show_bars(progress) or measure)]
     if not measure:
         return entries
@@ -157,7 +162,8 @@ def catalog(names: list[str] | None = None, *, measure: bool = False, device: st
             bar.set_postfix_str(entry.name)
             if entry.error is None:
                 _apply_measurement(entry, _run_measurement(entry.name, entry.resolution, isolate=isolate,
-                                                           batch_size=batch_size, **settings))
+                                                           batch_size=batch_size, num_classes=num_classes,
+                                                           **settings))
     for entry in entries:
         entry.other_load_cpus, entry.busy = load.cpus, load.busy
     return entries
@@ -318,24 +324,24 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _measure(name: str, size: int, *, device: str, batch_size: int, repeats: int, warmup: int,
-             budget_s: float, threads: int) -> dict:
+             budget_s: float, threads: int, num_classes: int = NUM_CLASSES) -> dict:
     """Throughput, training steps and peak memory of one model (random weights) on `device`; CatalogEntry fields."""
     with _Threads(threads):
         return _measure_steps(name, size, device=device, batch_size=batch_size, repeats=repeats, warmup=warmup,
-                              budget_s=budget_s)
+                              budget_s=budget_s, num_classes=num_classes)
 
 
 def _measure_steps(name: str, size: int, *, device: str, batch_size: int, repeats: int, warmup: int,
-                   budget_s: float) -> dict:
+                   budget_s: float, num_classes: int = NUM_CLASSES) -> dict:
     dev = torch.device(device)
     sync = _sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     rss_before = _reset_peak_rss()
     torch.manual_seed(0)
-    model = create_model(name, NUM_CLASSES, weights="none").to(dev)
+    model = create_model(name, num_classes, weights="none").to(dev)
     batch = torch.randn(batch_size, 3, size, size, device=dev)
-    labels = torch.randint(0, NUM_CLASSES, (batch_size,), device=dev)
+    labels = torch.randint(0, num_classes, (batch_size,), device=dev)
     timing = dict(repeats=repeats, warmup=warmup, budget_s=budget_s, sync=sync)
 
     model.eval()
@@ -583,7 +589,7 @@ _STATIC_COLUMNS = [
     ("model", lambda e: e.name),
     ("px", lambda e: str(e.resolution) + (f" ({e.input_size})" if e.resolution != e.input_size else "")),
     ("params M", lambda e: _num(e.params_total / 1e6, ".2f")),
-    ("head→2", lambda e: f"{e.params_trainable_features:,}"),
+    ("new head", lambda e: f"{e.params_trainable_features:,}"),
     ("GFLOPs", lambda e: _num(_value(e, "gflops"), ".2f")),
     ("acc@1", lambda e: _num(e.acc1, ".1f")),
     ("acc@5", lambda e: _num(e.acc5, ".1f")),
@@ -621,6 +627,8 @@ def format_table(entries: list[CatalogEntry]) -> str:
         notes += [busy_note(entries)] if busy_note(entries) else []
     counted = {e.resolution for e in entries if e.gflops is not None}
     at = f" at {counted.pop()}px" if len(counted) == 1 else ""
-    notes.append(f"px = image size (the weights' own in brackets where different); head→2 = parameters of the "
-                 f"new 2-class head (all that trains with frozen features); GFLOPs = multiply-adds per image{at}")
+    heads = sorted({e.num_classes for e in entries})
+    notes.append(f"px = image size (the weights' own in brackets where different); new head = parameters of the "
+                 f"new {'/'.join(map(str, heads))}-class head (all that trains with frozen features); GFLOPs = "
+                 f"multiply-adds per image{at}")
     return "\n".join(lines + notes)

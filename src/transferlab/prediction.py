@@ -1,7 +1,8 @@
 """`predict`: class probabilities of new images from a finished run, optionally with Grad-CAM overlays.
 
 Images are decoded and resized exactly as in training (`load_images`), normalised with the run's mean/std,
-and classified at the decision threshold the run chose on its validation split.
+and classified as the run decides: two classes at the decision threshold the run chose on its validation split,
+three or more by the most probable class.
 """
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ def find_images(paths) -> list[Path]:
 
 def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = False, device: str = "auto",
             progress: bool = False, adapt=()) -> list[dict]:
-    """One row per image: file, prob_<class> for every class, predicted (at the run's validation-chosen
-    threshold), and with cam=True the path of its Grad-CAM overlay PNG (written to cam/ beside `out`).
+    """One row per image: file, prob_<class> for every class, predicted (two classes: at the run's
+    validation-chosen threshold, also given as `threshold`; three or more: the most probable class), with
+    --adapt also prob_<class>_<method> and predicted_<method>, and with cam=True the path of its Grad-CAM
+    overlay PNG (written to cam/ beside `out`).
     Unreadable files stop with one line naming them, or with skip_bad are left out with a warning.
     `out`: CSV file to write the rows to."""
     import numpy as np
@@ -54,7 +57,7 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     model, config = load_model(run)
     metrics = run.read_metrics()
     classes, threshold = config["data"]["classes"], metrics.get("threshold")
-    pos = classes.index(metrics["positive_class"])
+    pos = None if metrics["positive_class"] is None else classes.index(metrics["positive_class"])
     files = find_images(paths)
     loaded = load_images(files, config["model"]["image_size"], skip_bad=skip_bad, progress=progress)
     for path, reason in loaded.bad:
@@ -67,12 +70,12 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     rows = []
     for i, p, predicted in zip(loaded.kept, probs, decide(probs, pos, threshold)):
         rows.append({"file": str(files[i]), **{f"prob_{c}": float(v) for c, v in zip(classes, p)},
-                     "predicted": classes[predicted], "threshold": threshold})
+                     "predicted": classes[predicted], **({"threshold": threshold} if pos is not None else {})})
     _add_adapted(rows, adapt, run, model, config, loaded.pixels, probs, pos, resolve_device(device), progress)
     if cam:
         folder = Path(out).parent / "cam"
         folder.mkdir(parents=True, exist_ok=True)
-        targets = [pos if len(classes) == 2 else classes.index(r["predicted"]) for r in rows]
+        targets = [pos if pos is not None else classes.index(r["predicted"]) for r in rows]
         overlays = [overlay for _, overlay, _ in gradcam_overlays(model, loaded.pixels, mean=mean, std=std,
                                                                targets=targets)]
         names: set[str] = set()
@@ -135,13 +138,15 @@ def format_table(rows: list[dict]) -> str:
 def add_predict_arguments(subparsers) -> None:
     p = subparsers.add_parser("predict", help="class probabilities of new images (and Grad-CAM overlays)",
                               description="Classify image files or folders (JPEG, PNG, DICOM, ...) with a finished "
-                                          "run, at the decision threshold it chose on validation. Prints a table "
-                                          "and writes it to --out.")
+                                          "run: two classes at the decision threshold it chose on validation, "
+                                          "three or more by the most probable class. Prints a table and writes "
+                                          "it to --out.")
     p.add_argument("run", help="run directory written by `transferlab train` (or a study's runs/NAME)")
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
-    p.add_argument("--cam", action="store_true", help="also write Grad-CAM overlay PNGs (for the positive class of "
-                                                      "a binary problem) to cam/ beside the CSV")
+    p.add_argument("--cam", action="store_true", help="also write Grad-CAM overlay PNGs to cam/ beside the CSV "
+                                                      "(for the positive class of a two-class problem, else for "
+                                                      "the predicted class)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning instead of stopping")
     p.add_argument("--adapt", help="also predict with label-free adaptation to these images (they are the target; "
                                    "the run's validation images the source): prior, bn, bn+prior, a comma list or all")
@@ -153,7 +158,7 @@ def run_predict(args) -> None:
     rows = predict(args.run, args.images, cam=args.cam, out=args.out, skip_bad=args.skip_bad, device=args.device,
                    progress=args.progress, adapt=args.adapt)
     print(format_table(rows))
-    threshold = rows[0]["threshold"]
+    threshold = rows[0].get("threshold")
     print(f"{len(rows)} image(s)" + (f"; threshold {threshold:.3f} chosen on the run's validation split" if threshold
-                                     is not None else "") + f"; wrote {args.out}" + (
+                                     is not None else "; predicted = the most probable class") + f"; wrote {args.out}" + (
         f" and {len(rows)} Grad-CAM overlays in {Path(args.out).parent / 'cam'}" if args.cam else ""))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,6 @@ class FineTune:
 class FixedFeatures:
     name = "features"
     channels_last = False   # the trained module is a Linear layer on feature vectors
-    _memory: "OrderedDict[str, torch.Tensor]" = OrderedDict()   # features of recent inputs, kept across runs
 
     def trainable(self, model: TransferModel) -> nn.Module:
         model.backbone.requires_grad_(False).eval()
@@ -62,12 +60,10 @@ class FixedFeatures:
 
     def features(self, model: TransferModel, pixels: np.ndarray, *, mean, std, device: torch.device,
                  progress: bool, cache_dir: Path | None, batch_size: int = 64) -> torch.Tensor:
-        """Backbone outputs for every image, computed once: reused from memory or disk when the same
-        backbone weights meet the same pixels again (other seeds of a study, a resumed run)."""
+        """Backbone outputs for every image, computed once: reused from the disk cache when the same backbone
+        weights meet the same pixels again (other seeds of a study, a resumed run). No in-process cache: one
+        shared across runs would hide what a run does to its own backbone."""
         key = _digest(pixels, model.backbone)
-        if key in self._memory:
-            self._memory.move_to_end(key)
-            return self._memory[key]
         path = cache_dir / "features" / f"{key}.safetensors" if cache_dir else None
         if path is not None and path.exists():
             feats = load_file(path)["features"]
@@ -80,9 +76,6 @@ class FixedFeatures:
                 tmp = path.with_suffix(".tmp")
                 save_file({"features": feats}, tmp)
                 tmp.replace(path)
-        self._memory[key] = feats
-        while len(self._memory) > 8:
-            self._memory.popitem(last=False)
         return feats
 
     def _inference_backbone(self, model: TransferModel, pixels: np.ndarray, mean, std, device) -> nn.Module | None:

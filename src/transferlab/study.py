@@ -195,7 +195,7 @@ def run_study(config: StudyConfig) -> Path:
         runs.append({"model": model, "strategy": strategy, "seed": seed, "run": str(run.path.relative_to(out))})
 
     external = evaluate_external(config, out, runs)
-    catalog_entries = study_catalog(config, out)
+    catalog_entries = study_catalog(config, out, num_classes=len(index.classes))
     write_json(out / "study.json", {"config": config.to_dict(), "runs": runs, "notes": notes, "external": external,
                                     "catalog": catalog_entries, "seconds": time.perf_counter() - start})
     rows = results_rows(out, runs)
@@ -257,8 +257,9 @@ def _check_existing(run: RunDir, cfg: TrainConfig, fingerprint: str) -> str:
     return " (resuming)" if (run.checkpoints / "last.ckpt").exists() else " (restarting)"
 
 
-def study_catalog(config: StudyConfig, out: Path) -> list[dict]:
-    """Catalogue entries (as dicts) for the study's models, written to OUT/catalog; reused when already there."""
+def study_catalog(config: StudyConfig, out: Path, num_classes: int = 2) -> list[dict]:
+    """Catalogue entries (as dicts) for the study's models with a `num_classes`-class head, written to OUT/catalog;
+    reused when already there."""
     from .model_catalog import catalog, write_catalog
 
     path = out / "study.json"
@@ -266,13 +267,15 @@ def study_catalog(config: StudyConfig, out: Path) -> list[dict]:
         old = json.loads(path.read_text()).get("catalog") or []
         measured = all(e.get("latency_ms") is not None or e.get("error") for e in old)
         if [e.get("name") for e in old] == config.models and (measured or not config.measure_catalog) \
+                and all(e.get("num_classes", 2) == num_classes for e in old) \
                 and (out / "catalog" / "catalog.png").exists():
             return old
     print(f"catalogue: {', '.join(config.models)}" + (" (measuring speed)" if config.measure_catalog else ""), flush=True)
     sizes = {m: {**config.train, **config.model_overrides.get(m, {})}.get("image_size") for m in config.models}
     entries = catalog(config.models, measure=config.measure_catalog, device=config.train.get("device", "auto"),
                       batch_size=8, repeats=10, warmup=2, image_size=sizes,   # the sizes the runs use
-                      progress=config.train.get("progress", True), budget_s=5.0, threads=config.train.get("threads"))
+                      progress=config.train.get("progress", True), budget_s=5.0, threads=config.train.get("threads"),
+                      num_classes=num_classes)
     write_catalog(entries, out / "catalog")
     return [dataclasses.asdict(e) for e in entries]
 

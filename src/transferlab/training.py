@@ -5,7 +5,8 @@ Stages, in order (each one a call into its own module):
     2. model     the registry builds the ImageNet model and swaps its classifier for a new head
     3. strategy  finetune (whole net, augmented images) or features (cached backbone outputs, head only)
     4. fit       Lightning: early stopping and best-epoch selection on validation, checkpoints every epoch
-    5. evaluate  probabilities on val/test, threshold chosen on validation only, metrics from sklearn
+    5. evaluate  probabilities on val/test, metrics from sklearn; two classes: the decision threshold is chosen
+                 on validation only; three or more: the most probable class (argmax)
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from safetensors.torch import save_file
 from .config import TrainConfig, write_json
 from .data.discover import DatasetIndex, Sample, discover
 from .data.images import load_images, unreadable_error
-from .data.split import Splits, make_splits
+from .data.split import Splits, how_made, leakage_warning, make_splits, split_leakage
 from .engine import (Classifier, choose_threads, class_weights_for, cpu_threads, fit, load_best_weights, make_loader,
                      predict_probs, resolve_device, reuse_freed_memory, seed_all, whole_epoch_loader)
 from .errors import TransferlabError
@@ -50,6 +51,11 @@ class Prepared:
     samples: dict[str, list[Sample]]       # split -> the samples behind those rows (bad files removed)
     bad: list[tuple[str, str]]
     decode_seconds: float
+    shared: dict[str, dict]                # "val"/"test" -> what it shares with train (data.split.shared_with_train)
+
+    def leakage_warnings(self) -> list[str]:
+        return [line for name, shared in self.shared.items()
+                if (line := leakage_warning(name, shared, how_made(self.splits, name)))]
 
     def labels(self, split: str) -> np.ndarray:
         return np.array([s.label for s in self.samples[split]], dtype=np.int64)
@@ -80,7 +86,7 @@ def prepare_data(cfg: TrainConfig, image_size: int) -> Prepared:
             raise TransferlabError(f"the {name} split needs readable images{' of every class' * (need > 1)}"
                                    f"{f' ({len(bad)} unreadable images were skipped)' if bad else ''}; "
                                    f"check --data, --val-fraction and --max-images")
-    return Prepared(index, splits, pixels, samples, bad, time.perf_counter() - start)
+    return Prepared(index, splits, pixels, samples, bad, time.perf_counter() - start, split_leakage(splits))
 
 
 def _subsample(samples: list[Sample], n: int | None, seed: int) -> list[Sample]:
@@ -158,6 +164,8 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
               + ("; ... (`transferlab check-data` lists them all)" if len(skipped) > 3 else ""))
     if data.bad:
         _warn(f"skipped {len(data.bad)} unreadable image{'s' * (len(data.bad) > 1)} (listed in {run.bad_files})")
+    for line in data.leakage_warnings():
+        _warn(line)
 
     # 2. model, 3. strategy
     seed_all(cfg.seed)
@@ -199,20 +207,23 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
     probs = {name: predict_probs(net, inputs[name], batch_size=cfg.batch_size, device=device,
                                  channels_last=strategy.channels_last, progress=cfg.progress, desc=f"predict {name}")
              for name in inputs}
-    val_y = (data.labels("val") == pos).astype(int) if len(classes) == 2 else None
-    threshold = choose_threshold(val_y, probs["val"][:, pos], cfg.threshold_method) if val_y is not None else None
-    metrics = {name: split_metrics(data.labels(name), probs[name], pos, threshold) for name in probs}
+    binary = pos is not None
+    threshold = (choose_threshold((data.labels("val") == pos).astype(int), probs["val"][:, pos], cfg.threshold_method)
+                 if binary else None)
+    metrics = {name: split_metrics(data.labels(name), probs[name], pos, threshold, classes) for name in probs}
     eval_seconds = time.perf_counter() - eval_start
 
     model.cpu()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run.weights))
     write_csv(run.predictions, [
         {"split": name, "file": str(s.path.relative_to(data.index.root)) if s.path.is_relative_to(data.index.root) else str(s.path),
-         "label": classes[s.label], "prob_" + classes[pos]: float(p[pos]), "predicted": classes[k]}
+         "label": classes[s.label], **{f"prob_{c}": float(v) for c, v in zip(classes, p)}, "predicted": classes[k]}
         for name in probs for s, p, k in zip(data.samples[name], probs[name], decide(probs[name], pos, threshold))])
     summary = {
-        "classes": classes, "positive_class": classes[pos], "threshold": threshold,
-        "threshold_method": cfg.threshold_method, "threshold_chosen_on": "val",
+        "classes": classes, "positive_class": classes[pos] if binary else None, "threshold": threshold,
+        "threshold_method": cfg.threshold_method if binary else None, "threshold_chosen_on": "val" if binary else None,
+        "decision": (f"{classes[pos]} when prob_{classes[pos]} >= threshold (chosen on val), else {classes[1 - pos]}"
+                     if binary else "argmax: the most probable class (no threshold)"),
         "best_epoch": fitted["best_epoch"], "epochs_run": fitted["stopped_epoch"], "monitor": cfg.monitor,
         "seconds": {"decode": data.decode_seconds, "prepare": prepare_seconds, "fit": fit_seconds,
                     "evaluate": eval_seconds, "total": time.perf_counter() - total_start},
@@ -276,10 +287,11 @@ def _write_run_start(run: RunDir, cfg: TrainConfig, data: Prepared, spec, size: 
         "model": {"name": spec.name, "weights": cfg.weights, "weights_name": spec.weights_name if cfg.weights != "none" else None,
                   "image_size": size, "mean": list(spec.mean), "std": list(spec.std)},
         "data": {"root": str(root), "fingerprint": data.index.fingerprint(), "classes": data.index.classes,
-                 "positive_class": data.index.classes[pos], "splits": data.splits.method,
+                 "positive_class": None if pos is None else data.index.classes[pos], "splits": data.splits.method,
                  "counts": {name: np.bincount([s.label for s in ss], minlength=len(data.index.classes)).tolist()
                             for name, ss in data.samples.items()},
-                 "skipped_at_discovery": len(data.index.skipped), "bad_files_skipped": len(data.bad)},
+                 "skipped_at_discovery": len(data.index.skipped), "bad_files_skipped": len(data.bad),
+                 "shared_with_train": data.shared},
         "device": str(device),
         "environment": environment(),
     })

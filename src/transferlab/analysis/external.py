@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TransferlabError
+from ..evaluation import positive_index
 from ..metrics import choose_threshold
 from ..rundir import RunDir, read_csv, write_csv
 from . import shift as sh
@@ -83,7 +84,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     target = load_target(run, config, data=data, split=split, manifest=manifest, name=name, unlabelled=unlabelled,
                          progress=progress)
     classes = config["data"]["classes"]
-    pos = classes.index(metrics_json["positive_class"])
+    pos = positive_index(classes, metrics_json["positive_class"])
     threshold = metrics_json.get("threshold")
     score = _Scorer(model, config, dev, progress)
     probs, feats = score(target.pixels)
@@ -92,11 +93,11 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
               "scored": (f"the run's own {target.own_split} split (rebuilt from its settings and seed)"
                          if target.own_split else "every image (no carving)"),
               "n": len(target.files), "n_unreadable": len(target.bad), "unreadable": target.bad[:20],
-              "labelled": target.labelled, "classes": classes, "positive_class": classes[pos],
+              "labelled": target.labelled, "classes": classes, "positive_class": metrics_json["positive_class"],
               "threshold": threshold, "threshold_chosen_on": "val" if threshold is not None else None,
               "notes": target.notes, "adapt": adapt, "predicted_share": _shares(pred, classes)}
     if target.labelled:
-        result.update(_metrics(target.labels, probs, pos, threshold, n_boot, seed))
+        result.update(_metrics(target.labels, probs, pos, threshold, n_boot, seed, classes))
 
     source = source_side(run, config, score) if (shift or adapt) and target.own_split != "val" else None
     if source is None and (shift or adapt) and target.own_split != "val":
@@ -118,7 +119,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
         a_pred = _decide(a_probs, pos, a_threshold)
         entry = {"how": ADAPT_HELP[method], **info, "threshold": a_threshold, "predicted_share": _shares(a_pred, classes)}
         if target.labelled:
-            entry.update(_metrics(target.labels, a_probs, pos, a_threshold, n_boot, seed))
+            entry.update(_metrics(target.labels, a_probs, pos, a_threshold, n_boot, seed, classes))
         result["adapted"][method] = entry
         columns[method] = (a_probs, a_pred)
     result["seconds"] = time.perf_counter() - start
@@ -240,7 +241,7 @@ def source_side(run: RunDir, config: dict, score) -> dict | None:
     y = np.array([classes.index(rows[i]["label"]) for i in loaded.kept])
     probs, feats = score(loaded.pixels)
     metrics = run.read_metrics()
-    pos = classes.index(metrics["positive_class"])
+    pos = positive_index(classes, metrics["positive_class"])
     _SOURCES.clear()
     _SOURCES[key] = {"y": y, "probs": probs, "feats": feats, "pred": _decide(probs, pos, metrics.get("threshold")),
                      "files": [files[i] for i in loaded.kept], "pixels": loaded.pixels, "pos": pos,
@@ -308,14 +309,15 @@ def _run_threshold_method(config: dict) -> str:
 
 # --- metrics and outputs -------------------------------------------------------------------------------------
 
-def _metrics(labels: np.ndarray, probs: np.ndarray, pos: int, threshold: float | None, n_boot: int, seed: int) -> dict:
+def _metrics(labels: np.ndarray, probs: np.ndarray, pos: int | None, threshold: float | None, n_boot: int, seed: int,
+             classes: list[str]) -> dict:
     """split_metrics at 0.5 and at the threshold, plus bootstrap 95% CIs (images resampled) of accuracy,
     balanced accuracy (and AUC for two classes) at the decision rule."""
     from scipy.stats import rankdata
 
     from ..evaluation import split_metrics
 
-    out = split_metrics(labels, probs, pos, threshold)
+    out = split_metrics(labels, probs, pos, threshold, classes)
     pred = _decide(probs, pos, threshold)
     k = probs.shape[1]
     correct = pred == labels

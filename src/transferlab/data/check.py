@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..console import show_bars
 from .discover import DEFAULT_PATIENT_PATTERN, discover
 from .images import ImageError, decode_image, read_bytes
-from .split import patient_overlap
+from .split import leakage_warning, patient_overlap, shared_with_train
 
 SMALL_VAL = 100   # make_splits' default min_official_val
 
@@ -35,6 +35,7 @@ class DataReport:
     duplicates_across_splits: int              # groups whose files sit in more than one source split
     duplicates_across_classes: int             # groups whose files carry more than one class
     patient_overlap: dict[str, list[str]]      # "train/val" -> patients found in both source splits
+    shared_with_train: dict[str, dict]         # "val"/"test" folder -> patients, images, identical it shares with train
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -87,8 +88,9 @@ def check_data(root, *, manifest=None, patient_pattern: str = DEFAULT_PATIENT_PA
         results = list(tqdm(pool.map(_inspect, [s.path for s in index.samples]), total=len(index.samples),
                             desc="check", disable=not show_bars(progress)))
 
-    bad, shapes, formats, by_hash = [], [], Counter(), defaultdict(list)
+    bad, shapes, formats, by_hash, digests = [], [], Counter(), defaultdict(list), {}
     for sample, (digest, shape, fmt, reason) in zip(index.samples, results):
+        digests[sample.path] = digest
         if digest:
             by_hash[digest].append(sample)
         if reason:
@@ -114,9 +116,21 @@ def check_data(root, *, manifest=None, patient_pattern: str = DEFAULT_PATIENT_PA
         duplicates_across_splits=sum(len({s.source_split for s in g}) > 1 for g in groups),
         duplicates_across_classes=sum(len({s.label for s in g}) > 1 for g in groups),
         patient_overlap={f"{a}/{b}": sorted(patient_overlap(index.split(a), index.split(b)))
-                         for a, b in itertools.combinations(splits, 2)})
+                         for a, b in itertools.combinations(splits, 2)},
+        shared_with_train=_shared(index, digests.get))
     report.notes = _notes(report)
     return report
+
+
+def _shared(index, digest) -> dict[str, dict]:
+    """val/ against train/, test/ against train/ + val/ (as split_leakage does for the splits training uses)."""
+    train, val, test = index.split("train"), index.split("val"), index.split("test")
+    out = {}
+    if train and val:
+        out["val"] = shared_with_train(train, val, digest)
+    if train and test:
+        out["test"] = shared_with_train(train + val, test, digest, "train/val" if val else "train")
+    return out
 
 
 def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None, str | None]:
@@ -144,8 +158,12 @@ def _notes(r: DataReport) -> list[str]:
     if r.duplicates_across_splits or r.duplicates_across_classes:
         notes.append(f"identical files across splits ({r.duplicates_across_splits} groups) or classes "
                      f"({r.duplicates_across_classes} groups): check for leakage or label errors")
-    if any(r.patient_overlap.values()):
-        notes.append("some patients appear in more than one source split: official splits are used as given")
+    for split, shared in r.shared_with_train.items():   # one line each, the same as `train` prints
+        if split == "val" and n_val < SMALL_VAL:
+            continue   # merged into train by default, then a patient-disjoint validation split is carved
+        line = leakage_warning(split, shared, f"the official {split}/ folder, used as given")
+        if line:
+            notes.append(f"warning: {line}")
     totals = {c: sum(counts[c] for counts in r.counts.values()) for c in r.classes}
     if max(totals.values()) > 2 * max(1, min(totals.values())):
         notes.append("classes are imbalanced (" + ", ".join(f"{c} {n}" for c, n in totals.items())

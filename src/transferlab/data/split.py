@@ -1,8 +1,10 @@
 """Train/val/test splits that are stratified by class and disjoint by patient."""
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
@@ -23,6 +25,66 @@ class Splits:
 
 def patient_overlap(a: list[Sample], b: list[Sample]) -> set[str]:
     return {s.patient for s in a} & {s.patient for s in b}
+
+
+def file_digest(path: Path) -> str | None:
+    """sha1 of a file's bytes (None when it cannot be read)."""
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def shared_with_train(train: list[Sample], other: list[Sample], digest=file_digest, against: str = "train") -> dict:
+    """What `other` (a val or test split) shares with `train` (the images a model learns or is chosen from, named
+    by `against`): patients (ids found in both), images (of `other`, from those patients) and identical (images
+    of `other` whose bytes equal one of `train`). Only files whose size matches a file on the other side are
+    hashed; `digest(path)` may give known hashes (check-data)."""
+    patients = patient_overlap(train, other)
+
+    def size(sample: Sample) -> int:
+        try:
+            return sample.path.stat().st_size
+        except OSError:
+            return -1
+    train_sizes, other_sizes = {s.path: size(s) for s in train}, {s.path: size(s) for s in other}
+    common = (set(train_sizes.values()) & set(other_sizes.values())) - {-1, 0}
+    train_hashes = {digest(p) for p, n in train_sizes.items() if n in common} - {None}
+    identical = sum(n in common and digest(p) in train_hashes for p, n in other_sizes.items())
+    return {"against": against, "patients": len(patients), "images": sum(s.patient in patients for s in other),
+            "identical": identical, "of": len(other)}
+
+
+def leakage_warning(split: str, shared: dict, how: str) -> str | None:
+    """One line about a split that shares patients or identical images with train (None when it shares none);
+    `how` says how the split was made, e.g. "the official test/ folder, used as given"."""
+    if not shared["patients"] and not shared["identical"]:
+        return None
+    parts = []
+    if shared["patients"]:
+        parts.append(f"{shared['patients']} patient{'s' * (shared['patients'] != 1)} with {shared['against']} "
+                     f"({shared['images']} of its {shared['of']} images)")
+    if shared["identical"]:
+        parts.append(f"{shared['identical']} image{'s' * (shared['identical'] != 1)} byte-identical to "
+                     f"{shared['against']} images")
+    return f"{split} ({how}) shares {' and '.join(parts)}: its scores may be optimistic"
+
+
+def split_leakage(splits: Splits) -> dict[str, dict]:
+    """What val shares with train, and test with train + val (the images the model was fitted and chosen on).
+    Carved splits share no patient by construction, but may still hold byte-identical copies."""
+    out = {}
+    if splits.val:
+        out["val"] = shared_with_train(splits.train, splits.val)
+    if splits.test:
+        out["test"] = shared_with_train(splits.train + splits.val, splits.test, against="train/val")
+    return out
+
+
+def how_made(splits: Splits, name: str) -> str:
+    """'the official val/ folder, used as given' or 'carved from train'."""
+    official = splits.method.get(name, "").startswith("official")
+    return f"the official {name}/ folder, used as given" if official else "carved from the training pool"
 
 
 def make_splits(index: DatasetIndex, *, val_fraction: float = 0.15, test_fraction: float = 0.0, seed: int = 0,
