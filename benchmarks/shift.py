@@ -29,7 +29,7 @@ from PIL import Image, ImageFilter
 
 from transferlab import train
 from transferlab.analysis.external import evaluate
-from transferlab.rundir import RunDir, read_csv
+from transferlab.rundir import RunDir, read_csv, write_csv
 
 PREVALENCES = (0.3, 0.5, 0.9)
 
@@ -159,13 +159,11 @@ def harness(run: RunDir, work: Path, classes: list[str], positive: str | None, s
 
 
 def three_class_manifest(data: Path, path: Path) -> Path:
-    """NORMAL / BACTERIA / VIRUS from the Kermany file names, over the train/ (and val/) folders."""
-    lines = ["path,label"]
-    for f in sorted(data.rglob("*.jpeg")):
-        rel = f.relative_to(data).as_posix()
-        label = "NORMAL" if f.parent.name == "NORMAL" else "BACTERIA" if "bacteria" in f.name else "VIRUS"
-        lines.append(f"{rel},{label}")
-    path.write_text("\n".join(lines) + "\n")
+    """NORMAL / BACTERIA / VIRUS from the Kermany file names (scripts/make_3class.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from make_3class import three_class_rows
+
+    write_csv(path, three_class_rows(data))
     return path
 
 

@@ -71,11 +71,12 @@ def test_study_help_shows_the_defaults_a_study_uses(monkeypatch):
     study = seen["config"]
     assert shown["strategies"] == ",".join(study.strategies) and shown["seeds"] == "3" and study.seeds == [0, 1, 2]
     assert shown["split_seed"].startswith(f"{study.split_seed},")
+    assert study.external == [] and study.adapt is None and shown["adapt"].startswith("none")
     for strategy in STRATEGIES:
         cfg = train_config(study, "resnet18", strategy, 1)
         for dest, text in shown.items():
             if dest in ("strategies", "seeds", "split_seed", "data", "models", "out", "measure_catalog",
-                        "augment", "progress", "skip_bad"):
+                        "augment", "progress", "skip_bad", "external", "adapt"):
                 continue
             assert _same(_for_strategy(text, strategy), getattr(cfg, dest), dest), (dest, text, getattr(cfg, dest))
     # the test split: the same 15% for a study as for `train` (no special case any more)
@@ -150,7 +151,7 @@ def test_errors_before_training_leave_no_run_directory(tmp_path, capsys):
 
 
 def test_run_directory_paths_are_absolute(tmp_path, monkeypatch, one_thread):
-    from transferlab.evaluation import evaluate
+    from transferlab.analysis.external import evaluate
     from transferlab.training import train
 
     make_xray_dataset(tmp_path / "here" / "data", patients_per_class=6, images_per_patient=1, size=32,

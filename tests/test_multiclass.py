@@ -11,9 +11,9 @@ from sklearn.metrics import roc_auc_score
 
 from transferlab import cli
 from transferlab.demo import sample_path
-from transferlab.evaluation import evaluate
-from transferlab.export import export
-from transferlab.predict import predict
+from transferlab.analysis.external import evaluate
+from transferlab.exporting import export
+from transferlab.prediction import predict
 from transferlab.rundir import RunDir, read_csv, write_csv
 from transferlab.training import train
 

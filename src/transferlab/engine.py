@@ -425,32 +425,57 @@ def predict_probs(net: torch.nn.Module, dataset: Dataset, *, batch_size: int = 6
 
 
 class _MatchSourceBN(torch.nn.Module):
-    """Stands in for one BatchNorm layer during the adaptation pass: records the per-channel mean and variance
-    of its input, and normalises each batch so that the statistics it had on the source images come out."""
+    """Stands in for one BatchNorm layer during a statistics pass: records the per-channel first and second
+    moments of its input per group (a class of the source images; one group for the target) and, given the
+    source's statistics, normalises each batch so that the outputs the source had come out."""
 
-    def __init__(self, bn, source: tuple[torch.Tensor, torch.Tensor] | None):
+    def __init__(self, bn, source: tuple[torch.Tensor, torch.Tensor] | None, groups: int):
         super().__init__()
-        self.bn, self.source = bn, source
-        self.sum = self.sq = None
-        self.count = 0
+        self.bn, self.source, self.groups = bn, source, groups
+        self.sum = self.sq = self.count = None
+        self.group_of_batch: torch.Tensor | None = None    # set before each batch
 
     def forward(self, x):
-        dims = [d for d in range(x.dim()) if d != 1]
-        mean, var = x.mean(dims), x.var(dims, unbiased=False)
-        n = x.numel() // x.shape[1]
-        self.sum = mean * n if self.sum is None else self.sum + mean * n
-        self.sq = (var + mean ** 2) * n if self.sq is None else self.sq + (var + mean ** 2) * n
-        self.count += n
+        spatial = list(range(2, x.dim()))
+        m = x.mean(spatial) if spatial else x                 # (N, C) per image
+        sq = (x * x).mean(spatial) if spatial else x * x
+        n = x[0, 0].numel()
+        g = self.group_of_batch if self.group_of_batch is not None else torch.zeros(len(x), dtype=torch.long)
+        g = g.to(x.device)
+        if self.sum is None:
+            self.sum = x.new_zeros(self.groups, x.shape[1], dtype=torch.float64)
+            self.sq = torch.zeros_like(self.sum)
+            self.count = x.new_zeros(self.groups, dtype=torch.float64)
+        self.sum.index_add_(0, g, m.double() * n)
+        self.sq.index_add_(0, g, sq.double() * n)
+        self.count.index_add_(0, g, torch.full((len(x),), float(n), dtype=torch.float64, device=x.device))
         if self.source is None:   # recording the source: normalise as the model does
             return self.bn(x)
-        m, v = _matched(self.bn, self.source, mean, var)
+        mean = m.mean(0)
+        var = (sq.mean(0) - mean ** 2).clamp_min(0)
+        mm, v = _matched(self.bn, self.source, mean, var)
         shape = [1, -1] + [1] * (x.dim() - 2)
-        out = (x - m.view(shape)) / torch.sqrt(v.view(shape) + self.bn.eps)
+        out = (x - mm.view(shape)) / torch.sqrt(v.view(shape) + self.bn.eps)
         return out * self.bn.weight.view(shape) + self.bn.bias.view(shape) if self.bn.affine else out
 
-    def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.sum / self.count
-        return mean, self.sq / self.count - mean ** 2
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.sum, self.sq, self.count
+
+
+def mixed_moments(statistics: dict, weights=None) -> dict:
+    """Per layer (mean, var) of the recorded groups mixed with `weights` (e.g. a class prior; None: as
+    recorded); groups with no image are left out and the weights renormalised."""
+    out = {}
+    for name, (total, sq, count) in statistics.items():
+        present = count > 0
+        w = count.clone() if weights is None else torch.as_tensor(weights, dtype=torch.float64, device=count.device)
+        w = torch.where(present, w, torch.zeros_like(w))
+        w = w / w.sum()
+        safe = count.clamp_min(1)[:, None]
+        mean = (w[:, None] * total / safe).sum(0)
+        var = ((w[:, None] * sq / safe).sum(0) - mean ** 2).clamp_min(0)
+        out[name] = (mean.float(), var.float())
+    return out
 
 
 def _matched(bn, source, mean, var):
@@ -462,8 +487,9 @@ def _matched(bn, source, mean, var):
 
 
 @torch.no_grad()
-def _batchnorm_pass(model, layers, pixels, sources, *, mean, std, device, batch_size, progress, desc):
-    """One pass over `pixels` with every BN layer wrapped; returns each layer's input statistics."""
+def _batchnorm_pass(model, layers, pixels, sources, *, groups=None, n_groups=1, mean, std, device, batch_size,
+                    progress, desc):
+    """One pass over `pixels` with every BN layer wrapped; returns each layer's input moments per group."""
     from tqdm.auto import tqdm
 
     from .data.transforms import normalize
@@ -471,11 +497,14 @@ def _batchnorm_pass(model, layers, pixels, sources, *, mean, std, device, batch_
     wrappers = {}
     for name, bn in layers.items():
         parent, _, child = name.rpartition(".")
-        wrappers[name] = _MatchSourceBN(bn, None if sources is None else sources[name])
+        wrappers[name] = _MatchSourceBN(bn, None if sources is None else sources[name], n_groups)
         setattr(model.get_submodule(parent) if parent else model, child, wrappers[name])
     images = torch.from_numpy(np.ascontiguousarray(pixels))
     try:
         for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+            if groups is not None:
+                for w in wrappers.values():
+                    w.group_of_batch = torch.as_tensor(groups[start:start + batch_size], dtype=torch.long)
             model(normalize(images[start:start + batch_size], mean, std).to(device))
     finally:
         for name, bn in layers.items():
@@ -489,21 +518,25 @@ def _batchnorm_layers(model: torch.nn.Module) -> dict:
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
 
 
-def batchnorm_statistics(model: torch.nn.Module, pixels: np.ndarray, *, mean, std, device: torch.device,
-                         batch_size: int = 64, progress: bool = False) -> dict:
-    """Per BatchNorm layer (by name), the per-channel mean and variance of its input over `pixels`, with the
-    model as it is (eval mode); the model is left unchanged."""
+def batchnorm_statistics(model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray, num_classes: int, *,
+                         mean, std, device: torch.device, batch_size: int = 64, progress: bool = False) -> dict:
+    """Per BatchNorm layer (by name), the per-channel moments of its input over `pixels`, per class (`labels`),
+    with the model as it is (eval mode), for `mixed_moments`; the model is left unchanged."""
     model.eval().to(device)
     with reuse_freed_memory(enabled=device.type == "cpu"):
-        return _batchnorm_pass(model, _batchnorm_layers(model), pixels, None, mean=mean, std=std, device=device,
-                               batch_size=batch_size, progress=progress, desc="BN statistics (validation)")
+        return _batchnorm_pass(model, _batchnorm_layers(model), pixels, None, groups=labels, n_groups=num_classes,
+                               mean=mean, std=std, device=device, batch_size=batch_size, progress=progress,
+                               desc="BN statistics (validation)")
 
 
 def adapt_batchnorm(model: torch.nn.Module, target: np.ndarray, source_statistics: dict, *, mean, std,
-                    device: torch.device, batch_size: int = 64, progress: bool = False) -> tuple[torch.nn.Module, int]:
+                    device: torch.device, prior=None, batch_size: int = 64,
+                    progress: bool = False) -> tuple[torch.nn.Module, int]:
     """A copy of `model` whose BatchNorm layers normalise the target's images so that every layer's input
-    statistics match `source_statistics` (batchnorm_statistics of the source, i.e. validation, images); weights
-    are unchanged, no labels used.
+    statistics match those of the source (validation) images, `source_statistics` (batchnorm_statistics) with
+    its classes mixed in the proportions `prior` (the target's, estimated without labels; None: validation's
+    own). Mixing at the target's prior keeps a pure change of prevalence from being "corrected" as if the images
+    had changed. Weights are unchanged; no target label is used.
 
     For a fine-tuned network, whose running statistics are those of its training images, this is AdaBN (Li et
     al. 2016): the target's own statistics replace them. For a frozen ImageNet backbone (`features`), plain
@@ -516,11 +549,13 @@ def adapt_batchnorm(model: torch.nn.Module, target: np.ndarray, source_statistic
     layers = _batchnorm_layers(adapted)
     if not layers:
         return adapted, 0
+    sources = mixed_moments(source_statistics, prior)
     with reuse_freed_memory(enabled=device.type == "cpu"):
-        targets = _batchnorm_pass(adapted, layers, target, source_statistics, mean=mean, std=std, device=device,
-                                  batch_size=batch_size, progress=progress, desc="BN statistics (target)")
+        targets = mixed_moments(_batchnorm_pass(adapted, layers, target, sources, mean=mean, std=std, device=device,
+                                                batch_size=batch_size, progress=progress,
+                                                desc="BN statistics (target)"))
     for name, bn in layers.items():
-        m, v = _matched(bn, source_statistics[name], *targets[name])
+        m, v = _matched(bn, sources[name], *targets[name])
         bn.running_mean.copy_(m)
         bn.running_var.copy_(v)
     return adapted.eval(), len(layers)

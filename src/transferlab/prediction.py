@@ -34,7 +34,7 @@ def find_images(paths) -> list[Path]:
 
 
 def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = False, device: str = "auto",
-            progress: bool = False, adapt=()) -> list[dict]:
+            progress: bool = False, adapt=None) -> list[dict]:
     """One row per image: file, prob_<class> for every class, predicted (two classes: at the run's
     validation-chosen threshold, also given as `threshold`; three or more: the most probable class), with
     --adapt also prob_<class>_<method> and predicted_<method>, and with cam=True the path of its Grad-CAM

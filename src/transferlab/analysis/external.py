@@ -64,7 +64,7 @@ class Target:
 
 
 def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str | None = None,
-             manifest: str | None = None, name: str | None = None, adapt=(), unlabelled: bool = False,
+             manifest: str | None = None, name: str | None = None, adapt=None, unlabelled: bool = False,
              shift: bool = True, device: str = "auto", progress: bool = True, n_boot: int = 1000,
              seed: int = 0) -> dict:
     """Metrics of a finished run (labels permitting), the label-free shift estimates, and any adaptation.
@@ -261,9 +261,11 @@ def adapted_probabilities(adapt: list[str], model, config: dict, pixels: np.ndar
         info, a_probs, threshold = {}, probs, source["threshold"]
         if method.startswith("bn"):
             if bn_probs is None:
-                bn_probs, layers = _batchnorm_adapted(model, config, pixels, source, device, progress, score)
+                bn_probs, layers, bn_prior = _batchnorm_adapted(model, config, pixels, probs, source, device,
+                                                                progress, score)
             a_probs = bn_probs
             info["batchnorm_layers"] = layers
+            info["batchnorm_source_mixed_at"] = dict(zip(config["data"]["classes"], bn_prior.tolist()))
         if method.endswith("prior"):
             a_probs, threshold, prior_info = _prior_adapted(a_probs, source, source["pos"], threshold, config)
             info.update(prior_info)
@@ -271,18 +273,29 @@ def adapted_probabilities(adapt: list[str], model, config: dict, pixels: np.ndar
     return out
 
 
-def _batchnorm_adapted(model, config, pixels: np.ndarray, source: dict, device, progress, score):
-    """Target probabilities from a copy of the model whose BatchNorm layers match target to validation."""
+def _batchnorm_adapted(model, config, pixels: np.ndarray, probs: np.ndarray, source: dict, device, progress, score):
+    """Target probabilities from a copy of the model whose BatchNorm layers match the target to validation
+    (validation's classes mixed at the target's prior, estimated by EM from `probs`)."""
     from ..engine import adapt_batchnorm, batchnorm_statistics
 
     if len(pixels) < 8:
         raise TransferlabError(f"--adapt bn needs at least 8 target images to estimate BatchNorm statistics "
                                f"(got {len(pixels)})")
     norm = dict(mean=config["model"]["mean"], std=config["model"]["std"], device=device, progress=progress)
+    k = source["probs"].shape[1]
     if "batchnorm" not in source:
-        source["batchnorm"] = batchnorm_statistics(model, source["pixels"], **norm)
-    adapted, layers = adapt_batchnorm(model, pixels, source["batchnorm"], **norm)
-    return score(pixels, model=adapted)[0], layers
+        source["batchnorm"] = batchnorm_statistics(model, source["pixels"], source["y"], k, **norm)
+    # validation's classes mixed at the target's estimated prior: a change of prevalence alone changes nothing
+    prior = _em_prior(probs, source)
+    adapted, layers = adapt_batchnorm(model, pixels, source["batchnorm"], prior=prior, **norm)
+    return score(pixels, model=adapted)[0], layers, prior
+
+
+def _em_prior(probs: np.ndarray, source: dict) -> np.ndarray:
+    """EM estimate of the target's class prior, on probabilities calibrated on validation."""
+    calibration = sh.fit_calibration(source["probs"], source["y"])
+    k = probs.shape[1]
+    return sh.em_prior(sh.calibrate(probs, calibration), np.bincount(source["y"], minlength=k) / len(source["y"]))
 
 
 def _prior_adapted(probs: np.ndarray, source: dict, pos: int, threshold: float | None, config: dict):
@@ -428,6 +441,10 @@ def adaptation_findings(result: dict) -> list[str]:
             delta = after["balanced_accuracy"] - before["balanced_accuracy"] if after.get("balanced_accuracy") is not None \
                 and before.get("balanced_accuracy") is not None else None
             verdict = ("no change" if delta is None or abs(delta) < 0.005 else "helps" if delta > 0 else "hurts")
+            domain = (result.get("shift") or {}).get("domain") or {}
+            if method.endswith("prior") and domain.get("distinguishable"):
+                verdict += (" (the prior correction assumes pure label shift, which the domain classifier rejects "
+                            "for this set)")
             out.append(f"--adapt {method}: accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, balanced "
                        f"accuracy {_num(before.get('balanced_accuracy'))} -> {_num(after.get('balanced_accuracy'))}, AUC "
                        f"{_num(result.get('roc_auc'))} -> {_num(r.get('roc_auc'))}: {verdict} here.")
