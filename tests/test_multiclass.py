@@ -135,3 +135,40 @@ def test_predict_and_export_three_classes(run, tmp_path):
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixels": x})[0]
     want = np.array([[r[f"prob_{c}"] for c in CLASSES] for r in rows])
     assert np.abs(got - want).max() < 1e-4
+
+
+def test_three_class_study_report(manifest, tmp_path):
+    """A 3-class study end to end: every section of the report is written for three classes."""
+    from transferlab.analysis import comparison
+    from transferlab.study import StudyConfig, run_study
+
+    config = StudyConfig(data=str(sample_path()), models=["efficientnet_lite0", "mobilenet_v3_small"],
+                         strategies=["features"], seeds=1, out=str(tmp_path / "s"), measure_catalog=False,
+                         train=dict(manifest=str(manifest), **{k: v for k, v in SETTINGS.items()
+                                                               if k not in ("model", "strategy")}),
+                         model_overrides={"mobilenet_v3_small": {"weights": "none"}})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(comparison, "N_BOOT", 50)
+        out = run_study(config)
+    md = (out / "report.md").read_text()
+    for c in CLASSES:   # data section: one share per class; section E: recall per class
+        assert f"{c} share" in md and f"{c} recall val / test" in md
+    assert "positive class" not in md and "threshold (youden)" not in md
+    analysis = json.loads((out / "analysis.json").read_text())
+    run = RunDir(out / "runs" / "efficientnet_lite0-features-seed0")
+    rows = [r for r in read_csv(run.predictions) if r["split"] == "test"]
+    confused = analysis["per_run"][run.path.name]["confused"]
+    true_pairs = {}
+    for r in rows:
+        if r["label"] != r["predicted"]:
+            true_pairs[r["label"], r["predicted"]] = true_pairs.get((r["label"], r["predicted"]), 0) + 1
+    assert {(x["true"], x["predicted"]): x["count"] for x in confused} == true_pairs
+    table = {r["model"]: r for r in analysis["comparison"]}
+    lo, hi = table["efficientnet_lite0"]["ci"]["accuracy"]
+    assert lo <= table["efficientnet_lite0"]["accuracy"]["mean"] <= hi
+    (test,) = analysis["mcnemar"]   # paired on right/wrong for any number of classes
+    other = RunDir(out / "runs" / "mobilenet_v3_small-features-seed0")
+    b = {r["file"]: r["predicted"] == r["label"] for r in read_csv(other.predictions) if r["split"] == "test"}
+    a = {r["file"]: r["predicted"] == r["label"] for r in rows}
+    assert test["only_a_correct"] == sum(a[f] and not b[f] for f in a)
+    assert test["only_b_correct"] == sum(b[f] and not a[f] for f in a)

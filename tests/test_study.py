@@ -151,8 +151,8 @@ def test_report_is_self_contained(study):
     row = next(r for r in rows if r[:3] == ["efficientnet_lite0 finetune", "efficientnet_lite0 features", "0"])
     assert row[3] == str(len(right[0])) and row[6:] == [str(only_a), str(only_b), f"{p:.3g}"]
     errors = sum(not ok for ok in right[0].values())
-    assert (f"efficientnet_lite0 finetune (seed 0): the {min(errors, 8)} most confident test errors" in html
-            if errors else "efficientnet_lite0 finetune: no test errors." in html)
+    assert (f"efficientnet_lite0 finetune, seed 0: the {min(errors, 8)} most confident test errors" in html
+            if errors else "efficientnet_lite0 finetune, seed 0: no test errors." in html)
     md = (study / "report.md").read_text()
     # key columns first: model (strategy), AUC, accuracy, threshold, best epoch
     assert "| model | strategy | seeds | test ROC-AUC | seed 0 [95% CI] | test accuracy |" in md

@@ -17,19 +17,54 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TransferlabError
-from .calibration import _calibration_sentence, _threshold_sentence, calibration, threshold_curve
+from .calibration import _calibration_sentence, _threshold_sentence, calibration, threshold_curve, top_label_calibration
 from .comparison import best_on_validation, comparison_findings, comparison_table, mcnemar_tests
-from .errors import error_overlays, top_errors
+from .errors import confused_pairs, error_overlays, top_errors
 from .external import adaptation_findings, external_errors, external_results
-from .gap import _fitting_sentence, fitting, prevalence_effect, split_balance, val_test_gap
+from .gap import _fitting_sentence, class_mix_effect, fitting, prevalence_effect, split_balance, val_test_gap
 from .runs import Run, fmt as _f, group_runs, load_study_runs
 from .splits import data_findings, distribution_shift, image_statistics, leakage, same_splits, splits_table
 
 def analyze_run(run: Run) -> dict:
-    if not run.binary or not {"val", "test"} <= set(run.predictions):
+    if not {"val", "test"} <= set(run.predictions):
+        return {}
+    if run.multiclass:
+        return {"gap": val_test_gap(run), "class_mix": class_mix_effect(run), "calibration": top_label_calibration(run),
+                "fitting": fitting(run), "errors": top_errors(run), "confused": confused_pairs(run)}
+    if not run.binary:
         return {}
     return {"gap": val_test_gap(run), "prevalence": prevalence_effect(run), "calibration": calibration(run),
             "threshold_curve": threshold_curve(run), "fitting": fitting(run), "errors": top_errors(run)}
+
+
+def multiclass_findings(run: Run, a: dict) -> list[str]:
+    """Sentences for three or more classes: the gap, which classes the test set over- or under-represents and
+    what that does to accuracy, per-class recall, calibration, fitting, the most confused pairs."""
+    g, mix, cal = a["gap"], a["class_mix"], a["calibration"]
+    out = [f"Test accuracy (decision: the most probable class) is {g['test_accuracy']:.3f} vs {g['val_accuracy']:.3f} "
+           f"on validation (gap {g['accuracy_gap']:+.3f}); balanced accuracy {_f(g['test_balanced_accuracy'])} vs "
+           f"{_f(g['val_balanced_accuracy'])}; macro one-vs-rest AUC {_f(g['test_roc_auc'])} vs {_f(g['val_roc_auc'])}."]
+    diffs = sorted(zip(run.classes, mix["val_shares"], mix["test_shares"]), key=lambda t: -abs(t[2] - t[1]))
+    c, v, t = diffs[0]
+    out.append(f"The test set {'over' if t > v else 'under'}-represents {c} ({t:.1%} vs {v:.1%} in validation; "
+               + "; ".join(f"{cc} {tt:.1%} vs {vv:.1%}" for cc, vv, tt in diffs[1:]) + "). With each class recognised "
+               f"as on validation, the test's class mix alone predicts accuracy {mix['expected_test_accuracy']:.3f} "
+               f"(sum of test share x validation recall); measured {mix['test_accuracy']:.3f}, so the class mix accounts "
+               f"for {mix['from_class_mix']:+.3f} of the gap and changed per-class recall for {mix['from_recalls']:+.3f}.")
+    out.append("Recall per class, validation -> test: " + ", ".join(
+        f"{c} {_f(v)} -> {_f(t)}" for c, v, t in zip(run.classes, mix["val_recall"], mix["test_recall"])) + ".")
+    out.append(f"Calibration of the predicted class's probability: ECE {cal['val']['ece']:.3f} on validation and "
+               f"{cal['test']['ece']:.3f} on test; mean confidence on test {cal['test']['mean_predicted']:.3f} vs "
+               f"accuracy {cal['test']['positive_share']:.3f} ("
+               + ("over-confident" if cal["test"]["mean_predicted"] > cal["test"]["positive_share"] else "under-confident")
+               + "). No threshold: three or more classes are decided by the most probable class.")
+    if a["fitting"]:
+        out.append(_fitting_sentence(a["fitting"]))
+    if a["confused"]:
+        out.append("Most confused on test: " + "; ".join(
+            f"{x['true']} called {x['predicted']} {x['count']} times ({x['share_of_true']:.0%} of {x['true']})"
+            for x in a["confused"][:3]) + ".")
+    return out
 
 
 # --- per run: findings ----------------------------------------------------------------------------------------
@@ -38,6 +73,8 @@ def run_findings(run: Run, a: dict) -> list[str]:
     """Sentences built from one run's measured numbers."""
     if not a:
         return []
+    if run.multiclass:
+        return multiclass_findings(run, a)
     g, pv, cal, tc, fit = a["gap"], a["prevalence"], a["calibration"], a["threshold_curve"], a["fitting"]
     pos = run.positive
     out = [

@@ -74,3 +74,19 @@ def _threshold_sentence(run: Run, tc: dict) -> str:
                  f"({tc['test_youden_sensitivity']:.3f}/{tc['test_youden_specificity']:.3f}; a diagnosis of the shift, "
                  f"not a usable choice)")
     return text + "."
+
+
+def top_label_calibration(run: Run, n_bins: int = 10) -> dict:
+    """Any number of classes: the confidence of the predicted class against how often that prediction is right,
+    on validation and test (same bins and ECE as `calibration`)."""
+    out = {}
+    for split in ("val", "test"):
+        p = run.predictions[split]
+        confidence = p.probs[np.arange(len(p.pred)), p.pred]
+        correct = (p.pred == p.true).astype(int)
+        result = expected_calibration_error(correct, confidence, n_bins=n_bins)
+        result["brier"] = float(np.mean(np.sum((p.probs - np.eye(p.probs.shape[1])[p.true]) ** 2, axis=1)))
+        result["mean_predicted"] = float(confidence.mean())
+        result["positive_share"] = float(correct.mean())
+        out[split] = result
+    return out

@@ -40,6 +40,11 @@ def comparison_table(groups: dict[tuple[str, str], list[Run]], n_boot: int | Non
                                          n_boot=n_boot or N_BOOT)
                          for k in CI_METRICS}
             row["first_seed"] = {k: first.at("test").get(k) for k in CI_METRICS}
+        elif first.multiclass and "test" in first.predictions:   # decisions: the most probable class
+            p = first.predictions["test"]
+            row["ci"] = {k: bootstrap_ci(p.true, p.probs, BOOTSTRAP_METRICS[k], n_boot=n_boot or N_BOOT)
+                         for k in CI_METRICS}
+            row["first_seed"] = {k: first.at("test").get(k) for k in CI_METRICS}
         out.append(row)
     return out
 
@@ -51,7 +56,8 @@ def _mean_sd(values: list[float]) -> dict:
 
 
 def mcnemar_tests(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
-    """Exact McNemar tests on the same test images, predictions at each run's validation threshold; runs are
+    """Exact McNemar tests on the same test images, each run's decisions by its validation-chosen rule (any number
+    of classes: right or wrong is what is paired); runs are
     paired by seed: finetune vs features for each model, and every pair of models for each strategy."""
     models = list(dict.fromkeys(m for m, _ in groups))
     strategies = list(dict.fromkeys(s for _, s in groups))
@@ -64,14 +70,14 @@ def mcnemar_tests(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
         by_seed = {r.seed: r for r in groups[gb]}
         for ra in groups[ga]:
             rb = by_seed.get(ra.seed)
-            if rb is None or not (ra.binary and rb.binary):
+            if rb is None or "test" not in ra.predictions or "test" not in rb.predictions:
                 continue
             pa, pb = ra.predictions["test"], rb.predictions["test"]
             index = {f: i for i, f in enumerate(pb.files)}
             if set(index) != set(pa.files):
                 continue   # not the same test images: no paired test
             order = np.array([index[f] for f in pa.files])
-            result = mcnemar(pa.y, (pa.prob >= ra.threshold).astype(int), (pb.prob[order] >= rb.threshold).astype(int))
+            result = mcnemar(pa.true, pa.pred, pb.pred[order])   # each run's own decisions (validation-chosen rule)
             out.append({"a": f"{ga[0]} {ga[1]}", "b": f"{gb[0]} {gb[1]}", "seed": ra.seed, "n": len(pa.y),
                         "accuracy_a": ra.at("test")["accuracy"], "accuracy_b": rb.at("test")["accuracy"], **result})
     return out

@@ -9,14 +9,29 @@ from ..errors import TransferlabError
 from .runs import Run
 
 def top_errors(run: Run, k: int = 8) -> list[dict]:
-    """The k test images the model got wrong (at the validation threshold) with the highest confidence."""
+    """The k test images the run got wrong (by its validation-chosen decision rule) with the highest confidence
+    (the probability of the class it wrongly predicted)."""
     p = run.predictions["test"]
-    pred = (p.prob >= run.threshold).astype(int)
-    wrong = np.flatnonzero(pred != p.y)
-    confidence = np.where(pred == 1, p.prob, 1 - p.prob)
+    wrong = np.flatnonzero(p.pred != p.true)
+    confidence = p.probs[np.arange(len(p.pred)), p.pred]
     order = wrong[np.argsort(-confidence[wrong], kind="stable")][:k]
-    return [{"file": p.files[i], "label": p.labels[i], "predicted": run.positive if pred[i] else run.negative,
-             "prob_positive": float(p.prob[i]), "confidence": float(confidence[i])} for i in order]
+    return [{"file": p.files[i], "label": p.labels[i], "predicted": run.classes[p.pred[i]],
+             **({"prob_positive": float(p.prob[i])} if run.positive else {}),
+             "confidence": float(confidence[i])} for i in order]
+
+
+def confused_pairs(run: Run, split: str = "test") -> list[dict]:
+    """Every (true, predicted) pair of different classes with its count and share of the true class, most
+    frequent first."""
+    p = run.predictions[split]
+    out = []
+    for i, a in enumerate(run.classes):
+        n = int((p.true == i).sum())
+        for j, b in enumerate(run.classes):
+            count = int(((p.true == i) & (p.pred == j)).sum())
+            if i != j and count:
+                out.append({"true": a, "predicted": b, "count": count, "share_of_true": count / n})
+    return sorted(out, key=lambda r: -r["count"])
 
 
 def last_conv(module):

@@ -15,12 +15,30 @@ def val_test_gap(run: Run) -> dict:
 
 
 def split_balance(run: Run) -> dict:
-    """Images and positive share per split (from config.json's counts)."""
+    """Images, counts and share of every class per split (from config.json's counts); `positive_share` for two
+    classes."""
     counts = run.config["data"]["counts"]
-    pos = run.classes.index(run.positive)
+    pos = run.classes.index(run.positive) if run.positive else None
     return {split: {"n": int(sum(c)), "counts": dict(zip(run.classes, c)),
-                    "positive_share": c[pos] / sum(c) if sum(c) else None}
+                    "shares": {k: v / sum(c) for k, v in zip(run.classes, c)},
+                    "positive_share": c[pos] / sum(c) if pos is not None else None}
             for split, c in counts.items() if sum(c)}
+
+
+def class_mix_effect(run: Run) -> dict:
+    """Any number of classes: the test accuracy the validation recall of each class predicts at the test's class
+    mix, sum_k share_test(k) x recall_val(k), against the measured one (the binary prevalence_effect in general)."""
+    val, test = run.predictions["val"], run.predictions["test"]
+    recall = {split: [float((p.pred[p.true == k] == k).mean()) if (p.true == k).any() else None
+                      for k in range(len(run.classes))] for split, p in (("val", val), ("test", test))}
+    shares = [float((test.true == k).mean()) for k in range(len(run.classes))]
+    expected = sum(s * r for s, r in zip(shares, recall["val"]) if r is not None)
+    measured = float((test.pred == test.true).mean())
+    val_acc = float((val.pred == val.true).mean())
+    return {"val_accuracy": val_acc, "test_accuracy": measured, "expected_test_accuracy": expected,
+            "from_class_mix": val_acc - expected, "from_recalls": expected - measured,
+            "val_shares": [float((val.true == k).mean()) for k in range(len(run.classes))], "test_shares": shares,
+            "val_recall": recall["val"], "test_recall": recall["test"]}
 
 
 def prevalence_effect(run: Run) -> dict:

@@ -15,8 +15,11 @@ SPLITS = ("train", "val", "test")
 class Predictions:
     files: list[str]
     labels: list[str]
-    y: np.ndarray        # 1 = positive class
-    prob: np.ndarray     # probability of the positive class
+    y: np.ndarray        # binary: 1 = positive class; three or more classes: the class index
+    prob: np.ndarray     # binary: probability of the positive class; three or more: of the predicted class
+    probs: np.ndarray    # (N, C) every class's probability, in the run's class order
+    pred: np.ndarray     # the class index the run decided (predictions.csv `predicted`: its validation-chosen rule)
+    true: np.ndarray     # the true class index
 
 
 @dataclass
@@ -47,8 +50,12 @@ class Run:
         return self.metrics["positive_class"]
 
     @property
-    def negative(self) -> str:
-        return next(c for c in self.classes if c != self.positive)
+    def negative(self) -> str | None:
+        return next(c for c in self.classes if c != self.positive) if self.positive else None
+
+    @property
+    def multiclass(self) -> bool:
+        return len(self.classes) > 2
 
     @property
     def binary(self) -> bool:
@@ -72,15 +79,27 @@ def load_run(path: str | Path, *, model: str | None = None, strategy: str | None
     settings = config["settings"]
     result = Run(run.path, model or settings["model"], strategy or settings["strategy"],
                  int(settings["seed"] if seed is None else seed), config, metrics, history)
-    column = f"prob_{metrics['positive_class']}"
+    classes, positive = metrics["classes"], metrics["positive_class"]
+    columns = [f"prob_{c}" for c in classes]
     rows = read_csv(run.predictions)
     for split in SPLITS:
         chosen = [r for r in rows if r["split"] == split]
-        if chosen and column in chosen[0]:
-            result.predictions[split] = Predictions(
-                [r["file"] for r in chosen], [r["label"] for r in chosen],
-                np.array([r["label"] == metrics["positive_class"] for r in chosen], dtype=int),
-                np.array([float(r[column]) for r in chosen]))
+        if not chosen or (positive and f"prob_{positive}" not in chosen[0]):
+            continue
+        true = np.array([classes.index(r["label"]) for r in chosen])
+        pred = np.array([classes.index(r["predicted"]) for r in chosen])
+        if all(c in chosen[0] for c in columns):
+            probs = np.array([[float(r[c]) for c in columns] for r in chosen])
+        else:   # older runs kept only the positive class's probability
+            p = np.array([float(r[f"prob_{positive}"]) for r in chosen])
+            probs = np.column_stack([1 - p, p]) if classes.index(positive) == 1 else np.column_stack([p, 1 - p])
+        if positive:
+            pos = classes.index(positive)
+            y, prob = (true == pos).astype(int), probs[:, pos]
+        else:
+            y, prob = true, probs[np.arange(len(pred)), pred]
+        result.predictions[split] = Predictions([r["file"] for r in chosen], [r["label"] for r in chosen], y, prob,
+                                                probs, pred, true)
     return result
 
 

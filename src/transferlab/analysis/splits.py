@@ -137,10 +137,15 @@ def distribution_shift(stats: dict, seed: int = 0) -> dict:
     return out
 
 
-def data_findings(balance: dict, leak: dict, shift: dict, same: dict, positive: str) -> list[str]:
+def data_findings(balance: dict, leak: dict, shift: dict, same: dict, positive: str | None) -> list[str]:
     out = []
-    shares = ", ".join(f"{s} {b['positive_share']:.1%} of {b['n']}" for s, b in balance.items())
-    out.append(f"{positive} share per split: {shares}.")
+    if positive:
+        shares = ", ".join(f"{s} {b['positive_share']:.1%} of {b['n']}" for s, b in balance.items())
+        out.append(f"{positive} share per split: {shares}.")
+    else:
+        out.append("Class shares per split: " + "; ".join(
+            f"{s} ({b['n']}): " + ", ".join(f"{c} {v:.1%}" for c, v in b["shares"].items()) for s, b in balance.items())
+            + ".")
     if same["different"] or not same["same_test_images"]:
         out.append(f"Runs did NOT all use the same splits ({', '.join(same['different'][:3])} differ): paired "
                    f"comparisons between them are not valid.")

@@ -102,8 +102,9 @@ def _subtitle(a: dict, info: dict) -> str:
     run = a["runs"][0]
     return (f"{len(a['runs'])} runs: {len(c['models'])} model(s) × {len(c['strategies'])} strateg"
             f"{'y' if len(c['strategies']) == 1 else 'ies'} × seeds {', '.join(map(str, c['seeds']))}; data "
-            f"{run.config['data']['root']}; positive class {run.positive}; test metrics at each run's "
-            f"validation-chosen threshold unless marked.")
+            f"{run.config['data']['root']}; " + (f"positive class {run.positive}; test metrics at each run's "
+                                                  f"validation-chosen threshold unless marked." if run.positive else
+                                                  f"{len(run.classes)} classes, decided by the most probable class."))
 
 
 # --- formatting -------------------------------------------------------------------------------------------------
@@ -197,9 +198,11 @@ def data_section(a: dict, info: dict) -> Section:
     leak = a["leakage"]
     rows = []
     for split, b in a["balance"].items():
-        rows.append([split, *[fmt(b["counts"][c], ",d") for c in run.classes], fmt(b["n"], ",d"),
-                     f"{b['positive_share']:.1%}", fmt(leak["patients"].get(split), ",d")])
-    s.table(Table(["split", *run.classes, "total", f"{run.positive} share", "patients"], rows,
+        share = [f"{b['positive_share']:.1%}"] if run.positive else [f"{b['shares'][c]:.1%}" for c in run.classes]
+        rows.append([split, *[fmt(b["counts"][c], ",d") for c in run.classes], fmt(b["n"], ",d"), *share,
+                     fmt(leak["patients"].get(split), ",d")])
+    shares = [f"{run.positive} share"] if run.positive else [f"{c} share" for c in run.classes]
+    s.table(Table(["split", *run.classes, "total", *shares, "patients"], rows,
                   "Images used per split (after --max-images, if set) and distinct patients."))
     s.p(f"How the splits were made (seed {method.get('seed')}): validation — {method.get('val', '?')}; test — "
         f"{method.get('test', '?')}; official val/ folder — {method.get('official_val', '?')}.")
@@ -270,6 +273,14 @@ def strategy_section(a: dict, strategy: str) -> Section:
         figures = [(plots.learning_curves([r.history for r in runs], f"{model} {strategy}", best),
                     "Learning curves: training and validation loss and accuracy per epoch; dotted: the best "
                     "epoch (on validation), whose weights each run keeps.")]
+        if first.multiclass and "test" in first.predictions:
+            p = first.predictions["test"]
+            curves = [(c, (p.true == k).astype(int), p.probs[:, k]) for k, c in enumerate(first.classes)]
+            figures += [(plots.confusion(first.at("test")["confusion_matrix"], first.classes,
+                                         f"test, seed {first.seed}, most probable class"),
+                         f"Confusion matrix on test (seed {first.seed}; rows: true class)."),
+                        (plots.roc_pr(curves, f"{model} {strategy}, seed {first.seed}"),
+                         "One-vs-rest ROC and precision-recall curves on test, one per class (first seed).")]
         if first.binary:
             cm = first.at("test")["confusion_matrix"]
             curves = [(f"seed {r.seed}", r.predictions["test"].y, r.predictions["test"].prob) for r in runs
@@ -329,6 +340,8 @@ def test_analysis_section(a: dict) -> Section:
     if not analysed:
         s.p("The test-set analysis needs a two-class problem with a test split.")
         return s
+    if analysed[0].multiclass:
+        return _multiclass_analysis(s, a, analysed)
     rows = []
     for r in analysed:
         x = a["per_run"][r.name]
@@ -379,6 +392,54 @@ GRADCAM_TEXT = ("Grad-CAM (pytorch-grad-cam) for the class the model predicted, 
                 "overlay is blank and explains nothing.")
 
 
+def _multiclass_analysis(s: Section, a: dict, analysed: list[Run]) -> Section:
+    """Section E for three or more classes: the same questions, per class; no threshold to move."""
+    classes = analysed[0].classes
+    rows = []
+    for r in analysed:
+        x = a["per_run"][r.name]
+        g, mix, cal, fit = x["gap"], x["class_mix"], x["calibration"], x["fitting"]
+        rows.append([r.name, fmt(g["val_accuracy"]), fmt(g["test_accuracy"]), fmt(g["accuracy_gap"], "+.3f"),
+                     fmt(mix["expected_test_accuracy"]), fmt(g["val_balanced_accuracy"]), fmt(g["test_balanced_accuracy"]),
+                     fmt(g["val_roc_auc"]), fmt(g["test_roc_auc"]),
+                     *[f"{fmt(v)} / {fmt(t)}" for v, t in zip(mix["val_recall"], mix["test_recall"])],
+                     fmt(cal["val"]["ece"]), fmt(cal["test"]["ece"]),
+                     f"{fit.get('best_epoch', '–')} / {fit.get('last_epoch', '–')}"])
+    s.table(Table(["run", "val acc.", "test acc.", "gap", "expected test acc.*", "val bal. acc.", "test bal. acc.",
+                   "val macro AUC", "test macro AUC", *[f"{c} recall val / test" for c in classes], "ECE val",
+                   "ECE test", "best / last epoch"], rows,
+                  "Every run; decisions by the most probable class (no threshold to choose or move). *Accuracy the "
+                  "validation recall of each class would give at the test set's class mix: Σ share_test × recall_val. "
+                  "ECE: of the predicted class's probability against how often it is right."))
+    first_runs = [g[0] for g in a["groups"].values() if a["per_run"].get(g[0].name)]
+    chosen = _chosen_run(a, first_runs)
+    s.h3(f"Key findings: {chosen.model} {chosen.strategy} (seed {chosen.seed}), the run chosen on validation")
+    s.findings(a["run_findings"][chosen.name])
+    for r in first_runs:
+        if r is not chosen:
+            s.details(f"{r.model} — {r.strategy} (seed {r.seed}): the same findings", a["run_findings"][r.name])
+    confused = a["per_run"][chosen.name]["confused"]
+    if confused:
+        s.table(Table(["true", "predicted", "test images", "share of the true class"],
+                      [[x["true"], x["predicted"], str(x["count"]), f"{x['share_of_true']:.1%}"] for x in confused],
+                      f"Confused pairs on test, {chosen.name}."))
+    s.h3("Calibration")
+    s.image(plots.reliability([(f"{r.model} {r.strategy} s{r.seed}", a["per_run"][r.name]["calibration"])
+                               for r in first_runs]),
+            "Reliability of the predicted class's probability (10 equal-width bins) on validation and test; the "
+            "diagonal is perfect calibration. The threshold plot of two-class studies does not apply: no threshold.")
+    s.findings(a["gradcam_failures"])
+    if a["gallery"]:
+        s.h3("Most confident test errors, with Grad-CAM")
+        s.p(GRADCAM_TEXT)
+        for (model, strategy), items in a["gallery"].items():
+            seed = a["groups"][(model, strategy)][0].seed
+            _error_gallery(s, items, f"{model} {strategy}, seed {seed}", "test", None)
+    for name, ext in a["external"].items():
+        external_subsection(s, name, ext, a)
+    return s
+
+
 def _chosen_run(a: dict, candidates: list[Run]) -> Run:
     ranked = [r for r in a["comparison"] if r["val_roc_auc"]["mean"] is not None]
     if ranked:
@@ -389,7 +450,7 @@ def _chosen_run(a: dict, candidates: list[Run]) -> Run:
     return candidates[0]
 
 
-def _error_gallery(s: Section, items: list, title: str, where: str, positive: str) -> None:
+def _error_gallery(s: Section, items: list, title: str, where: str, positive: str | None) -> None:
     if not items:
         s.p(f"{title}: no {where} errors.")
         return
@@ -473,14 +534,16 @@ def methods_section(a: dict, info: dict) -> Section:
     run: Run = a["runs"][0]
     c, d = info["config"], run.config["data"]
     s.p(f"Data: {d['root']} (fingerprint {str(d.get('fingerprint', ''))[:12]}), classes {', '.join(d['classes'])}, "
-        f"positive class {d['positive_class']}. {d.get('skipped_at_discovery', 0)} files skipped at discovery, "
+        + (f"positive class {d['positive_class']}. " if d.get("positive_class") else "decided by the most probable "
+           "class. ") + f"{d.get('skipped_at_discovery', 0)} files skipped at discovery, "
         f"{d.get('bad_files_skipped', 0)} unreadable files skipped.")
     method = d.get("splits", {})
     s.p(f"Splits: patient-disjoint and stratified by class (scikit-learn StratifiedGroupKFold; patient id from the file "
         f"name), split seed {c['split_seed']} for every run, so every run saw the same train/validation/test images. "
-        f"Validation: {method.get('val', '?')}. Test: {method.get('test', '?')}. The decision threshold "
-        f"({run.metrics.get('threshold_method', 'youden')}) and the best epoch were chosen on validation only; the test "
-        f"split was only ever scored.")
+        f"Validation: {method.get('val', '?')}. Test: {method.get('test', '?')}. "
+        + (f"The decision threshold ({run.metrics.get('threshold_method', 'youden')}) and the best epoch were chosen "
+           if run.positive else "Decisions: the most probable class (no threshold); the best epoch was chosen ")
+        + "on validation only; the test split was only ever scored.")
     sizes = ", ".join(dict.fromkeys(f"{r.model} {r.config['model']['image_size']} px" for r in a["runs"]))
     s.p(f"Preprocessing: each image decoded once (grayscale kept as 1 channel and broadcast to the 3 input channels), "
         f"resized without cropping to the model's input size ({sizes}), normalised with the weights' own mean and std. "

@@ -188,7 +188,9 @@ def class_balance(balance: dict, classes: list[str]) -> bytes:
         ax.bar(splits, values, bottom=bottom, label=c)
         bottom += values
     for i, s in enumerate(splits):
-        ax.text(i, bottom[i], f"{balance[s]['positive_share']:.1%} pos.", ha="center", va="bottom", fontsize=8)
+        share = balance[s]["positive_share"]
+        ax.text(i, bottom[i], f"{share:.1%} pos." if share is not None else f"n={balance[s]['n']}", ha="center",
+                va="bottom", fontsize=8)
     ax.set_ylabel("images")
     ax.set_ylim(0, bottom.max() * 1.15)
     ax.legend(fontsize=8)
