@@ -358,13 +358,7 @@ def test_analysis_section(a: dict) -> Section:
                    "val−train loss: best / last"], rows,
                   "Every run. *Accuracy the validation sensitivity and specificity would give at the test set's "
                   "class balance: prev × sens + (1 − prev) × spec."))
-    first_runs = [g[0] for g in a["groups"].values() if a["per_run"].get(g[0].name)]
-    chosen = _chosen_run(a, first_runs)
-    s.h3(f"Key findings: {chosen.model} {chosen.strategy} (seed {chosen.seed}), the run chosen on validation")
-    s.findings(a["run_findings"][chosen.name])
-    for r in first_runs:
-        if r is not chosen:
-            s.details(f"{r.model} — {r.strategy} (seed {r.seed}): the same findings", a["run_findings"][r.name])
+    first_runs, chosen = _key_findings(s, a)
     s.h3("Calibration and threshold")
     s.images([(plots.reliability([(f"{r.model} {r.strategy} s{r.seed}", a["per_run"][r.name]["calibration"])
                                for r in first_runs]),
@@ -374,16 +368,7 @@ def test_analysis_section(a: dict) -> Section:
             "Sensitivity and specificity as the threshold moves, validation dashed and test solid; black line: the "
             "threshold chosen on validation (used for every reported number); dotted: the test set's own Youden "
             "threshold, for diagnosis only.")])
-    s.findings(a["gradcam_failures"])
-    if a["gallery"]:
-        s.h3("Most confident test errors, with Grad-CAM")
-        s.p(GRADCAM_TEXT)
-        for (model, strategy), items in a["gallery"].items():
-            seed = a["groups"][(model, strategy)][0].seed
-            _error_gallery(s, items, f"{model} {strategy}, seed {seed}", "test", a["runs"][0].positive)
-    for name, ext in a["external"].items():
-        external_subsection(s, name, ext, a)
-    return s
+    return _errors_and_external(s, a)
 
 
 GRADCAM_TEXT = ("Grad-CAM (pytorch-grad-cam) for the class the model predicted, on the last convolution of the "
@@ -411,13 +396,7 @@ def _multiclass_analysis(s: Section, a: dict, analysed: list[Run]) -> Section:
                   "Every run; decisions by the most probable class (no threshold to choose or move). *Accuracy the "
                   "validation recall of each class would give at the test set's class mix: Σ share_test × recall_val. "
                   "ECE: of the predicted class's probability against how often it is right."))
-    first_runs = [g[0] for g in a["groups"].values() if a["per_run"].get(g[0].name)]
-    chosen = _chosen_run(a, first_runs)
-    s.h3(f"Key findings: {chosen.model} {chosen.strategy} (seed {chosen.seed}), the run chosen on validation")
-    s.findings(a["run_findings"][chosen.name])
-    for r in first_runs:
-        if r is not chosen:
-            s.details(f"{r.model} — {r.strategy} (seed {r.seed}): the same findings", a["run_findings"][r.name])
+    first_runs, chosen = _key_findings(s, a)
     confused = a["per_run"][chosen.name]["confused"]
     if confused:
         s.table(Table(["true", "predicted", "test images", "share of the true class"],
@@ -428,13 +407,30 @@ def _multiclass_analysis(s: Section, a: dict, analysed: list[Run]) -> Section:
                                for r in first_runs]),
             "Reliability of the predicted class's probability (10 equal-width bins) on validation and test; the "
             "diagonal is perfect calibration. The threshold plot of two-class studies does not apply: no threshold.")
+    return _errors_and_external(s, a)
+
+
+def _key_findings(s: Section, a: dict) -> tuple[list[Run], Run]:
+    """The findings of the run chosen on validation, then every other group's first run folded away."""
+    first_runs = [g[0] for g in a["groups"].values() if a["per_run"].get(g[0].name)]
+    chosen = _chosen_run(a, first_runs)
+    s.h3(f"Key findings: {chosen.model} {chosen.strategy} (seed {chosen.seed}), the run chosen on validation")
+    s.findings(a["run_findings"][chosen.name])
+    for r in first_runs:
+        if r is not chosen:
+            s.details(f"{r.model} — {r.strategy} (seed {r.seed}): the same findings", a["run_findings"][r.name])
+    return first_runs, chosen
+
+
+def _errors_and_external(s: Section, a: dict) -> Section:
+    """The most confident test errors with Grad-CAM, then each external set."""
     s.findings(a["gradcam_failures"])
     if a["gallery"]:
         s.h3("Most confident test errors, with Grad-CAM")
         s.p(GRADCAM_TEXT)
         for (model, strategy), items in a["gallery"].items():
             seed = a["groups"][(model, strategy)][0].seed
-            _error_gallery(s, items, f"{model} {strategy}, seed {seed}", "test", None)
+            _error_gallery(s, items, f"{model} {strategy}, seed {seed}", "test", a["runs"][0].positive)
     for name, ext in a["external"].items():
         external_subsection(s, name, ext, a)
     return s
