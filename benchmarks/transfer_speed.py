@@ -57,6 +57,7 @@ T_IMPORT = time.perf_counter()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
@@ -74,7 +75,7 @@ from transferlab.metrics import choose_threshold  # noqa: E402
 from transferlab.models.heads import create_model  # noqa: E402
 from transferlab.models.registry import get_spec  # noqa: E402
 from transferlab.rundir import read_csv  # noqa: E402
-from transferlab.strategies import FixedFeatures, _digest, inference_backbone  # noqa: E402
+from transferlab.strategies import _digest, inference_backbone  # noqa: E402
 from transferlab.training import _subsample, train  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - T_IMPORT
@@ -172,9 +173,14 @@ def cpu_model() -> str:
 
 
 def clear_memory_caches() -> None:
-    """transferlab keeps recent decoded images and features in memory; a cold run starts without them."""
+    """transferlab keeps recent decoded images in memory; a cold run starts without them."""
     tl_images._RECENT.clear()
-    FixedFeatures._memory.clear()
+
+
+def cached_features(cache: Path) -> list[torch.Tensor]:
+    """The backbone outputs a `features` run left in its disk cache, in the order they were written (train, val)."""
+    files = sorted((cache / "features").glob("*.safetensors"), key=lambda f: f.stat().st_mtime)
+    return [load_file(f)["features"] for f in files]
 
 
 def val_scores(labels: np.ndarray, prob_pos: np.ndarray, pos: int) -> dict:
@@ -724,7 +730,7 @@ def main(argv=None) -> int:
                                                       max_images=max_images, pos=pos)
         check_same_files(Path(tl["run"]), index, samples)
         args._feature_labels = (np.array([s.label for s in samples["train"]]), np.array([s.label for s in samples["val"]]))
-        args._features = list(FixedFeatures._memory.values())   # train, val: for the Lightning-overhead probe
+        args._features = cached_features(work / "cache-features")   # train, val: for the Lightning-overhead probe
         print(f"    {tl['wall']:.1f} s", flush=True)
         print("... lower bound after: one forward pass", flush=True)
         after = lower_bound(args, pixels, len(classes), fbs)
