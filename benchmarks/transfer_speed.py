@@ -192,9 +192,13 @@ def val_scores(labels: np.ndarray, prob_pos: np.ndarray, pos: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------ the samples
 
+NO_TEST = 0.0   # both sides train and validate on the same images; no carved test split to extract or score
+
+
 def subset(args, max_images: int | None):
     """transferlab's own patient-disjoint split and class-stratified subset (what train() will use)."""
-    cfg = TrainConfig(data=args.data, model=args.model, strategy="features", seed=args.seed, max_images=max_images)
+    cfg = TrainConfig(data=args.data, model=args.model, strategy="features", seed=args.seed, max_images=max_images,
+                      test_fraction=NO_TEST)
     index = discover(cfg.data, patient_pattern=cfg.patient_pattern, manifest=cfg.manifest)
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     splits = make_splits(index, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
@@ -221,7 +225,7 @@ def run_transferlab(strategy: str, args, work: Path, *, epochs: int, batch_size:
     shutil.rmtree(cache, ignore_errors=True)
     cfg = TrainConfig(data=args.data, model=args.model, weights=args.weights, strategy=strategy, out=str(out),
                       epochs=epochs, batch_size=batch_size, patience=epochs, seed=args.seed, max_images=max_images,
-                      cache_dir=str(cache), progress=False, precision=precision)
+                      test_fraction=NO_TEST, cache_dir=str(cache), progress=False, precision=precision)
     with PeakRSS() as mem, EpochClock() as clock:
         start = time.perf_counter()
         run = train(cfg)
