@@ -9,16 +9,18 @@ from typing import get_args, get_type_hints
 
 from .config import STRATEGIES, STRATEGY_DEFAULTS, TrainConfig
 from .errors import TransferlabError
+from .models.spec import SOURCES
 
 TRAIN_OPTIONS = {
     # field: (flags, help); "(default: ...)" is added from TrainConfig (DEFAULT_WORDS where it is None)
-    "model": ("--model", "model name: any torchvision classification model or efficientnet_lite0/1/2 "
-                         "(see `transferlab models`)"),
+    "model": ("--model", "model name: any torchvision classification model, efficientnet_lite0/1/2, or "
+                         "timm:NAME[.TAG] for a timm model (see `transferlab models [--source timm]`)"),
     "strategy": ("--strategy", "finetune: train the whole network; features: frozen backbone as a fixed "
                                "feature extractor, only the new head trains"),
     "weights": ("--weights", "'default' (ImageNet weights), 'none' (random init: the no-transfer control), "
                              "or a torchvision weights name such as IMAGENET1K_V2"),
-    "weights_dir": ("--weights-dir", "folder holding torchvision weight files for offline use"),
+    "weights_dir": ("--weights-dir", "folder holding weight files for offline use: torchvision's files, timm's as "
+                                     "DIR/timm/NAME.TAG/model.safetensors"),
     "epochs": ("--epochs", "maximum epochs"),
     "batch_size": ("--batch-size", "batch size (features: of the head's optimizer steps on cached features)"),
     "lr": ("--lr", "learning rate of the new head (AdamW, cosine schedule)"),
@@ -52,7 +54,8 @@ TRAIN_OPTIONS = {
     "cache_dir": ("--cache-dir", "cache of decoded images and features"),
 }
 DEFAULT_WORDS = {   # what a None default means
-    "weights_dir": "none: $TRANSFERLAB_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints",
+    "weights_dir": "none: $TRANSFERLAB_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints or, for timm, the Hugging "
+                   "Face cache",
     "image_size": "the model's own, e.g. 224", "manifest": "none: class folders",
     "positive_class": "the class not called NORMAL", "split_seed": "--seed",
     "num_workers": "0 on CPU, where images are cached in memory; else up to 8",
@@ -169,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Parameters, GFLOPs, ImageNet accuracy, weights file and (with --measure) latency, "
                                    "throughput, training-step time and peak memory, measured here. Writes "
                                    "catalog.csv, catalog.json and catalog.png with --out.")
-    p.add_argument("names", nargs="*", help="model names (default: every model)")
+    p.add_argument("names", nargs="*", help="model names (default: every model of --source)")
+    p.add_argument("--source", choices=SOURCES, help="models to list when no names are given: timm = every "
+                                                     "pretrained timm:NAME.TAG (default: torchvision and "
+                                                     "efficientnet_lite)")
+    p.add_argument("--filter", help="keep models whose name (without timm:) matches this shell pattern, e.g. "
+                                    "'convnext*' (default: all)")
     p.add_argument("--measure", action="store_true", help="time inference and training steps (random weights: "
                                                           "same cost, works offline)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -255,8 +263,13 @@ def run_study(args) -> None:
 
 def run_models(args) -> None:
     from . import model_catalog as cat
+    from .models.registry import list_models, matches
 
-    entries = cat.catalog(args.names or None, measure=args.measure, device=args.device, batch_size=args.batch_size,
+    names = ([n for n in args.names if matches(n, args.filter)] if args.names
+             else list_models(args.source, args.filter))
+    if not names:
+        raise TransferlabError(f"no model matches --filter {args.filter!r}")
+    entries = cat.catalog(names, measure=args.measure, device=args.device, batch_size=args.batch_size,
                           repeats=args.repeats, image_size=args.image_size, progress=args.progress,
                           threads=args.threads, num_classes=args.classes)
     budget = dict(max_latency_ms=args.max_latency_ms, max_params=args.max_params)

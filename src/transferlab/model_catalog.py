@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .console import show_bars
 from .machine import BUSY_SHARE, OtherLoad
 from .errors import TransferlabError
-from .models.heads import create_model, find_head
+from .models.heads import create_model, feature_dim, find_head
 from .models.registry import build_model, get_spec, list_models
 
 NUM_CLASSES = 2                 # default classes of the new head (NORMAL vs PNEUMONIA); catalog(num_classes=...)
@@ -78,6 +78,7 @@ class CatalogEntry:
     busy: bool | None = None                 # other_load_cpus > BUSY_SHARE of the CPUs: latencies are unreliable
     error: str | None = None                 # why measuring this model failed (e.g. out of memory)
     num_classes: int = NUM_CLASSES           # classes of the new head the trainable counts and timings assume
+    metrics_source: str | None = None        # where acc1/acc5 come from (or why they are blank)
 
 
 def count_gflops(model: torch.nn.Module, input_size: int) -> float:
@@ -113,15 +114,14 @@ def _static_entry(name: str, *, flops: bool, image_size: int | None, num_classes
     _, head = find_head(model)
     total = sum(p.numel() for p in model.parameters())
     head_params = sum(p.numel() for p in head.parameters())
-    feature_dim = head.weight.shape[1]
-    new_head = feature_dim * num_classes + num_classes
+    new_head = feature_dim(model) * num_classes + num_classes
     resolution = image_size or spec.input_size
     return CatalogEntry(
         name=name, source=spec.source, input_size=spec.input_size, params_total=total,
         params_trainable_finetune=total - head_params + new_head, params_trainable_features=new_head,
         gflops=round(count_gflops(model, resolution), 4) if flops else None, gflops_meta=spec.gflops,
         acc1=spec.acc1, acc5=spec.acc5, file_size_mb=spec.file_size_mb, weights_file=spec.weights_file,
-        resolution=resolution, num_classes=num_classes)
+        resolution=resolution, num_classes=num_classes, metrics_source=spec.metrics_source)
 
 
 def catalog(names: list[str] | None = None, *, measure: bool = False, device: str = "auto", batch_size: int = 32,
@@ -607,6 +607,16 @@ _MEASURED_COLUMNS = [
 ]
 
 
+def blank_accuracy_notes(entries: list[CatalogEntry]) -> list[str]:
+    """Why acc@1 is blank, per source of the models without one (e.g. timm publishes none in its package)."""
+    blank = {}
+    for e in entries:
+        if e.acc1 is None and e.metrics_source:
+            blank.setdefault(e.metrics_source, []).append(e.name)
+    return [f"acc@1 blank for {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}: {source}"
+            for source, names in blank.items()]
+
+
 def format_table(entries: list[CatalogEntry]) -> str:
     """A plain-text table for the terminal (measured columns only when something was measured)."""
     measured = any(e.latency_ms is not None or e.error for e in entries)
@@ -627,6 +637,7 @@ def format_table(entries: list[CatalogEntry]) -> str:
         notes += [busy_note(entries)] if busy_note(entries) else []
     counted = {e.resolution for e in entries if e.gflops is not None}
     at = f" at {counted.pop()}px" if len(counted) == 1 else ""
+    notes += blank_accuracy_notes(entries)
     heads = sorted({e.num_classes for e in entries})
     notes.append(f"px = image size (the weights' own in brackets where different); new head = parameters of the "
                  f"new {'/'.join(map(str, heads))}-class head (all that trains with frozen features); GFLOPs = "

@@ -149,7 +149,8 @@ def _as_list(value, what: str) -> list:
 
 
 def run_name(model: str, strategy: str, seed: int) -> str:
-    return f"{model}-{strategy}-seed{seed}"
+    """The run's folder name; timm:NAME becomes timm-NAME (a colon makes relative links in the report URLs)."""
+    return f"{model.replace(':', '-')}-{strategy}-seed{seed}"
 
 
 def read_study_file(path: str | Path) -> StudyConfig:

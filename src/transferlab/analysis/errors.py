@@ -34,17 +34,9 @@ def confused_pairs(run: Run, split: str = "test") -> list[dict]:
     return sorted(out, key=lambda r: -r["count"])
 
 
-def last_conv(module):
-    """Grad-CAM's target layer: the last nn.Conv2d of the backbone (a generic rule for every ConvNet)."""
-    from torch import nn
-
-    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1] if convs else None
-
-
 def gradcam_overlays(model, pixels, *, mean, std, targets: list[int], batch_size: int = 16) -> list:
-    """Grad-CAM of class targets[i] at the backbone's last Conv2d over each uint8 (C, H, W) image in `pixels`:
-    (image, overlay, flat) triples, image and overlay uint8 RGB (H, W, 3) at the model's input size; `flat` is
+    """Grad-CAM of class targets[i] at the backbone's last feature map (models.heads.last_feature_map) over each
+    uint8 (C, H, W) image in `pixels`: (image, overlay, flat) triples, image and overlay uint8 RGB (H, W, 3) at the model's input size; `flat` is
     True where the map has no activation at all (nothing at that layer raises the target's score), so the
     overlay shows nothing and should be labelled as such."""
     import torch
@@ -53,11 +45,15 @@ def gradcam_overlays(model, pixels, *, mean, std, targets: list[int], batch_size
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from ..data.transforms import normalize
+    from ..models.heads import last_feature_map
 
-    layer = last_conv(model.backbone)
-    if layer is None:
-        raise TransferlabError(f"{type(model.backbone).__name__} has no Conv2d layer for Grad-CAM")
+    if len(pixels) == 0:
+        return []
     model.cpu().eval().requires_grad_(True)
+    example = normalize(torch.from_numpy(np.ascontiguousarray(pixels[:1])), mean, std)
+    layer = last_feature_map(model.backbone, example)
+    if layer is None:
+        raise TransferlabError(f"{type(model.backbone).__name__} has no convolutional feature map for Grad-CAM")
     out = []
     with GradCAM(model=model, target_layers=[layer]) as cam:
         for start in range(0, len(pixels), batch_size):

