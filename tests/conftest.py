@@ -85,3 +85,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def chelsea_probs(model, spec):
+    """ImageNet class probabilities of skimage's cat photo (chelsea, class 285 "Egyptian cat"), resized to the
+    model's input size and normalised as its spec says."""
+    import skimage.data as skimage_data   # in the test extra: never skipped
+    import torch
+
+    img = torch.from_numpy(skimage_data.chelsea()).permute(2, 0, 1).float().div(255)[None]
+    img = torch.nn.functional.interpolate(img, size=(spec.input_size,) * 2, mode="bilinear", antialias=True)
+    x = (img - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model.eval()(x).softmax(1)[0]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import chelsea_probs
 from transferlab.model_catalog import catalog, count_gflops, format_table, pareto_front, recommend, write_catalog
 from transferlab.errors import ModelError
 from transferlab.models import weights as weights_mod
@@ -174,14 +175,7 @@ def test_efficientnet_lite_genuine_weights():
     random = build_model("efficientnet_lite0", weights="none")
     assert not torch.equal(random._conv_stem.weight, genuine["_conv_stem.weight"])
 
-    import skimage.data as skimage_data   # in the test extra: never skipped
-
-    spec = get_spec("efficientnet_lite0")
-    img = torch.from_numpy(skimage_data.chelsea()).permute(2, 0, 1).float().div(255)[None]
-    img = nn.functional.interpolate(img, size=(spec.input_size,) * 2, mode="bilinear", antialias=True)
-    x = (img - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
-    with torch.no_grad():
-        p = model(x).softmax(1)[0]
+    p = chelsea_probs(model, get_spec("efficientnet_lite0"))
     assert p.argmax().item() == 285 and p[285] > 0.5      # "Egyptian cat"
 
 
@@ -300,7 +294,8 @@ def _timed(entries, latencies, busy=False):
 
 
 def test_catalog_draws_no_conclusion_from_noise():
-    from transferlab.model_catalog import busy_note, default_x
+    from conftest import chelsea_probs
+from transferlab.model_catalog import busy_note, default_x
 
     names = ["efficientnet_lite0", "efficientnet_lite1", "resnet18"]
     # a busy machine: lite1 (the larger model) timed faster than lite0, resnet18 slowest of all
@@ -340,7 +335,8 @@ def test_other_load_sees_a_busy_machine():
 
 
 def test_catalog_plot_keeps_labels_inside_and_off_the_legend():
-    from transferlab.model_catalog import catalog_figure
+    from conftest import chelsea_probs
+from transferlab.model_catalog import catalog_figure
 
     names = ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_lite0", "efficientnet_lite2", "resnet18",
              "resnet50", "resnet152", "regnet_y_400mf", "vgg16", "convnext_tiny"]
