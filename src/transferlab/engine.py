@@ -492,20 +492,19 @@ def _batchnorm_pass(model, layers, pixels, sources, *, groups=None, n_groups=1, 
     """One pass over `pixels` with every BN layer wrapped; returns each layer's input moments per group."""
     from tqdm.auto import tqdm
 
-    from .data.transforms import normalize
+    from .data.transforms import normalize, pixel_tensor
 
     wrappers = {}
     for name, bn in layers.items():
         parent, _, child = name.rpartition(".")
         wrappers[name] = _MatchSourceBN(bn, None if sources is None else sources[name], n_groups)
         setattr(model.get_submodule(parent) if parent else model, child, wrappers[name])
-    images = torch.from_numpy(np.ascontiguousarray(pixels))
     try:
-        for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        for start in tqdm(range(0, len(pixels), batch_size), desc=desc, disable=not progress, leave=False):
             if groups is not None:
                 for w in wrappers.values():
                     w.group_of_batch = torch.as_tensor(groups[start:start + batch_size], dtype=torch.long)
-            model(normalize(images[start:start + batch_size], mean, std).to(device))
+            model(normalize(pixel_tensor(pixels[start:start + batch_size]), mean, std).to(device))
     finally:
         for name, bn in layers.items():
             parent, _, child = name.rpartition(".")

@@ -47,12 +47,11 @@ def gradcam_overlays(model, pixels, *, mean, std, targets: list[int], batch_size
     (image, overlay, flat) triples, image and overlay uint8 RGB (H, W, 3) at the model's input size; `flat` is
     True where the map has no activation at all (nothing at that layer raises the target's score), so the
     overlay shows nothing and should be labelled as such."""
-    import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from ..data.transforms import normalize
+    from ..data.transforms import normalize, pixel_tensor
 
     layer = last_conv(model.backbone)
     if layer is None:
@@ -61,7 +60,7 @@ def gradcam_overlays(model, pixels, *, mean, std, targets: list[int], batch_size
     out = []
     with GradCAM(model=model, target_layers=[layer]) as cam:
         for start in range(0, len(pixels), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size]))
+            batch = pixel_tensor(pixels[start:start + batch_size])
             maps = cam(input_tensor=normalize(batch, mean, std),
                        targets=[ClassifierOutputTarget(t) for t in targets[start:start + batch_size]])
             rgb = np.broadcast_to(batch.numpy().transpose(0, 2, 3, 1), (*batch.shape[:1], *batch.shape[2:], 3))
