@@ -55,7 +55,7 @@ DEFAULT_WORDS = {   # what a None default means
     "weights_dir": "none: $TRANSFERLAB_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints",
     "image_size": "the model's own, e.g. 224", "manifest": "none: class folders",
     "positive_class": "the class not called NORMAL", "split_seed": "--seed",
-    "num_workers": "0 on CPU, where images are cached in memory; else up to 8",
+    "num_workers": "0 on CPU, where images are read from the memory-mapped cache; else up to 8",
     "threads": "torch's own count, reduced to the CPUs free when the run starts",
     "max_images": "all", "cache_dir": "$TRANSFERLAB_CACHE, else ~/.cache/transferlab",
 }
