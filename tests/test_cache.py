@@ -129,3 +129,25 @@ def test_decoding_does_not_hold_the_images_in_memory(tmp_path):
                          capture_output=True, text=True, check=True).stdout.split()
     nbytes, grew = map(int, out)
     assert nbytes == 1500 * 256 * 256 and grew < nbytes / 4
+
+
+def test_feature_cache_is_a_memory_mapped_npy(tmp_path, monkeypatch):
+    from transferlab import strategies
+    from transferlab.models.heads import create_model
+
+    paths = gray_files(tmp_path / "img", 5, side=32)
+    pixels = load_images(paths, 32, cache_dir=tmp_path / "cache" / "images", progress=False).pixels
+    model = create_model("efficientnet_lite0", 2)
+    common = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, device=torch.device("cpu"), progress=False, batch_size=2)
+    first = strategies.FixedFeatures().features(model, pixels, cache_dir=tmp_path / "cache", **common)
+    [npy] = (tmp_path / "cache" / "features").iterdir()   # complete, renamed into place: no .tmp beside it
+    assert npy.suffix == ".npy" and np.load(npy).shape == (5, model.feature_dim) and np.load(npy).dtype == np.float32
+    assert torch.allclose(first, strategies.extract_features(model, pixels, **common), atol=1e-5)
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("features computed again")
+    monkeypatch.setattr(strategies, "feature_batches", no_backbone)
+    again = strategies.FixedFeatures().features(model, pixels, cache_dir=tmp_path / "cache", **common)
+    assert torch.equal(again, first)
+    again += 1   # copy-on-write: the tensor is writable, the file is not changed
+    assert not torch.equal(again, first) and torch.equal(torch.from_numpy(np.load(npy)), first)
