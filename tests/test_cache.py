@@ -151,3 +151,24 @@ def test_feature_cache_is_a_memory_mapped_npy(tmp_path, monkeypatch):
     assert torch.equal(again, first)
     again += 1   # copy-on-write: the tensor is writable, the file is not changed
     assert not torch.equal(again, first) and torch.equal(torch.from_numpy(np.load(npy)), first)
+
+
+def test_unwritable_cache_warns_and_full_disk_is_one_line(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from transferlab.errors import TransferlabError
+
+    paths = gray_files(tmp_path / "img", 4)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.warns(UserWarning, match="could not write the image cache"):
+        loaded = load_images(paths, 16, cache_dir=tmp_path / "file" / "cache", progress=False)
+    assert loaded.pixels.shape == (4, 1, 16, 16) and not isinstance(loaded.pixels, np.memmap)
+    images._RECENT.clear()
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(images.os, "pwrite", full)
+    with pytest.raises(TransferlabError, match=r"cannot write decoded images to .*No space left on device.*--cache-dir"):
+        load_images(paths, 16, cache_dir=tmp_path / "cache", progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
