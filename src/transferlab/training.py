@@ -47,7 +47,7 @@ class Prepared:
     """Everything a run needs from the data stage."""
     index: DatasetIndex
     splits: Splits
-    pixels: dict[str, np.ndarray]          # split -> uint8 (N, C, H, W)
+    pixels: dict[str, np.ndarray]          # split -> uint8 (N, C, H, W), memory-mapped from the decode cache
     samples: dict[str, list[Sample]]       # split -> the samples behind those rows (bad files removed)
     bad: list[tuple[str, str]]
     decode_seconds: float
