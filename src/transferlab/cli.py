@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import get_args, get_type_hints
 
-from .config import STRATEGIES, STRATEGY_DEFAULTS, TrainConfig
+from .config import STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, TrainConfig
 from .errors import TransferlabError
 
 TRAIN_OPTIONS = {
@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", help="label-free adaptation reported beside the plain result: prior (EM-corrected "
                                    "posteriors and threshold), bn (BatchNorm statistics re-estimated on the target), "
                                    "bn+prior; a comma list, or all (default: none)")
+    p.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP)
     p.add_argument("--unlabelled", action="store_true", help="treat --data as unlabelled images even if it has "
                                                              "sub-folders (e.g. one folder per patient)")
     p.add_argument("--no-shift", dest="shift", action="store_false", help="skip the shift estimates")
@@ -239,7 +240,7 @@ def run_evaluate(args) -> None:
 
     result = evaluate(args.run, data=args.data, split=args.split, manifest=args.manifest, name=args.name,
                       adapt=args.adapt, unlabelled=args.unlabelled, shift=args.shift, device=args.device,
-                      progress=args.progress)
+                      progress=args.progress, tta=args.tta)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return
