@@ -166,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
+    p = sub.add_parser("ensemble", help="average the probabilities of the K runs best on validation",
+                       description="An ensemble of finished runs (a study's, or run directories named one by one): "
+                                   "the mean of the K best runs' probabilities, ranked on validation AUC (then "
+                                   "validation loss; never test), with its decision threshold chosen on validation, "
+                                   "scored like a run and tested against its best member (McNemar). The runs must "
+                                   "share their split, as a study's do. Writes an ensemble directory that "
+                                   "`predict` accepts.")
+    p.add_argument("runs", nargs="+", help="a study folder, or run directories")
+    p.add_argument("--k", type=int, default=3, help="how many runs (default: 3)")
+    p.add_argument("--out", help="the ensemble directory (default: STUDY/ensemble-topK for a study; required "
+                                 "for run directories)")
+
     p = sub.add_parser("models", help="Task A: the model catalogue, measured on this machine",
                        description="Parameters, GFLOPs, ImageNet accuracy, weights file and (with --measure) latency, "
                                    "throughput, training-step time and peak memory, measured here. Writes "
@@ -217,8 +229,13 @@ def run_train(args) -> None:
 
     settings = {k: v for k, v in vars(args).items() if k != "command"}
     run = train(TrainConfig(**settings))
-    metrics = run.read_metrics()
     print(f"run directory: {run.path}")
+    print_scores(run)
+
+
+def print_scores(run) -> None:
+    """Validation and test at the run's decision rule, one line each."""
+    metrics = run.read_metrics()
     test_split = run.read_config()["data"]["splits"].get("test", "")
     if test_split.startswith("carved"):   # the data has no test/ folder
         print(f"test split {test_split} (the data has no test/ folder; --test-fraction 0 for none)")
@@ -233,6 +250,24 @@ def run_train(args) -> None:
             print(line + f"macro F1 {m['f1']:.3f}  macro AUC {m['roc_auc'] or nan:.3f}  (n={m['n']}, argmax)")
         else:
             print(line + f"AUC {m['roc_auc'] or nan:.3f}  (n={m['n']}, threshold {metrics['threshold']:.3f} chosen on val)")
+
+
+def run_ensemble(args) -> None:
+    from .ensemble import candidate_runs, ensemble
+
+    candidates, study = candidate_runs(args.runs)
+    if not args.out and study is None:
+        raise TransferlabError("ensemble: --out is required when the runs are named one by one")
+    run = ensemble(candidates, args.out or study / f"ensemble-top{args.k}", k=args.k)
+    config, metrics = run.read_config(), run.read_metrics()
+    print(f"ensemble of the {args.k} runs best on validation (of {config['ensemble']['candidates']}): {run.path}")
+    for m in config["ensemble"]["members"]:
+        print(f"  {m['run']}  val AUC {m['val_roc_auc'] or float('nan'):.3f}")
+    print_scores(run)
+    if "vs_best_run" in metrics:
+        t = metrics["vs_best_run"]["test_mcnemar"]
+        print(f"test, against its best member: McNemar p = {t['p_value']:.3g} (only the ensemble right on "
+              f"{t['only_a_correct']} images, only the member on {t['only_b_correct']})")
 
 
 def run_evaluate(args) -> None:
@@ -295,7 +330,7 @@ def run_export(args) -> None:
     run(args)
 
 
-COMMANDS = {"demo": run_demo, "predict": run_predict, "export": run_export, "train": run_train, "study": run_study, "evaluate": run_evaluate, "models": run_models, "check-data": run_check_data}
+COMMANDS = {"demo": run_demo, "predict": run_predict, "export": run_export, "train": run_train, "study": run_study, "evaluate": run_evaluate, "ensemble": run_ensemble, "models": run_models, "check-data": run_check_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,12 +50,21 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     from .data.images import load_images
     from .data.transforms import ImageTensorDataset
     from .engine import predict_probs, resolve_device
+    from .ensemble import is_ensemble
     from .evaluation import decide, load_model
     from .rundir import RunDir, write_csv
 
     if cam and out is None:
         raise TransferlabError("Grad-CAM overlays are written beside the CSV: give out= (--out) as well")
     run = RunDir(run_dir)
+    if is_ensemble(run):
+        if cam or adapt or tta != 1:
+            raise TransferlabError(f"{run.path} is an ensemble: predict with one of its runs for --cam, --adapt or --tta")
+        rows = _predict_ensemble(run, paths, skip_bad=skip_bad, device=device, progress=progress)
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            write_csv(Path(out), rows)
+        return rows
     model, config = load_model(run)
     metrics = run.read_metrics()
     classes, threshold = config["data"]["classes"], metrics.get("threshold")
@@ -90,6 +99,25 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_csv(Path(out), rows)
     return rows
+
+
+def _predict_ensemble(run, paths, **kwargs) -> list[dict]:
+    """The members' probabilities averaged image by image, decided at the ensemble's validation threshold."""
+    import numpy as np
+
+    from .ensemble import members
+    from .evaluation import decide
+
+    metrics = run.read_metrics()
+    classes, threshold = metrics["classes"], metrics["threshold"]
+    pos = None if metrics["positive_class"] is None else classes.index(metrics["positive_class"])
+    columns = [f"prob_{c}" for c in classes]
+    per_member = [{r["file"]: r for r in predict(member, paths, **kwargs)} for member in members(run)]
+    files = list(per_member[0])
+    probs = np.mean([[[rows[f][c] for c in columns] for f in files] for rows in per_member], axis=0)
+    return [{"file": f, **{c: float(v) for c, v in zip(columns, p)}, "predicted": classes[k],
+             **({"threshold": threshold} if pos is not None else {})}
+            for f, p, k in zip(files, probs, decide(probs, pos, threshold))]
 
 
 def _add_adapted(rows, adapt, run, model, config, pixels, probs, pos, device, progress) -> None:
