@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from transferlab import cli
-from transferlab.ensemble import ensemble, rank_runs
+from transferlab.ensembles import ensemble, rank_runs
 from transferlab.evaluation import split_metrics
 from transferlab.metrics import choose_threshold
 from transferlab.prediction import predict

@@ -253,7 +253,7 @@ def print_scores(run) -> None:
 
 
 def run_ensemble(args) -> None:
-    from .ensemble import candidate_runs, ensemble
+    from .ensembles import candidate_runs, ensemble
 
     candidates, study = candidate_runs(args.runs)
     if not args.out and study is None:

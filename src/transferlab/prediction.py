@@ -50,7 +50,7 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     from .data.images import load_images
     from .data.transforms import ImageTensorDataset
     from .engine import predict_probs, resolve_device
-    from .ensemble import is_ensemble
+    from .ensembles import is_ensemble
     from .evaluation import decide, load_model
     from .rundir import RunDir, write_csv
 
@@ -105,7 +105,7 @@ def _predict_ensemble(run, paths, **kwargs) -> list[dict]:
     """The members' probabilities averaged image by image, decided at the ensemble's validation threshold."""
     import numpy as np
 
-    from .ensemble import members
+    from .ensembles import members
     from .evaluation import decide
 
     metrics = run.read_metrics()

@@ -49,7 +49,7 @@ def rank_runs(run_dirs) -> list[RunDir]:
     return sorted(runs, key=validation_score, reverse=True)
 
 
-def ensemble(run_dirs, out: str | Path, *, k: int) -> RunDir:
+def ensemble(run_dirs, out: str | Path, *, k: int = 3) -> RunDir:
     """The mean of the `k` best runs' probabilities (ranked on validation), written as an ensemble directory."""
     ranked = rank_runs(run_dirs)
     if not 2 <= k <= len(ranked):
