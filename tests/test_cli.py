@@ -90,7 +90,7 @@ API_DEFAULTS = {"models": "transferlab.model_catalog:catalog", "predict": "trans
 CLI_ONLY = {("predict", "out")}   # the command writes predictions.csv; predict() writes a file only when asked
 
 
-@pytest.mark.parametrize("command", ["models", "evaluate", "predict", "export", "demo", "check-data"])
+@pytest.mark.parametrize("command", ["models", "evaluate", "ensemble", "predict", "export", "demo", "check-data"])
 def test_other_commands_show_their_defaults(command):
     import importlib
 

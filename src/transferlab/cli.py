@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import get_args, get_type_hints
 
-from .config import STRATEGIES, STRATEGY_DEFAULTS, TrainConfig
+from .config import STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, TrainConfig
 from .errors import TransferlabError
 
 TRAIN_OPTIONS = {
@@ -158,12 +158,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", help="label-free adaptation reported beside the plain result: prior (EM-corrected "
                                    "posteriors and threshold), bn (BatchNorm statistics re-estimated on the target), "
                                    "bn+prior; a comma list, or all (default: none)")
+    p.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP)
     p.add_argument("--unlabelled", action="store_true", help="treat --data as unlabelled images even if it has "
                                                              "sub-folders (e.g. one folder per patient)")
     p.add_argument("--no-shift", dest="shift", action="store_false", help="skip the shift estimates")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+
+    p = sub.add_parser("ensemble", help="average the probabilities of the K runs best on validation",
+                       description="An ensemble of finished runs (a study's, or run directories named one by one): "
+                                   "the mean of the K best runs' probabilities, ranked on validation AUC (then "
+                                   "validation loss; never test), with its decision threshold chosen on validation, "
+                                   "scored like a run and tested against its best member (McNemar). The runs must "
+                                   "share their split, as a study's do. Writes an ensemble directory that "
+                                   "`predict` accepts.")
+    p.add_argument("runs", nargs="+", help="a study folder, or run directories")
+    p.add_argument("--k", type=int, default=3, help="how many runs (default: 3)")
+    p.add_argument("--out", help="the ensemble directory (default: STUDY/ensemble-topK for a study; required "
+                                 "for run directories)")
 
     p = sub.add_parser("models", help="Task A: the model catalogue, measured on this machine",
                        description="Parameters, GFLOPs, ImageNet accuracy, weights file and (with --measure) latency, "
@@ -216,8 +229,13 @@ def run_train(args) -> None:
 
     settings = {k: v for k, v in vars(args).items() if k != "command"}
     run = train(TrainConfig(**settings))
-    metrics = run.read_metrics()
     print(f"run directory: {run.path}")
+    print_scores(run)
+
+
+def print_scores(run) -> None:
+    """Validation and test at the run's decision rule, one line each."""
+    metrics = run.read_metrics()
     test_split = run.read_config()["data"]["splits"].get("test", "")
     if test_split.startswith("carved"):   # the data has no test/ folder
         print(f"test split {test_split} (the data has no test/ folder; --test-fraction 0 for none)")
@@ -234,12 +252,30 @@ def run_train(args) -> None:
             print(line + f"AUC {m['roc_auc'] or nan:.3f}  (n={m['n']}, threshold {metrics['threshold']:.3f} chosen on val)")
 
 
+def run_ensemble(args) -> None:
+    from .ensembles import candidate_runs, ensemble
+
+    candidates, study = candidate_runs(args.runs)
+    if not args.out and study is None:
+        raise TransferlabError("ensemble: --out is required when the runs are named one by one")
+    run = ensemble(candidates, args.out or study / f"ensemble-top{args.k}", k=args.k)
+    config, metrics = run.read_config(), run.read_metrics()
+    print(f"ensemble of the {args.k} runs best on validation (of {config['ensemble']['candidates']}): {run.path}")
+    for m in config["ensemble"]["members"]:
+        print(f"  {m['run']}  val AUC {m['val_roc_auc'] or float('nan'):.3f}")
+    print_scores(run)
+    if "vs_best_run" in metrics:
+        t = metrics["vs_best_run"]["test_mcnemar"]
+        print(f"test, against its best member: McNemar p = {t['p_value']:.3g} (only the ensemble right on "
+              f"{t['only_a_correct']} images, only the member on {t['only_b_correct']})")
+
+
 def run_evaluate(args) -> None:
     from .analysis.external import evaluate, summary_lines
 
     result = evaluate(args.run, data=args.data, split=args.split, manifest=args.manifest, name=args.name,
                       adapt=args.adapt, unlabelled=args.unlabelled, shift=args.shift, device=args.device,
-                      progress=args.progress)
+                      progress=args.progress, tta=args.tta)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -294,7 +330,7 @@ def run_export(args) -> None:
     run(args)
 
 
-COMMANDS = {"demo": run_demo, "predict": run_predict, "export": run_export, "train": run_train, "study": run_study, "evaluate": run_evaluate, "models": run_models, "check-data": run_check_data}
+COMMANDS = {"demo": run_demo, "predict": run_predict, "export": run_export, "train": run_train, "study": run_study, "evaluate": run_evaluate, "ensemble": run_ensemble, "models": run_models, "check-data": run_check_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,9 @@ from .data.discover import DEFAULT_PATIENT_PATTERN
 from .errors import TransferlabError
 
 STRATEGIES = ("finetune", "features")
+TTA_HELP = ("test-time augmentation: also score the mean probability over N views of each image (the image and "
+            "N-1 random views from the training augmentation, no flips), beside the plain result; a binary run's "
+            "threshold for it is re-chosen on validation's N-view probabilities; 1 = none (default: 1)")
 
 # Defaults that differ by strategy: the head alone on cached features trains in milliseconds per epoch,
 # so it can afford many epochs and a large learning rate; the whole network cannot.
