@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 
 from .data.transforms import ImageTensorDataset, normalize, xray_augment
 from .console import show_bars
+from .distributed import gather_shards, is_global_zero
+from .gpu import to_device
 from .models.heads import TransferModel
 
 
@@ -56,22 +58,25 @@ class FixedFeatures:
     def dataset(self, model: TransferModel, pixels: np.ndarray, labels: np.ndarray, *, mean, std,
                 augment: bool, device: torch.device, progress: bool, cache_dir: Path | None) -> Dataset:
         feats = self.features(model, pixels, mean=mean, std=std, device=device, progress=progress, cache_dir=cache_dir)
-        return TensorDataset(feats, torch.as_tensor(labels, dtype=torch.long))
+        # on a GPU the features stay there: the head trains and predicts without a host-to-device copy
+        return TensorDataset(feats.to(device), torch.as_tensor(labels, dtype=torch.long, device=device))
 
     def features(self, model: TransferModel, pixels: np.ndarray, *, mean, std, device: torch.device,
                  progress: bool, cache_dir: Path | None, batch_size: int = 64) -> torch.Tensor:
         """Backbone outputs for every image, computed once: reused from the disk cache when the same backbone
         weights meet the same pixels again (other seeds of a study, a resumed run). No in-process cache: one
-        shared across runs would hide what a run does to its own backbone."""
+        shared across runs would hide what a run does to its own backbone. DDP: each process extracts its shard of
+        the images, and every process gets all features."""
         key = _digest(pixels, model.backbone)
         path = cache_dir / "features" / f"{key}.safetensors" if cache_dir else None
         if path is not None and path.exists():
             feats = load_file(path)["features"]
         else:
             fast = self._inference_backbone(model, pixels, mean, std, device)
-            feats = extract_features(model, pixels, mean=mean, std=std, device=device, progress=progress,
-                                     batch_size=batch_size, backbone=fast)
-            if path is not None:
+            feats = gather_shards(lambda part: extract_features(model, pixels[part], mean=mean, std=std, device=device,
+                                                                progress=progress, batch_size=batch_size, backbone=fast),
+                                  len(pixels))
+            if path is not None and is_global_zero():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 save_file({"features": feats}, tmp)
@@ -106,13 +111,13 @@ def extract_features(model: TransferModel, pixels: np.ndarray, *, mean, std, dev
     if len(images) == 0:
         return torch.zeros(0, model.feature_dim)
     model.backbone.eval().to(device).to(memory_format=torch.channels_last)
-    first = _channels_last(normalize(images[:batch_size], mean, std).to(device))
+    first = _channels_last(normalize(to_device(images[:batch_size], device), mean, std))
     if backbone is None:
         backbone = inference_backbone(model.backbone, first[:1], device=device)
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc="features", disable=not show_bars(progress),
                       leave=False):
-        x = first if start == 0 else _channels_last(normalize(images[start:start + batch_size], mean, std).to(device))
+        x = first if start == 0 else _channels_last(normalize(to_device(images[start:start + batch_size], device), mean, std))
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             out.append(backbone(x).float().cpu())
         del x
