@@ -108,3 +108,26 @@ def test_finetune_two_gloo_processes_interrupted_resumed_and_close_to_one_proces
     assert two["epochs_run"] == 3 and two["test"]["n"] == one["test"]["n"] and two["val"]["n"] == one["val"]["n"]
     assert two["test"]["roc_auc"] > 0.75 and one["test"]["roc_auc"] > 0.75
     assert abs(two["test"]["roc_auc"] - one["test"]["roc_auc"]) <= 0.15
+
+
+def test_distributed_options_are_checked_in_one_line():
+    from transferlab.config import TrainConfig
+    from transferlab.errors import TransferlabError
+
+    with pytest.raises(TransferlabError, match="--devices and --num-nodes must be at least 1"):
+        TrainConfig(devices=0)
+    with pytest.raises(TransferlabError, match="--device cuda:1 names one GPU"):
+        TrainConfig(device="cuda:1", devices=2)
+
+
+def test_padded_predictions_are_kept_once_in_dataset_order():
+    """What DistributedSampler(shuffle=False) hands 2 processes for 5 images: [0, 2, 4] and [1, 3, 0] (padded)."""
+    import torch
+
+    from transferlab.distributed import gather_shards, once_each
+
+    index = torch.tensor([[0, 2, 4], [1, 3, 0]])
+    logits = index[..., None].float() * torch.tensor([1.0, -1.0])
+    kept_logits, kept_index = once_each(index, logits, index)
+    assert kept_index.tolist() == [0, 1, 2, 3, 4] and kept_logits[:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert gather_shards(lambda part: torch.arange(5)[part], 5).tolist() == [0, 1, 2, 3, 4]   # one process
