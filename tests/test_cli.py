@@ -57,7 +57,7 @@ def test_train_help_shows_the_defaults_train_uses():
     for strategy in STRATEGIES:
         cfg = TrainConfig(**{**args, "strategy": strategy})
         for dest, text in shown.items():
-            if dest in ("augment", "resume", "progress", "skip_bad", "strategy"):   # flags; the loop's own
+            if dest in ("augment", "resume", "progress", "skip_bad", "compile", "strategy"):   # flags; the loop's own
                 continue
             assert _same(_for_strategy(text, strategy), getattr(cfg, dest), dest), (dest, text, getattr(cfg, dest))
 
@@ -76,7 +76,7 @@ def test_study_help_shows_the_defaults_a_study_uses(monkeypatch):
         cfg = train_config(study, "resnet18", strategy, 1)
         for dest, text in shown.items():
             if dest in ("strategies", "seeds", "split_seed", "data", "models", "out", "measure_catalog",
-                        "augment", "progress", "skip_bad", "external", "adapt"):
+                        "augment", "progress", "skip_bad", "compile", "external", "adapt"):
                 continue
             assert _same(_for_strategy(text, strategy), getattr(cfg, dest), dest), (dest, text, getattr(cfg, dest))
     # the test split: the same 15% for a study as for `train` (no special case any more)

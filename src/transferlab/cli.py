@@ -8,6 +8,7 @@ import warnings
 from typing import get_args, get_type_hints
 
 from .config import STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, TrainConfig
+from .distributed import is_global_zero
 from .errors import TransferlabError
 
 TRAIN_OPTIONS = {
@@ -45,6 +46,9 @@ TRAIN_OPTIONS = {
     "split_seed": ("--split-seed", "seed for the validation/test split"),
     "device": ("--device", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N"),
     "precision": ("--precision", "auto (mixed precision on CUDA, 32-bit on CPU) or a Lightning precision, e.g. 32-true"),
+    "devices": ("--devices", "processes per node, one per GPU (or CPU processes with --device cpu): data parallel "
+                             "(DDP) when devices x nodes > 1; --batch-size stays the global batch"),
+    "num_nodes": ("--num-nodes", "machines (e.g. under Slurm's srun or torchrun), each running --devices processes"),
     "num_workers": ("--num-workers", "data-loading worker processes"),
     "threads": ("--threads", "CPU threads for torch; on a machine busy with other work, fewer threads than cores can "
                              "be several times faster"),
@@ -61,6 +65,7 @@ DEFAULT_WORDS = {   # what a None default means
 }
 FLAGS = {"skip_bad": ("--skip-bad", "skip unreadable images (listed in bad_files.csv) instead of stopping"),
          "augment": ("--no-augment", "finetune: no training augmentation"),
+         "compile": ("--compile", "torch.compile the trained network (faster steps on a GPU after a slow first one)"),
          "resume": ("--resume", "continue an interrupted run from its last checkpoint"),
          "progress": ("--no-progress", "no progress bars")}
 
@@ -92,7 +97,7 @@ def add_train_options(parser: argparse.ArgumentParser, *, for_study: bool = Fals
     """Every TrainConfig setting as an option; unset options keep TrainConfig's (per-strategy) defaults.
     `defaults`: the default text of options whose default the caller sets itself (a study's split seed)."""
     for field, (flag, help_text) in TRAIN_OPTIONS.items():
-        if for_study and field in ("model", "strategy", "seed"):
+        if for_study and field in ("model", "strategy", "seed", "devices", "num_nodes"):
             continue
         shown = (defaults or {}).get(field) or default_text(field)
         parser.add_argument(flag, dest=field, type=_field_type(field), choices=CHOICES.get(field),
@@ -229,6 +234,8 @@ def run_train(args) -> None:
 
     settings = {k: v for k, v in vars(args).items() if k != "command"}
     run = train(TrainConfig(**settings))
+    if not is_global_zero():   # DDP: the other processes have nothing new to say
+        return
     print(f"run directory: {run.path}")
     print_scores(run)
 

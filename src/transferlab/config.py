@@ -54,6 +54,9 @@ class TrainConfig:
                                       # that every run is scored on the same test images (paired tests)
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "auto"           # auto: 16-mixed on CUDA, 32-true on CPU
+    devices: int = 1                  # processes per node: DDP when devices x num_nodes > 1
+    num_nodes: int = 1
+    compile: bool = False             # torch.compile the trained network
     num_workers: int | None = None
     threads: int | None = None        # CPU threads for torch; None: torch's default, reduced to the CPUs free
     max_images: int | None = None     # per split, for quick trials
@@ -75,6 +78,11 @@ class TrainConfig:
             raise TransferlabError(f"--test-fraction must be in [0, 1), not {self.test_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
             raise TransferlabError("--epochs and --batch-size must be at least 1")
+        if self.devices < 1 or self.num_nodes < 1:
+            raise TransferlabError(f"--devices and --num-nodes must be at least 1, not {self.devices} and {self.num_nodes}")
+        if self.devices * self.num_nodes > 1 and ":" in self.device:
+            raise TransferlabError(f"--device {self.device} names one GPU; with --devices {self.devices} use --device "
+                                   f"cuda (the first {self.devices} GPUs; CUDA_VISIBLE_DEVICES chooses others) or cpu")
         if self.threads is not None and self.threads < 1:
             raise TransferlabError(f"--threads must be at least 1, not {self.threads}")
         # absolute paths: config.json must mean the same files whichever folder the run is used from

@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 
 from .data.transforms import ImageTensorDataset, normalize, pixel_tensor, xray_augment
 from .console import show_bars
+from .distributed import gather_shards, is_global_zero, world_size
+from .gpu import to_device
 from .models.heads import TransferModel
 
 
@@ -56,7 +58,8 @@ class FixedFeatures:
     def dataset(self, model: TransferModel, pixels: np.ndarray, labels: np.ndarray, *, mean, std,
                 augment: bool, device: torch.device, progress: bool, cache_dir: Path | None) -> Dataset:
         feats = self.features(model, pixels, mean=mean, std=std, device=device, progress=progress, cache_dir=cache_dir)
-        return TensorDataset(feats, torch.as_tensor(labels, dtype=torch.long))
+        # on a GPU the features stay there: the head trains and predicts without a host-to-device copy
+        return TensorDataset(feats.to(device), torch.as_tensor(labels, dtype=torch.long, device=device))
 
     def features(self, model: TransferModel, pixels: np.ndarray, *, mean, std, device: torch.device,
                  progress: bool, cache_dir: Path | None, batch_size: int = 64) -> torch.Tensor:
@@ -65,16 +68,25 @@ class FixedFeatures:
         shared across runs would hide what a run does to its own backbone.
 
         The cache is a float32 .npy file written batch by batch and renamed into place when complete; the
-        tensor returned is that file, memory-mapped copy-on-write (writable for torch, never written back)."""
+        tensor returned is that file, memory-mapped copy-on-write (writable for torch, never written back).
+        DDP: each process extracts its shard of the images, every process gets all features, rank 0 writes."""
         key = _digest(pixels, model.backbone)
         path = cache_dir / "features" / f"{key}.npy" if cache_dir else None
         if path is not None and path.exists():
             return torch.from_numpy(np.load(path, mmap_mode="c"))
         fast = self._inference_backbone(model, pixels, mean, std, device)
-        batches = feature_batches(model, pixels, mean=mean, std=std, device=device, progress=progress,
-                                  batch_size=batch_size, backbone=fast)
-        if path is None:
-            return torch.cat([torch.zeros(0, model.feature_dim), *batches])
+        if world_size() > 1:
+            feats = gather_shards(lambda part: extract_features(model, pixels[part], mean=mean, std=std, device=device,
+                                                                progress=progress, batch_size=batch_size, backbone=fast),
+                                  len(pixels))
+            if path is None or not is_global_zero():
+                return feats
+            batches = [feats.cpu()]
+        else:
+            batches = feature_batches(model, pixels, mean=mean, std=std, device=device, progress=progress,
+                                      batch_size=batch_size, backbone=fast)
+            if path is None:
+                return torch.cat([torch.zeros(0, model.feature_dim), *batches])
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}-{os.getpid()}.npy.tmp")
         try:
@@ -98,7 +110,7 @@ class FixedFeatures:
         if len(pixels) == 0:
             return None
         model.backbone.eval().to(device).to(memory_format=torch.channels_last)
-        example = _channels_last(normalize(pixel_tensor(pixels[:1]), mean, std).to(device))
+        example = _channels_last(normalize(to_device(pixel_tensor(pixels[:1]), device), mean, std))
         with torch.inference_mode():
             fast = inference_backbone(model.backbone, example, device=device)
         self._inference = (model.backbone, fast)
@@ -126,11 +138,11 @@ def feature_batches(model: TransferModel, pixels: np.ndarray, *, mean, std, devi
         return
     model.backbone.eval().to(device).to(memory_format=torch.channels_last)
     if backbone is None:
-        example = _channels_last(normalize(pixel_tensor(pixels[:1]), mean, std).to(device))
+        example = _channels_last(normalize(to_device(pixel_tensor(pixels[:1]), device), mean, std))
         backbone = inference_backbone(model.backbone, example, device=device)
     for start in tqdm(range(0, len(pixels), batch_size), desc="features", disable=not show_bars(progress),
                       leave=False):
-        x = _channels_last(normalize(pixel_tensor(pixels[start:start + batch_size]), mean, std).to(device))
+        x = _channels_last(normalize(to_device(pixel_tensor(pixels[start:start + batch_size]), device), mean, std))
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             out = backbone(x).float().cpu()
         del x
