@@ -91,6 +91,7 @@ def test_plan_commands_then_collect_rebuild_the_study(xray_dir, tmp_path, refere
     assert _results(out) == reference
     assert (out / "report.html").exists()
     # a finished study plans nothing more
+    capsys.readouterr()
     assert cli.main([*study_args, "--plan"]) == 0 and capsys.readouterr().out.strip() == ""
 
 

@@ -176,6 +176,11 @@ def _report(name: str, submitted, outcome: Outcome) -> None:
     if error is None:
         print(f"finished: {name}", flush=True)
         return
-    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not set(line.strip()) <= {"-"}]
-    outcome.failed[name] = f"{lines[-1] if lines else type(error).__name__} (log: {submitted.paths.stderr})"
+    why = str(error).strip().splitlines()[0]   # e.g. "... has not produced any output (state: INTERRUPTED)"
+    if submitted.paths.result_pickle.exists():  # submitit's record of a job that raised: ("error", traceback)
+        from submitit.core.utils import pickle_load
+
+        status, trace = pickle_load(submitted.paths.result_pickle)
+        why = trace.strip().splitlines()[-1] if status == "error" else why
+    outcome.failed[name] = f"{why} (log: {submitted.paths.stderr})"
     print(f"failed: {name}: {outcome.failed[name]}", flush=True)
