@@ -137,3 +137,16 @@ def test_slurm_needs_a_cluster_and_launch_settings_are_checked(xray_dir, tmp_pat
                          (dict(queue="x"), "unknown launch setting")]:
         with pytest.raises(TransferlabError, match=message):
             _config(xray_dir, tmp_path / "t", **bad)
+
+
+def test_a_slurm_task_at_its_time_limit_is_requeued_as_the_same_run(tmp_path):
+    """submitit calls checkpoint() near the time limit and requeues what it returns: the same run (which resumes
+    from its last checkpoint, because every study run has resume=True)."""
+    import pickle
+
+    from transferlab.config import TrainConfig
+    from transferlab.launchers import RunJob, run_job
+
+    config = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), resume=True)
+    again = pickle.loads(pickle.dumps(run_job.checkpoint(config)))
+    assert isinstance(again.function, RunJob) and again.args == (config,) and again.args[0].resume

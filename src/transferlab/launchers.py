@@ -75,11 +75,22 @@ class Outcome:
     submitted: bool = False                                 # handed to Slurm and not waited for (wait=False)
 
 
-def run_job(config: TrainConfig) -> str:
-    """One run, in whatever process or node the launcher chose; the run directory."""
-    from .training import train
+class RunJob:
+    """One run, in whatever process or node the launcher chose; returns the run directory. When a Slurm task nears
+    its time limit, submitit calls `checkpoint` and requeues the same run, which resumes from its last epoch."""
 
-    return str(train(config).path)
+    def __call__(self, config: TrainConfig) -> str:
+        from .training import train
+
+        return str(train(config).path)
+
+    def checkpoint(self, config: TrainConfig):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, config)
+
+
+run_job = RunJob()
 
 
 def launch(jobs: list[Job], settings: LaunchSettings, folder: Path) -> Outcome:

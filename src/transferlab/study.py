@@ -13,6 +13,8 @@ Layout of a study folder:
     summary.csv     mean and sd over seeds per model x strategy
     report.html     the self-contained report; report.md the same tables in Markdown
     analysis.json   the measured numbers behind every finding of the report
+    jobs/           --launcher local|slurm: submitit's files and each run's log (JOBID_0_log.out/.err)
+    plan/           --plan: one settings file per run, read by the printed `transferlab train --config` commands
 
 A study file (`transferlab study study.yaml`; command-line options override it) holds the same settings:
 
@@ -27,6 +29,10 @@ A study file (`transferlab study study.yaml`; command-line options override it) 
     model_overrides: {resnet50: {batch_size: 16}}
     external: [../hospital_b, ../official/test]   # every run is also scored on these (section E)
     adapt: prior,bn                           # label-free adaptation reported beside them
+    launch: {launcher: slurm, partition: gpu, time_min: 120, gpus_per_task: 1}   # where the runs execute
+
+Where the runs execute is the launcher's business (launchers.py: in this process, local processes, a Slurm job
+array); `--plan` prints a command per run for any other scheduler and `--collect` writes the report afterwards.
 
 Every run uses the same `split_seed`, so all runs are scored on the same test images and paired tests
 (McNemar) between them are valid; `seed` (initialisation, data order) varies over the seeds.
