@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model with one strategy into a run directory",
                        description="Train one model with one transfer strategy. Writes config.json, splits.csv, "
                                    "history.csv, metrics.json, predictions.csv and model.safetensors to --out.")
-    p.add_argument("--config", default=argparse.SUPPRESS, help="YAML or JSON file of these settings (e.g. one that `study --plan` wrote); "
-                                    "options given here override it (default: none)")
+    p.add_argument("--config", default=argparse.SUPPRESS,
+                   help="YAML or JSON file of these settings (e.g. one that `study --plan` wrote); options given here "
+                        "override it (default: none)")
     p.add_argument("--data", default=argparse.SUPPRESS, help="dataset folder: ROOT/{train,val,test}/CLASS/* or "
                                                              "ROOT/CLASS/* (required, here or in --config)")
     p.add_argument("--out", default=argparse.SUPPRESS, help="run directory to write (required, here or in --config)")

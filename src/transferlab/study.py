@@ -56,7 +56,7 @@ import yaml
 
 from .config import STRATEGIES, TrainConfig, read_settings, write_json
 from .errors import TransferlabError
-from .launchers import LAUNCHERS, LaunchSettings
+from .launchers import LAUNCHERS, Job, LaunchSettings, launch
 from .rundir import RunDir, read_csv, write_csv
 
 # TrainConfig settings a study sets itself, per run
@@ -222,9 +222,10 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     return StudyPlan(config, runs, notes, num_classes=len(index.classes))
 
 
-def _start(plan: StudyPlan, *, say=print) -> None:
+def _start(plan: StudyPlan, *, stream=None) -> None:
+    """Say the notes (on stream, default stdout) and write study.yaml: the study folder now exists."""
     for note in plan.notes:
-        say(f"note: {note}")
+        print(f"note: {note}", file=stream, flush=True)
     plan.out.mkdir(parents=True, exist_ok=True)
     (plan.out / "study.yaml").write_text(yaml.safe_dump(plan.config.to_dict(), sort_keys=False))
 
@@ -233,11 +234,9 @@ def run_study(config: StudyConfig) -> Path:
     """Train every model x strategy x seed (finished runs kept, unfinished ones resumed) with the study's launcher,
     then collect: catalogue, results.csv/summary.csv, the test analysis and report.html; returns the folder.
     With the slurm launcher and wait=False it returns once the runs are submitted (collect later)."""
-    from .launchers import Job, launch
-
     start = time.perf_counter()
     plan = plan_study(config)
-    _start(plan, say=lambda line: print(line, flush=True))
+    _start(plan)
     jobs = []
     for i, run in enumerate(plan.runs, 1):
         label = f"run {i}/{len(plan.runs)}: {run.model} {run.strategy} seed {run.seed}{run.state}"
@@ -249,7 +248,8 @@ def run_study(config: StudyConfig) -> Path:
     if outcome.failed:
         raise TransferlabError(
             f"{len(outcome.failed)} of {len(plan.runs)} runs failed: "
-            + "; ".join(f"{name}: {why}" for name, why in outcome.failed.items())
+            + "; ".join(f"{name}: {why}" for name, why in list(outcome.failed.items())[:5])
+            + ("; ..." if len(outcome.failed) > 5 else "")
             + ". Fix the cause and run the same command again: finished runs are kept")
     if outcome.submitted:
         print(f"submitted {len(jobs)} run(s); logs in {plan.out / 'jobs'}. When they have finished, write the report "
@@ -263,7 +263,7 @@ def plan_commands(config: StudyConfig) -> list[str]:
     the run's exact settings (resume on, so running a command again continues or keeps its run). Writes study.yaml
     and the per-run files; `collect_study` writes the report once the runs have finished."""
     plan = plan_study(config)
-    _start(plan, say=lambda line: print(line, file=sys.stderr, flush=True))
+    _start(plan, stream=sys.stderr)   # stdout: the commands alone
     folder = plan.out / "plan"
     folder.mkdir(exist_ok=True)
     commands = []
@@ -287,7 +287,7 @@ def collect_study(config: StudyConfig) -> Path:
             f"{len(missing)} of {len(plan.runs)} runs of {plan.out} have not finished: {', '.join(missing[:5])}"
             f"{', ...' if len(missing) > 5 else ''}; run them (--plan prints their commands) or launch the study "
             f"again (finished runs are kept)")
-    _start(plan, say=lambda line: print(line, flush=True))
+    _start(plan)
     return _collect(plan, start)
 
 
@@ -483,7 +483,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not time the models for the catalogue (its static facts are still shown)")
     # --split-seed (every run of the study uses it) comes with the training options
     add_train_options(parser, for_study=True, defaults={"split_seed": f"{StudyConfig.split_seed}, for every run"})
-    launch = parser.add_argument_group("where the runs execute (see README: Scaling out)")
+    launch = parser.add_argument_group("where the runs execute (README: 'Bigger studies')")
     for name, (flag, kind, help_text) in LAUNCH_OPTIONS.items():
         default = getattr(LaunchSettings(), name)
         shown = LAUNCH_DEFAULT_WORDS.get(name, default)
@@ -536,8 +536,11 @@ def run_study_command(args: argparse.Namespace) -> None:
             raise TransferlabError(f"--{key} is required (on the command line or in the study file)")
     config = StudyConfig.from_dict(values)
     if getattr(args, "plan", False):
-        print("\n".join(plan_commands(config)), flush=True)
-        print(f"then: transferlab study {Path(config.out) / 'study.yaml'} --collect", file=sys.stderr)
+        commands = plan_commands(config)
+        for command in commands:
+            print(command, flush=True)
+        print(f"{len(commands)} unfinished run(s); when they have finished: transferlab study "
+              f"{Path(config.out) / 'study.yaml'} --collect", file=sys.stderr)
     elif getattr(args, "collect", False):
         collect_study(config)
     else:
