@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig, write_json
 from .errors import TransferlabError
+from .machine import cpus
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 NO_LIMIT_MIN = 7 * 24 * 60       # local processes: submitit's LocalExecutor would otherwise stop them after 2 min
@@ -75,13 +75,21 @@ class Outcome:
     submitted: bool = False                                 # handed to Slurm and not waited for (wait=False)
 
 
+@dataclass(frozen=True)
 class RunJob:
     """One run, in whatever process or node the launcher chose; returns the run directory. When a Slurm task nears
-    its time limit, submitit calls `checkpoint` and requeues the same run, which resumes from its last epoch."""
+    its time limit, submitit calls `checkpoint` and requeues the same run, which resumes from its last epoch.
+    max_threads: torch's thread count before the run, which a run without --threads still reduces to the CPUs free
+    when it starts (engine.choose_threads)."""
+    max_threads: int | None = None
 
     def __call__(self, config: TrainConfig) -> str:
         from .training import train
 
+        if self.max_threads:
+            import torch
+
+            torch.set_num_threads(self.max_threads)
         return str(train(config).path)
 
     def checkpoint(self, config: TrainConfig):
@@ -115,14 +123,13 @@ def _local(jobs: list[Job], settings: LaunchSettings, folder: Path) -> Outcome:
     executor = submitit.AutoExecutor(folder, cluster="local")
     gpus = settings.gpus_per_task if settings.gpus_per_task is not None else torch.cuda.device_count()
     executor.update_parameters(timeout_min=settings.time_min or NO_LIMIT_MIN, gpus_per_node=gpus)
-    threads = settings.cpus_per_task or max(1, (os.cpu_count() or 1) // parallel)
+    task = RunJob(max_threads=settings.cpus_per_task or max(1, cpus() // parallel))
     pending, running, outcome = list(jobs), {}, Outcome()
     try:
         while pending or running:
             while pending and len(running) < parallel:
                 job = pending.pop(0)
-                config = job.config if job.config.threads else dataclasses.replace(job.config, threads=threads)
-                running[job.name] = submitted = executor.submit(run_job, config)
+                running[job.name] = submitted = executor.submit(task, job.config)
                 print(f"{job.label}: local process {submitted.job_id}, log {submitted.paths.stderr}", flush=True)
             for name in [name for name, submitted in running.items() if submitted.done()]:
                 _report(name, running.pop(name), outcome)
