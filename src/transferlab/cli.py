@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import get_args, get_type_hints
 
-from .config import STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, TrainConfig
+from .config import STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, TrainConfig, read_settings
 from .distributed import is_global_zero
 from .errors import TransferlabError
 
@@ -133,8 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model with one strategy into a run directory",
                        description="Train one model with one transfer strategy. Writes config.json, splits.csv, "
                                    "history.csv, metrics.json, predictions.csv and model.safetensors to --out.")
-    p.add_argument("--data", required=True, help="dataset folder: ROOT/{train,val,test}/CLASS/* or ROOT/CLASS/*")
-    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--config", default=argparse.SUPPRESS,
+                   help="YAML or JSON file of these settings (e.g. one that `study --plan` wrote); options given here "
+                        "override it (default: none)")
+    p.add_argument("--data", default=argparse.SUPPRESS, help="dataset folder: ROOT/{train,val,test}/CLASS/* or "
+                                                             "ROOT/CLASS/* (required, here or in --config)")
+    p.add_argument("--out", default=argparse.SUPPRESS, help="run directory to write (required, here or in --config)")
     add_train_options(p)
 
     p = sub.add_parser("study", help="Tasks B-E: every model x strategy x seed, compared, in one HTML report",
@@ -233,7 +237,12 @@ def run_train(args) -> None:
     from .training import train
 
     settings = {k: v for k, v in vars(args).items() if k != "command"}
-    run = train(TrainConfig(**settings))
+    if "config" in settings:
+        settings = {**read_settings(settings.pop("config")), **settings}
+    for key in ("data", "out"):
+        if not settings.get(key):
+            raise TransferlabError(f"--{key} is required (on the command line or in --config)")
+    run = train(TrainConfig.from_dict(settings))
     if not is_global_zero():   # DDP: the other processes have nothing new to say
         return
     print(f"run directory: {run.path}")
