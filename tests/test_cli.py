@@ -76,9 +76,11 @@ def test_study_help_shows_the_defaults_a_study_uses(monkeypatch):
         cfg = train_config(study, "resnet18", strategy, 1)
         for dest, text in shown.items():
             if dest in ("strategies", "seeds", "split_seed", "data", "models", "out", "measure_catalog",
-                        "augment", "progress", "skip_bad", "external", "adapt"):
+                        "augment", "progress", "skip_bad", "external", "adapt", "experiment"):
                 continue
             assert _same(_for_strategy(text, strategy), getattr(cfg, dest), dest), (dest, text, getattr(cfg, dest))
+    # the loggers file every run of a study under the study folder's name
+    assert shown["experiment"] == "the study folder's name" and cfg.experiment == "o"
     # the test split: the same 15% for a study as for `train` (no special case any more)
     assert cfg.test_fraction == TrainConfig().test_fraction == 0.15
 

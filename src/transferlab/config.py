@@ -58,6 +58,8 @@ class TrainConfig:
     cache_dir: str | None = None      # on-disk cache of decoded images and features; None: ~/.cache/transferlab
     resume: bool = False
     progress: bool = True
+    logger: list[str] | None = None   # experiment logs beside history.csv: tensorboard, csv, mlflow, wandb
+    experiment: str | None = None     # their experiment name; None: "transferlab" (a study: its folder's name)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -72,6 +74,9 @@ class TrainConfig:
             raise TransferlabError(f"--test-fraction must be in [0, 1), not {self.test_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
             raise TransferlabError("--epochs and --batch-size must be at least 1")
+        from .loggers import parse_loggers   # not at the top: loggers writes its state with write_json
+
+        self.logger = parse_loggers(self.logger)
         if self.threads is not None and self.threads < 1:
             raise TransferlabError(f"--threads must be at least 1, not {self.threads}")
         # absolute paths: config.json must mean the same files whichever folder the run is used from

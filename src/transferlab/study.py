@@ -48,12 +48,13 @@ import yaml
 
 from .config import STRATEGIES, TrainConfig, read_settings, write_json
 from .errors import TransferlabError
-from .rundir import RunDir, read_csv, write_csv
+from .rundir import RunDir, flatten_metrics, read_csv, write_csv
 
 # TrainConfig settings a study sets itself, per run
 STUDY_OWNED = ("data", "model", "strategy", "seed", "split_seed", "out", "resume")
 # settings that do not change what a run computes (a finished run trained with other values is still valid)
-NOT_COMPARED = ("data", "out", "resume", "progress", "device", "num_workers", "threads", "cache_dir", "weights_dir")
+NOT_COMPARED = ("data", "out", "resume", "progress", "device", "num_workers", "threads", "cache_dir", "weights_dir",
+                "logger", "experiment")
 
 
 @dataclass
@@ -162,6 +163,7 @@ def run_study(config: StudyConfig) -> Path:
     """Train every model x strategy x seed (finished runs kept, the unfinished one resumed), measure the
     catalogue, write results.csv/summary.csv, analyse the test set and write report.html; returns the folder."""
     from .data.discover import discover
+    from .loggers import check_available
     from .models.registry import get_spec
     from .training import train
 
@@ -185,6 +187,7 @@ def run_study(config: StudyConfig) -> Path:
     states = [_check_existing(RunDir(cfg.out), cfg, fingerprint) for *_, cfg in planned]
     for *_, cfg in planned:
         get_spec(cfg.model, cfg.weights)       # an unknown model or weights name stops before anything is written
+        check_available(cfg.logger)            # ... and so does a --logger whose package is missing
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -232,7 +235,8 @@ def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[
 
 
 def train_config(config: StudyConfig, model: str, strategy: str, seed: int) -> TrainConfig:
-    settings = {**config.train, **config.model_overrides.get(model, {})}
+    # one experiment name for the loggers of every run: the study folder's
+    settings = {"experiment": Path(config.out).resolve().name, **config.train, **config.model_overrides.get(model, {})}
     return TrainConfig(**settings, data=str(config.data), model=model, strategy=strategy, seed=seed,
                        split_seed=config.split_seed, resume=True,
                        out=str(Path(config.out) / "runs" / run_name(model, strategy, seed)))
@@ -281,35 +285,6 @@ def study_catalog(config: StudyConfig, out: Path, num_classes: int = 2) -> list[
 
 
 # --- tables -------------------------------------------------------------------------------------------------
-
-def flatten_metrics(metrics: dict) -> dict:
-    """metrics.json as one flat row: test_accuracy, test_at_threshold_accuracy, val_roc_auc, test_tp, ...,
-    best_epoch, threshold, seconds_fit, peak_rss_mb."""
-    row = {}
-    for key in ("threshold", "threshold_method", "best_epoch", "epochs_run", "monitor", "trainable_params",
-                "total_params", "peak_rss_mb", "cuda_peak_mb"):
-        row[key] = metrics.get(key)
-    for key, value in (metrics.get("seconds") or {}).items():
-        row[f"seconds_{key}"] = value
-    for split in ("train", "val", "test"):
-        if split in metrics:
-            row.update(_flatten_split(metrics[split], f"{split}_"))
-            if "at_threshold" in metrics[split]:
-                row.update(_flatten_split(metrics[split]["at_threshold"], f"{split}_at_threshold_"))
-    return row
-
-
-def _flatten_split(m: dict, prefix: str) -> dict:
-    row = {}
-    for key, value in m.items():
-        if key == "confusion_matrix":
-            if len(value) == 2:
-                (tn, fp), (fn, tp) = value
-                row.update({f"{prefix}tn": tn, f"{prefix}fp": fp, f"{prefix}fn": fn, f"{prefix}tp": tp})
-        elif not isinstance(value, (dict, list)):
-            row[prefix + key] = value
-    return row
-
 
 def results_rows(study_dir: Path, runs: list[dict]) -> list[dict]:
     rows = []
@@ -381,7 +356,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-catalog", dest="measure_catalog", action="store_false", default=S,
                         help="do not time the models for the catalogue (its static facts are still shown)")
     # --split-seed (every run of the study uses it) comes with the training options
-    add_train_options(parser, for_study=True, defaults={"split_seed": f"{StudyConfig.split_seed}, for every run"})
+    add_train_options(parser, for_study=True, defaults={"split_seed": f"{StudyConfig.split_seed}, for every run",
+                                                        "experiment": "the study folder's name"})
 
 
 def _seeds_arg(text: str) -> int | list[int]:

@@ -25,10 +25,11 @@ from .config import TrainConfig, write_json
 from .data.discover import DatasetIndex, Sample, discover
 from .data.images import load_images, unreadable_error
 from .data.split import Splits, how_made, leakage_warning, make_splits, split_leakage
-from .engine import (Classifier, choose_threads, class_weights_for, cpu_threads, fit, load_best_weights, make_loader,
-                     predict_probs, resolve_device, reuse_freed_memory, seed_all, whole_epoch_loader)
+from .engine import (Classifier, FollowHistory, choose_threads, class_weights_for, cpu_threads, fit, load_best_weights,
+                     make_loader, predict_probs, resolve_device, reuse_freed_memory, seed_all, whole_epoch_loader)
 from .errors import TransferlabError
 from .evaluation import decide, positive_index, split_metrics
+from .loggers import ExperimentLogs, check_available
 from .metrics import choose_threshold
 from .models.heads import create_model
 from .models.registry import get_spec
@@ -112,8 +113,10 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
     if not cfg.out:
         raise TransferlabError("--out is required: the run directory to write")
     run = RunDir(cfg.out)
+    check_available(cfg.logger)
     if run.finished():
         if cfg.resume:
+            ExperimentLogs(run, cfg.logger, cfg.experiment).log_finished_run()
             return run
         raise TransferlabError(f"{run.path} already holds a finished run; choose another --out")
     if (run.checkpoints / "last.ckpt").exists() and not cfg.resume:
@@ -193,10 +196,12 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
     if strategy.channels_last:
         net.to(memory_format=torch.channels_last)
     train_loader, val_loader = make_loaders(cfg, train_set, train_labels, inputs["val"], device, cached=cached)
+    logs = ExperimentLogs(run, cfg.logger, cfg.experiment)
     fit_start = time.perf_counter()
     fitted = fit(module, train_loader, val_loader,
                  checkpoint_dir=run.checkpoints, epochs=cfg.epochs, monitor=cfg.monitor, patience=cfg.patience,
-                 device=device, precision=_precision(cfg.precision, device), resume=cfg.resume, progress=cfg.progress)
+                 device=device, precision=_precision(cfg.precision, device), resume=cfg.resume, progress=cfg.progress,
+                 callbacks=[FollowHistory(logs.update, logs.stopped)] if cfg.logger else [])
     fit_seconds = time.perf_counter() - fit_start
     if fitted["best_checkpoint"]:
         load_best_weights(module, fitted["best_checkpoint"])
@@ -234,6 +239,8 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
         **metrics,
     }
     write_json(run.metrics, summary)
+    logs.update(module.history, summary)
+    logs.close()
 
 
 def make_loaders(cfg: TrainConfig, train_set, train_labels: np.ndarray, val_set, device: torch.device, *,
@@ -256,7 +263,7 @@ def _warn(message: str) -> None:
 
 # Settings that may differ when a run is resumed. The data is compared by its fingerprint, not by its path.
 RESUME_MAY_CHANGE = {"data", "manifest", "resume", "progress", "device", "num_workers", "threads", "cache_dir",
-                     "weights_dir"}
+                     "weights_dir", "logger", "experiment"}
 
 
 def _check_same_run(run: RunDir, cfg: TrainConfig, data: Prepared) -> None:
