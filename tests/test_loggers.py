@@ -28,10 +28,16 @@ def _history(run: RunDir) -> dict[str, list[tuple[int, float]]]:
     return {c: [(int(r["epoch"]), float(r[c])) for r in rows] for c in COLUMNS}
 
 
-def _mlflow_client(run: RunDir):
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """One folder of runs, so that both MLflow tests share its store (a new store takes seconds to set up)."""
+    return tmp_path_factory.mktemp("runs")
+
+
+def _mlflow_client(uri: str):
     from mlflow import MlflowClient
 
-    return MlflowClient(f"sqlite:///{run.path.parent.resolve() / 'mlflow.db'}")
+    return MlflowClient(uri)
 
 
 def test_tensorboard_and_csv_hold_history_config_and_metrics(xray_dir, tmp_path):
@@ -61,11 +67,11 @@ def test_tensorboard_and_csv_hold_history_config_and_metrics(xray_dir, tmp_path)
     assert yaml.safe_load((run.logs / "csv" / "hparams.yaml").read_text())["settings"]["seed"] == 0
 
 
-def test_mlflow_resumed_run_logs_every_epoch_once(xray_dir, tmp_path, monkeypatch):
+def test_mlflow_resumed_run_logs_every_epoch_once(xray_dir, runs_dir, monkeypatch):
     from transferlab import engine
 
-    settings = dict(data=str(xray_dir), epochs=4, patience=10, out=str(tmp_path / "runs" / "a"), experiment="exp1",
-                    **FAST)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)   # the default store: beside the run
+    settings = dict(data=str(xray_dir), epochs=4, patience=10, out=str(runs_dir / "a"), experiment="exp1", **FAST)
     step = engine.Classifier.training_step
 
     def interrupted(self, batch, batch_idx):
@@ -76,7 +82,7 @@ def test_mlflow_resumed_run_logs_every_epoch_once(xray_dir, tmp_path, monkeypatc
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         train(**settings, logger=["mlflow", "tensorboard"])
     run = RunDir(settings["out"])
-    client = _mlflow_client(run)
+    client = _mlflow_client(f"sqlite:///{runs_dir / 'mlflow.db'}")
     (killed,) = client.search_runs([client.get_experiment_by_name("exp1").experiment_id])
     assert killed.info.status == "KILLED" and [m.step for m in client.get_metric_history(killed.info.run_id, "val_loss")] == [1, 2]
 
@@ -102,9 +108,13 @@ def test_mlflow_resumed_run_logs_every_epoch_once(xray_dir, tmp_path, monkeypatc
     assert [int(r["step"]) for r in read_csv(run.logs / "csv" / "metrics.csv") if r["val_loss"]] == [1, 2, 3, 4]
 
 
-def test_study_files_every_run_under_its_name(xray_dir, tmp_path):
-    """A YAML study with `logger: mlflow`. A finished run kept with a logger added is logged from its files,
-    and MLflow, which has it already, gets nothing twice."""
+def test_study_files_every_run_under_its_name(xray_dir, tmp_path, runs_dir, monkeypatch):
+    """A YAML study with `logger: mlflow`, to the store $MLFLOW_TRACKING_URI names. A finished run kept with a
+    logger added is logged from its files, and MLflow, which has it already, gets nothing twice."""
+    store = f"sqlite:///{runs_dir / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    # the report is tested elsewhere; here it would only take time
+    monkeypatch.setattr("transferlab.report.write_report", lambda out: (out / "report.html", out / "report.md"))
     study_file = tmp_path / "study.yaml"
     study_file.write_text(yaml.safe_dump({
         "data": str(xray_dir), "models": ["efficientnet_lite0"], "strategies": ["features"], "seeds": 2,
@@ -113,7 +123,8 @@ def test_study_files_every_run_under_its_name(xray_dir, tmp_path):
     config = read_study_file(study_file)
     out = run_study(config)
     runs = [RunDir(out / "runs" / f"efficientnet_lite0-features-seed{seed}") for seed in (0, 1)]
-    client = _mlflow_client(runs[0])
+    assert not (out / "runs" / "mlflow.db").exists()
+    client = _mlflow_client(store)
     experiment = client.get_experiment_by_name("hw4")
     logged = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert sorted(logged) == [r.path.name for r in runs]
@@ -144,3 +155,7 @@ def test_missing_package_and_unknown_logger_are_one_line_errors(xray_dir, tmp_pa
         train(data=str(xray_dir), out=str(tmp_path / "run"), logger="csv,neptune")
     with pytest.raises(SystemExit):
         cli.main(["train", "--data", "d", "--out", "o", "--logger", "neptune"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuch://store")
+    with pytest.raises(TransferlabError, match="^--logger mlflow: .*nosuch"):
+        train(data=str(xray_dir), out=str(tmp_path / "run"), logger="mlflow", **FAST)
+    assert not (tmp_path / "run").exists()

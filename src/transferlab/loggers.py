@@ -12,6 +12,7 @@ earlier epochs, and a finished run that a study keeps is logged from its files.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -181,8 +182,13 @@ class ExperimentLogs:
         self._open.clear()
 
     def stopped(self, exc: BaseException) -> None:
-        """Training ended in an error or Ctrl+C: an MLflow run is marked KILLED or FAILED until it is resumed."""
-        self.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        """Training ended in an error or Ctrl+C: an MLflow run is marked KILLED or FAILED until it is resumed.
+        A logger that fails now is left as it is: the error or interrupt that stopped training is the one to report."""
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for name, logger in self._open.items():
+            with contextlib.suppress(Exception):
+                LOGGERS[name].close(logger, status)
+        self._open.clear()
 
     def log_finished_run(self) -> None:
         """A finished run, from its files: whatever these loggers have not received yet."""
@@ -201,7 +207,10 @@ class ExperimentLogs:
             state = self.state.setdefault(name, {})
             if kind.starts_over:
                 state.clear()
-            self._open[name] = kind.make(self.run, self.experiment, state)
+            try:
+                self._open[name] = kind.make(self.run, self.experiment, state)
+            except Exception as exc:   # e.g. an MLflow server that cannot be reached, a URI it does not know
+                raise TransferlabError(f"--logger {name}: {str(exc).strip().splitlines()[0]}") from None
             self._save_state()   # a new MLflow/W&B run id, before anything else can fail
         return self._open[name]
 
