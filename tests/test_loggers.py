@@ -159,3 +159,13 @@ def test_missing_package_and_unknown_logger_are_one_line_errors(xray_dir, tmp_pa
     with pytest.raises(TransferlabError, match="^--logger mlflow: .*nosuch"):
         train(data=str(xray_dir), out=str(tmp_path / "run"), logger="mlflow", **FAST)
     assert not (tmp_path / "run").exists()
+
+
+def test_study_command_line_passes_loggers_to_every_run(monkeypatch):
+    parser = cli.build_parser()
+    seen = {}
+    monkeypatch.setattr("transferlab.study.run_study", lambda config: seen.setdefault("config", config))
+    cli.run_study(parser.parse_args(["study", "--data", "d", "--models", "resnet18", "--out", "studies/hw4",
+                                     "--logger", "tensorboard", "--logger", "mlflow"]))
+    cfg = train_config(seen["config"], "resnet18", "features", 0)
+    assert cfg.logger == ["tensorboard", "mlflow"] and cfg.experiment == "hw4"

@@ -68,6 +68,7 @@ def _csv(run: RunDir, experiment: str, state: dict):
 
 
 def _mlflow(run: RunDir, experiment: str, state: dict):
+    import mlflow   # noqa: F401  (importing it sets its loggers' levels, which must come first)
     from lightning.pytorch.loggers import MLFlowLogger
 
     for name in ("mlflow", "alembic"):   # database set-up messages on every new store
