@@ -77,7 +77,7 @@ def test_study_help_shows_the_defaults_a_study_uses(monkeypatch):
         cfg = train_config(study, "resnet18", strategy, 1)
         for dest, text in shown.items():
             if dest in ("strategies", "seeds", "split_seed", "data", "models", "out", "measure_catalog",
-                        "augment", "progress", "skip_bad", "compile", "external", "adapt", "plan", "collect", "wait",
+                        "augment", "progress", "skip_bad", "compile", "external", "adapt", "plan", "collect", "wait", "experiment",
                         *LAUNCH_OPTIONS):
                 continue
             assert _same(_for_strategy(text, strategy), getattr(cfg, dest), dest), (dest, text, getattr(cfg, dest))
@@ -86,6 +86,8 @@ def test_study_help_shows_the_defaults_a_study_uses(monkeypatch):
         default = getattr(study.launch, dest)
         assert shown[dest] == (LAUNCH_DEFAULT_WORDS[dest] if default is None else str(default)), dest
     assert study.launch.launcher == "inprocess" and study.launch.wait is True
+    # the loggers file every run of a study under the study folder's name
+    assert shown["experiment"] == "the study folder's name" and cfg.experiment == "o"
     # the test split: the same 15% for a study as for `train` (no special case any more)
     assert cfg.test_fraction == TrainConfig().test_fraction == 0.15
 

@@ -5,11 +5,12 @@ import argparse
 import json
 import sys
 import warnings
-from typing import get_args, get_type_hints
+from typing import get_args, get_origin, get_type_hints
 
 from .config import STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, TrainConfig, read_settings
 from .distributed import is_global_zero
 from .errors import TransferlabError
+from .loggers import LOGGERS
 
 TRAIN_OPTIONS = {
     # field: (flags, help); "(default: ...)" is added from TrainConfig (DEFAULT_WORDS where it is None)
@@ -54,6 +55,11 @@ TRAIN_OPTIONS = {
                              "be several times faster"),
     "max_images": ("--max-images", "use at most this many images per split (quick trials)"),
     "cache_dir": ("--cache-dir", "cache of decoded images and features"),
+    "logger": ("--logger", "experiment logs through Lightning's loggers, beside history.csv: tensorboard (RUN/logs/"
+                           "tensorboard), csv (RUN/logs/csv), mlflow ($MLFLOW_TRACKING_URI, else "
+                           "RUN/../mlflow.db) or wandb (offline unless WANDB_MODE or WANDB_API_KEY is set); "
+                           "repeatable"),
+    "experiment": ("--experiment", "experiment name the loggers file the run under (MLflow experiment, W&B project)"),
 }
 DEFAULT_WORDS = {   # what a None default means
     "weights_dir": "none: $TRANSFERLAB_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints",
@@ -62,6 +68,7 @@ DEFAULT_WORDS = {   # what a None default means
     "num_workers": "0 on CPU, where images are read from the memory-mapped cache; else up to 8",
     "threads": "torch's own count, reduced to the CPUs free when the run starts",
     "max_images": "all", "cache_dir": "$TRANSFERLAB_CACHE, else ~/.cache/transferlab",
+    "logger": "none: history.csv only", "experiment": "transferlab",
 }
 FLAGS = {"skip_bad": ("--skip-bad", "skip unreadable images (listed in bad_files.csv) instead of stopping"),
          "augment": ("--no-augment", "finetune: no training augmentation"),
@@ -72,7 +79,7 @@ FLAGS = {"skip_bad": ("--skip-bad", "skip unreadable images (listed in bad_files
 
 CHOICES = {"strategy": STRATEGIES, "monitor": ("val_loss", "val_auc", "val_balanced_accuracy"),
            "balance": ("weights", "sampler", "none"), "official_val": ("auto", "keep", "merge", "drop"),
-           "threshold_method": ("youden", "f1")}
+           "threshold_method": ("youden", "f1"), "logger": tuple(LOGGERS)}
 
 
 def _field_type(field: str) -> type:
@@ -100,7 +107,10 @@ def add_train_options(parser: argparse.ArgumentParser, *, for_study: bool = Fals
         if for_study and field in ("model", "strategy", "seed", "devices", "num_nodes"):
             continue
         shown = (defaults or {}).get(field) or default_text(field)
-        parser.add_argument(flag, dest=field, type=_field_type(field), choices=CHOICES.get(field),
+        kind = _field_type(field)
+        repeatable = get_origin(kind) is list   # a list setting: the option once per item
+        parser.add_argument(flag, dest=field, type=get_args(kind)[0] if repeatable else kind,
+                            action="append" if repeatable else "store", choices=CHOICES.get(field),
                             default=argparse.SUPPRESS, help=f"{help_text} (default: {shown})".replace("%", "%%"))
     for field, (flag, help_text) in FLAGS.items():
         if for_study and field == "resume":

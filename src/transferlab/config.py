@@ -64,6 +64,8 @@ class TrainConfig:
     cache_dir: str | None = None      # on-disk cache of decoded images and features; None: ~/.cache/transferlab
     resume: bool = False
     progress: bool = True
+    logger: list[str] | None = None   # experiment logs beside history.csv: tensorboard, csv, mlflow, wandb
+    experiment: str | None = None     # their experiment name; None: "transferlab" (a study: its folder's name)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -83,6 +85,9 @@ class TrainConfig:
         if self.devices * self.num_nodes > 1 and ":" in self.device:
             raise TransferlabError(f"--device {self.device} names one GPU; with --devices {self.devices} use --device "
                                    f"cuda (the first {self.devices} GPUs; CUDA_VISIBLE_DEVICES chooses others) or cpu")
+        from .loggers import parse_loggers   # not at the top: loggers writes its state with write_json
+
+        self.logger = parse_loggers(self.logger)
         if self.threads is not None and self.threads < 1:
             raise TransferlabError(f"--threads must be at least 1, not {self.threads}")
         # absolute paths: config.json must mean the same files whichever folder the run is used from

@@ -380,9 +380,28 @@ class EpochLines(Callback):
               file=sys.stderr, flush=True)
 
 
+class FollowHistory(Callback):
+    """Hands `follow` the module's history (history.csv's rows) when training starts, with a resumed run's
+    epochs restored from its checkpoint, and after every epoch; `stopped(exception)` when training ends in an
+    error or Ctrl+C."""
+
+    def __init__(self, follow, stopped):
+        self.follow, self.stopped = follow, stopped
+
+    def on_train_start(self, trainer, module):
+        self.follow(module.history)
+
+    def on_train_epoch_end(self, trainer, module):
+        if not trainer.sanity_checking:
+            self.follow(module.history)
+
+    def on_exception(self, trainer, module, exception):
+        self.stopped(exception)
+
+
 def fit(module: Classifier, train_loader: DataLoader, val_loader: DataLoader, *, checkpoint_dir: Path,
         epochs: int, monitor: str, patience: int, device: torch.device, precision: str, resume: bool,
-        progress: bool, devices: int = 1, num_nodes: int = 1) -> dict:
+        progress: bool, devices: int = 1, num_nodes: int = 1, callbacks: list[Callback] = ()) -> dict:
     """Train with early stopping; returns the best epoch, its score and the checkpoint paths.
 
     checkpoints/last.ckpt is written after every epoch (model, optimizer, scheduler, epoch, early-stopping
@@ -395,7 +414,8 @@ def fit(module: Classifier, train_loader: DataLoader, val_loader: DataLoader, *,
     # Without a monitor, save_top_k=1 keeps the latest epoch: "last" every epoch (save_last=True would only
     # write it in epochs where "best" improved). Lightning runs it after `best`, so it holds best's state.
     last = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False)
-    callbacks = [best, last, EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False)]
+    callbacks = [best, last, EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False),
+                 *callbacks]
     bars = show_bars(progress)
     if bars:
         callbacks.append(TQDMProgressBar(leave=True))

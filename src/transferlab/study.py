@@ -57,12 +57,13 @@ import yaml
 from .config import STRATEGIES, TrainConfig, read_settings, write_json
 from .errors import TransferlabError
 from .launchers import LAUNCHERS, Job, LaunchSettings, launch
-from .rundir import RunDir, read_csv, write_csv
+from .rundir import RunDir, flatten_metrics, read_csv, write_csv
 
 # TrainConfig settings a study sets itself, per run
 STUDY_OWNED = ("data", "model", "strategy", "seed", "split_seed", "out", "resume")
 # settings that do not change what a run computes (a finished run trained with other values is still valid)
-NOT_COMPARED = ("data", "out", "resume", "progress", "device", "num_workers", "threads", "cache_dir", "weights_dir")
+NOT_COMPARED = ("data", "out", "resume", "progress", "device", "num_workers", "threads", "cache_dir", "weights_dir",
+                "logger", "experiment")
 
 
 @dataclass
@@ -200,6 +201,7 @@ class StudyPlan:
 def plan_study(config: StudyConfig) -> StudyPlan:
     """Every run's settings, checked against what the study folder already holds; writes nothing."""
     from .data.discover import discover
+    from .loggers import check_available
     from .models.registry import get_spec
 
     config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()), train=dict(config.train))
@@ -219,6 +221,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
         runs.append(PlannedRun(model, strategy, seed, cfg, _check_existing(RunDir(cfg.out), cfg, fingerprint)))
     for run in runs:
         get_spec(run.config.model, run.config.weights)   # an unknown model or weights name stops here
+        check_available(run.config.logger)               # ... and so does a --logger whose package is missing
     return StudyPlan(config, runs, notes, num_classes=len(index.classes))
 
 
@@ -333,7 +336,8 @@ def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[
 
 
 def train_config(config: StudyConfig, model: str, strategy: str, seed: int) -> TrainConfig:
-    settings = {**config.train, **config.model_overrides.get(model, {})}
+    # one experiment name for the loggers of every run: the study folder's
+    settings = {"experiment": Path(config.out).resolve().name, **config.train, **config.model_overrides.get(model, {})}
     return TrainConfig(**settings, data=str(config.data), model=model, strategy=strategy, seed=seed,
                        split_seed=config.split_seed, resume=True,
                        out=str(Path(config.out) / "runs" / run_name(model, strategy, seed)))
@@ -382,35 +386,6 @@ def study_catalog(config: StudyConfig, out: Path, num_classes: int = 2) -> list[
 
 
 # --- tables -------------------------------------------------------------------------------------------------
-
-def flatten_metrics(metrics: dict) -> dict:
-    """metrics.json as one flat row: test_accuracy, test_at_threshold_accuracy, val_roc_auc, test_tp, ...,
-    best_epoch, threshold, seconds_fit, peak_rss_mb."""
-    row = {}
-    for key in ("threshold", "threshold_method", "best_epoch", "epochs_run", "monitor", "trainable_params",
-                "total_params", "peak_rss_mb", "cuda_peak_mb"):
-        row[key] = metrics.get(key)
-    for key, value in (metrics.get("seconds") or {}).items():
-        row[f"seconds_{key}"] = value
-    for split in ("train", "val", "test"):
-        if split in metrics:
-            row.update(_flatten_split(metrics[split], f"{split}_"))
-            if "at_threshold" in metrics[split]:
-                row.update(_flatten_split(metrics[split]["at_threshold"], f"{split}_at_threshold_"))
-    return row
-
-
-def _flatten_split(m: dict, prefix: str) -> dict:
-    row = {}
-    for key, value in m.items():
-        if key == "confusion_matrix":
-            if len(value) == 2:
-                (tn, fp), (fn, tp) = value
-                row.update({f"{prefix}tn": tn, f"{prefix}fp": fp, f"{prefix}fn": fn, f"{prefix}tp": tp})
-        elif not isinstance(value, (dict, list)):
-            row[prefix + key] = value
-    return row
-
 
 def results_rows(study_dir: Path, runs: list[dict]) -> list[dict]:
     rows = []
@@ -482,7 +457,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-catalog", dest="measure_catalog", action="store_false", default=S,
                         help="do not time the models for the catalogue (its static facts are still shown)")
     # --split-seed (every run of the study uses it) comes with the training options
-    add_train_options(parser, for_study=True, defaults={"split_seed": f"{StudyConfig.split_seed}, for every run"})
+    add_train_options(parser, for_study=True, defaults={"split_seed": f"{StudyConfig.split_seed}, for every run",
+                                                        "experiment": "the study folder's name"})
     launch = parser.add_argument_group("where the runs execute (README: 'Bigger studies')")
     for name, (flag, kind, help_text) in LAUNCH_OPTIONS.items():
         default = getattr(LaunchSettings(), name)

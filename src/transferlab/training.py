@@ -27,11 +27,13 @@ from .data.discover import DatasetIndex, Sample, discover
 from .data.images import load_images, unreadable_error
 from .data.split import Splits, how_made, leakage_warning, make_splits, split_leakage
 from .distributed import barrier, gather_shards, is_global_zero, launch, rank_zero_first
-from .engine import (Classifier, choose_threads, class_weights_for, cpu_threads, fit, load_best_weights, make_loader,
-                     predict_probs, resolve_device, reuse_freed_memory, seed_all, whole_epoch_loader, with_index)
+from .engine import (Classifier, FollowHistory, choose_threads, class_weights_for, cpu_threads, fit,
+                     load_best_weights, make_loader, predict_probs, resolve_device, reuse_freed_memory, seed_all,
+                     whole_epoch_loader, with_index)
 from .errors import TransferlabError
 from .gpu import pin_memory_for
 from .evaluation import decide, positive_index, split_metrics
+from .loggers import ExperimentLogs, check_available
 from .metrics import choose_threshold
 from .models.heads import create_model
 from .models.registry import get_spec
@@ -115,8 +117,10 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
     if not cfg.out:
         raise TransferlabError("--out is required: the run directory to write")
     run = RunDir(cfg.out)
+    check_available(cfg.logger)
     if run.finished():
         if cfg.resume:
+            ExperimentLogs(run, cfg.logger, cfg.experiment).log_finished_run()
             return run
         raise TransferlabError(f"{run.path} already holds a finished run; choose another --out")
     if (run.checkpoints / "last.ckpt").exists() and not cfg.resume:
@@ -200,11 +204,13 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
     if cfg.compile:
         net.compile()   # in place: the state_dict keys, checkpoints and model.safetensors stay as without it
     train_loader, val_loader = make_loaders(cfg, train_set, train_labels, inputs["val"], device, cached=cached)
+    logs = ExperimentLogs(run, cfg.logger if is_global_zero() else [], cfg.experiment)   # DDP: rank 0 logs
     fit_start = time.perf_counter()
     fitted = fit(module, train_loader, val_loader,
                  checkpoint_dir=run.checkpoints, epochs=cfg.epochs, monitor=cfg.monitor, patience=cfg.patience,
                  device=device, precision=_precision(cfg.precision, device), resume=cfg.resume, progress=cfg.progress,
-                 devices=cfg.devices, num_nodes=cfg.num_nodes)
+                 devices=cfg.devices, num_nodes=cfg.num_nodes,
+                 callbacks=[FollowHistory(logs.update, logs.stopped)] if logs.names else [])
     fit_seconds = time.perf_counter() - fit_start
     if fitted["best_checkpoint"]:
         load_best_weights(module, fitted["best_checkpoint"])
@@ -248,6 +254,8 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
         **metrics,
     }
     write_json(run.metrics, summary)
+    logs.update(module.history, summary)
+    logs.close()
     barrier()
 
 
@@ -281,7 +289,7 @@ def _warn(message: str) -> None:
 
 # Settings that may differ when a run is resumed. The data is compared by its fingerprint, not by its path.
 RESUME_MAY_CHANGE = {"data", "manifest", "resume", "progress", "device", "num_workers", "threads", "cache_dir",
-                     "weights_dir", "devices", "num_nodes", "compile"}
+                     "weights_dir", "devices", "num_nodes", "compile", "logger", "experiment"}
 
 
 def _check_same_run(run: RunDir, cfg: TrainConfig, data: Prepared) -> None:
