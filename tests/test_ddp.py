@@ -63,7 +63,11 @@ def test_features_two_gloo_processes_equal_one_process(xray_dir, tmp_path):
         for key in ("loss", "roc_auc", "accuracy"):
             assert two[split][key] == pytest.approx(ref[split][key], abs=1e-6), (split, key)
     assert two["threshold"] == pytest.approx(ref["threshold"], abs=1e-6)
-    assert _without_seconds(read_csv(tmp_path / "two" / "history.csv")) == _without_seconds(read_csv(one.history))
+    # equal up to float32 summation order (the thread count follows the CPUs free at the start of each run)
+    two_history, one_history = (_without_seconds(read_csv(p)) for p in (tmp_path / "two" / "history.csv", one.history))
+    assert len(two_history) == len(one_history)
+    for a, b in zip(two_history, one_history):
+        assert a.keys() == b.keys() and all(float(a[k]) == pytest.approx(float(b[k]), rel=1e-5) for k in a), (a, b)
     rows, ref_rows = read_csv(tmp_path / "two" / "predictions.csv"), read_csv(one.predictions)
     assert [(r["split"], r["file"]) for r in rows] == [(r["split"], r["file"]) for r in ref_rows]   # each once
     assert (tmp_path / "two" / "splits.csv").read_text() == one.splits.read_text()
