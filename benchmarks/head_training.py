@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
 from transferlab.config import TrainConfig  # noqa: E402
-from transferlab.engine import Classifier, class_weights_for, fit, make_loader  # noqa: E402
+from transferlab.engine import Classifier, class_weights_for, fit, make_loader, with_index  # noqa: E402
 from transferlab.machine import OtherLoad  # noqa: E402
 from transferlab.training import make_loaders  # noqa: E402
 
@@ -55,7 +55,7 @@ def run(way: str, train_set, val_set, cfg: TrainConfig) -> tuple[float, int]:
         loaders = make_loaders(cfg, train_set, labels, val_set, device, cached=True)
     else:
         loaders = (make_loader(train_set, labels, batch_size=cfg.batch_size, shuffle=True),
-                   make_loader(val_set, None, batch_size=cfg.batch_size, shuffle=False))
+                   make_loader(with_index(val_set), None, batch_size=cfg.batch_size, shuffle=False))
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         fitted = fit(module, *loaders, checkpoint_dir=Path(tmp), epochs=cfg.epochs, monitor=cfg.monitor,

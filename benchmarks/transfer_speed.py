@@ -57,7 +57,6 @@ T_IMPORT = time.perf_counter()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
@@ -179,8 +178,8 @@ def clear_memory_caches() -> None:
 
 def cached_features(cache: Path) -> list[torch.Tensor]:
     """The backbone outputs a `features` run left in its disk cache, in the order they were written (train, val)."""
-    files = sorted((cache / "features").glob("*.safetensors"), key=lambda f: f.stat().st_mtime)
-    return [load_file(f)["features"] for f in files]
+    files = sorted((cache / "features").glob("*.npy"), key=lambda f: f.stat().st_mtime)
+    return [torch.from_numpy(np.load(f)) for f in files]
 
 
 def val_scores(labels: np.ndarray, prob_pos: np.ndarray, pos: int) -> dict:

@@ -17,7 +17,7 @@ from conftest import make_xray_dataset
 
 from transferlab import __version__, cli
 from transferlab.config import STRATEGIES, TrainConfig
-from transferlab.study import train_config
+from transferlab.study import LAUNCH_DEFAULT_WORDS, LAUNCH_OPTIONS, train_config
 
 DEFAULT = re.compile(r"\(default: (.*)\)$")   # the end of the help text
 
@@ -57,7 +57,8 @@ def test_train_help_shows_the_defaults_train_uses():
     for strategy in STRATEGIES:
         cfg = TrainConfig(**{**args, "strategy": strategy})
         for dest, text in shown.items():
-            if dest in ("augment", "resume", "progress", "skip_bad", "strategy"):   # flags; the loop's own
+            if dest in ("augment", "resume", "progress", "skip_bad", "compile", "strategy", "data", "out", "config"):
+                # flags; the loop's own; required settings; the settings file
                 continue
             assert _same(_for_strategy(text, strategy), getattr(cfg, dest), dest), (dest, text, getattr(cfg, dest))
 
@@ -76,9 +77,17 @@ def test_study_help_shows_the_defaults_a_study_uses(monkeypatch):
         cfg = train_config(study, "resnet18", strategy, 1)
         for dest, text in shown.items():
             if dest in ("strategies", "seeds", "split_seed", "data", "models", "out", "measure_catalog",
-                        "augment", "progress", "skip_bad", "external", "adapt"):
+                        "augment", "progress", "skip_bad", "compile", "external", "adapt", "plan", "collect", "wait", "experiment",
+                        *LAUNCH_OPTIONS):
                 continue
             assert _same(_for_strategy(text, strategy), getattr(cfg, dest), dest), (dest, text, getattr(cfg, dest))
+    # where the runs execute: LaunchSettings' defaults, in words where they are None
+    for dest in LAUNCH_OPTIONS:
+        default = getattr(study.launch, dest)
+        assert shown[dest] == (LAUNCH_DEFAULT_WORDS[dest] if default is None else str(default)), dest
+    assert study.launch.launcher == "inprocess" and study.launch.wait is True
+    # the loggers file every run of a study under the study folder's name
+    assert shown["experiment"] == "the study folder's name" and cfg.experiment == "o"
     # the test split: the same 15% for a study as for `train` (no special case any more)
     assert cfg.test_fraction == TrainConfig().test_fraction == 0.15
 
@@ -90,7 +99,7 @@ API_DEFAULTS = {"models": "transferlab.model_catalog:catalog", "predict": "trans
 CLI_ONLY = {("predict", "out")}   # the command writes predictions.csv; predict() writes a file only when asked
 
 
-@pytest.mark.parametrize("command", ["models", "evaluate", "predict", "export", "demo", "check-data"])
+@pytest.mark.parametrize("command", ["models", "evaluate", "ensemble", "predict", "export", "demo", "check-data"])
 def test_other_commands_show_their_defaults(command):
     import importlib
 

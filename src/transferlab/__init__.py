@@ -9,7 +9,10 @@ The public API (imported on first use, so that `transferlab --help` stays fast):
     create_model(name, num_classes, weights="default")               an ImageNet model with a new head
     catalog(names, measure=True) -> list[CatalogEntry]               Task A: the model table
     run_study(StudyConfig(data=..., models=[...], out=...)) -> Path  Tasks B-E and report.html
+    run_study(StudyConfig(..., launch=LaunchSettings("slurm")))      ... each run a Slurm array task (or "local")
+    plan_commands(study) -> [str] / collect_study(study) -> Path     ... runs executed by any other scheduler
     predict(run_dir, paths, cam=False) / export(run_dir, "onnx")     use a trained model
+    ensemble(run_dirs, out, k=3) -> RunDir                           the mean of the K runs best on validation
     run_demo(out="demo-out")                                         the whole study on the bundled sample
     check_data(root) -> DataReport                                   every problem of a dataset folder
     TrainConfig                                                      every training setting
@@ -27,7 +30,8 @@ _API = {
     "create_model": "models.heads", "list_models": "models.registry", "get_spec": "models.registry",
     "catalog": "model_catalog", "run_study": "study", "StudyConfig": "study", "write_report": "report",
     "predict": "prediction", "export": "exporting", "run_demo": "demo", "check_data": "data.check",
-    "RunDir": "rundir", "TransferlabError": "errors",
+    "RunDir": "rundir", "TransferlabError": "errors", "ensemble": "ensembles", "plan_commands": "study",
+    "collect_study": "study", "LaunchSettings": "launchers",
 }
 
 

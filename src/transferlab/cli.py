@@ -5,10 +5,12 @@ import argparse
 import json
 import sys
 import warnings
-from typing import get_args, get_type_hints
+from typing import get_args, get_origin, get_type_hints
 
-from .config import STRATEGIES, STRATEGY_DEFAULTS, TrainConfig
+from .config import STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, TrainConfig, read_settings
+from .distributed import is_global_zero
 from .errors import TransferlabError
+from .loggers import LOGGERS
 from .models.spec import SOURCES
 
 TRAIN_OPTIONS = {
@@ -47,30 +49,40 @@ TRAIN_OPTIONS = {
     "split_seed": ("--split-seed", "seed for the validation/test split"),
     "device": ("--device", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N"),
     "precision": ("--precision", "auto (mixed precision on CUDA, 32-bit on CPU) or a Lightning precision, e.g. 32-true"),
+    "devices": ("--devices", "processes per node, one per GPU (or CPU processes with --device cpu): data parallel "
+                             "(DDP) when devices x nodes > 1; --batch-size stays the global batch"),
+    "num_nodes": ("--num-nodes", "machines (e.g. under Slurm's srun or torchrun), each running --devices processes"),
     "num_workers": ("--num-workers", "data-loading worker processes"),
     "threads": ("--threads", "CPU threads for torch; on a machine busy with other work, fewer threads than cores can "
                              "be several times faster"),
     "max_images": ("--max-images", "use at most this many images per split (quick trials)"),
     "cache_dir": ("--cache-dir", "cache of decoded images and features"),
+    "logger": ("--logger", "experiment logs through Lightning's loggers, beside history.csv: tensorboard (RUN/logs/"
+                           "tensorboard), csv (RUN/logs/csv), mlflow ($MLFLOW_TRACKING_URI, else "
+                           "RUN/../mlflow.db) or wandb (offline unless WANDB_MODE or WANDB_API_KEY is set); "
+                           "repeatable"),
+    "experiment": ("--experiment", "experiment name the loggers file the run under (MLflow experiment, W&B project)"),
 }
 DEFAULT_WORDS = {   # what a None default means
     "weights_dir": "none: $TRANSFERLAB_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints or, for timm, the Hugging "
                    "Face cache",
     "image_size": "the model's own, e.g. 224", "manifest": "none: class folders",
     "positive_class": "the class not called NORMAL", "split_seed": "--seed",
-    "num_workers": "0 on CPU, where images are cached in memory; else up to 8",
+    "num_workers": "0 on CPU, where images are read from the memory-mapped cache; else up to 8",
     "threads": "torch's own count, reduced to the CPUs free when the run starts",
     "max_images": "all", "cache_dir": "$TRANSFERLAB_CACHE, else ~/.cache/transferlab",
+    "logger": "none: history.csv only", "experiment": "transferlab",
 }
 FLAGS = {"skip_bad": ("--skip-bad", "skip unreadable images (listed in bad_files.csv) instead of stopping"),
          "augment": ("--no-augment", "finetune: no training augmentation"),
+         "compile": ("--compile", "torch.compile the trained network (faster steps on a GPU after a slow first one)"),
          "resume": ("--resume", "continue an interrupted run from its last checkpoint"),
          "progress": ("--no-progress", "no progress bars")}
 
 
 CHOICES = {"strategy": STRATEGIES, "monitor": ("val_loss", "val_auc", "val_balanced_accuracy"),
            "balance": ("weights", "sampler", "none"), "official_val": ("auto", "keep", "merge", "drop"),
-           "threshold_method": ("youden", "f1")}
+           "threshold_method": ("youden", "f1"), "logger": tuple(LOGGERS)}
 
 
 def _field_type(field: str) -> type:
@@ -95,10 +107,13 @@ def add_train_options(parser: argparse.ArgumentParser, *, for_study: bool = Fals
     """Every TrainConfig setting as an option; unset options keep TrainConfig's (per-strategy) defaults.
     `defaults`: the default text of options whose default the caller sets itself (a study's split seed)."""
     for field, (flag, help_text) in TRAIN_OPTIONS.items():
-        if for_study and field in ("model", "strategy", "seed"):
+        if for_study and field in ("model", "strategy", "seed", "devices", "num_nodes"):
             continue
         shown = (defaults or {}).get(field) or default_text(field)
-        parser.add_argument(flag, dest=field, type=_field_type(field), choices=CHOICES.get(field),
+        kind = _field_type(field)
+        repeatable = get_origin(kind) is list   # a list setting: the option once per item
+        parser.add_argument(flag, dest=field, type=get_args(kind)[0] if repeatable else kind,
+                            action="append" if repeatable else "store", choices=CHOICES.get(field),
                             default=argparse.SUPPRESS, help=f"{help_text} (default: {shown})".replace("%", "%%"))
     for field, (flag, help_text) in FLAGS.items():
         if for_study and field == "resume":
@@ -131,8 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model with one strategy into a run directory",
                        description="Train one model with one transfer strategy. Writes config.json, splits.csv, "
                                    "history.csv, metrics.json, predictions.csv and model.safetensors to --out.")
-    p.add_argument("--data", required=True, help="dataset folder: ROOT/{train,val,test}/CLASS/* or ROOT/CLASS/*")
-    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--config", default=argparse.SUPPRESS,
+                   help="YAML or JSON file of these settings (e.g. one that `study --plan` wrote); options given here "
+                        "override it (default: none)")
+    p.add_argument("--data", default=argparse.SUPPRESS, help="dataset folder: ROOT/{train,val,test}/CLASS/* or "
+                                                             "ROOT/CLASS/* (required, here or in --config)")
+    p.add_argument("--out", default=argparse.SUPPRESS, help="run directory to write (required, here or in --config)")
     add_train_options(p)
 
     p = sub.add_parser("study", help="Tasks B-E: every model x strategy x seed, compared, in one HTML report",
@@ -161,12 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", help="label-free adaptation reported beside the plain result: prior (EM-corrected "
                                    "posteriors and threshold), bn (BatchNorm statistics re-estimated on the target), "
                                    "bn+prior; a comma list, or all (default: none)")
+    p.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP)
     p.add_argument("--unlabelled", action="store_true", help="treat --data as unlabelled images even if it has "
                                                              "sub-folders (e.g. one folder per patient)")
     p.add_argument("--no-shift", dest="shift", action="store_false", help="skip the shift estimates")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+
+    p = sub.add_parser("ensemble", help="average the probabilities of the K runs best on validation",
+                       description="An ensemble of finished runs (a study's, or run directories named one by one): "
+                                   "the mean of the K best runs' probabilities, ranked on validation AUC (then "
+                                   "validation loss; never test), with its decision threshold chosen on validation, "
+                                   "scored like a run and tested against its best member (McNemar). The runs must "
+                                   "share their split, as a study's do. Writes an ensemble directory that "
+                                   "`predict` accepts.")
+    p.add_argument("runs", nargs="+", help="a study folder, or run directories")
+    p.add_argument("--k", type=int, default=3, help="how many runs (default: 3)")
+    p.add_argument("--out", help="the ensemble directory (default: STUDY/ensemble-topK for a study; required "
+                                 "for run directories)")
 
     p = sub.add_parser("models", help="Task A: the model catalogue, measured on this machine",
                        description="Parameters, GFLOPs, ImageNet accuracy, weights file and (with --measure) latency, "
@@ -223,9 +255,21 @@ def run_train(args) -> None:
     from .training import train
 
     settings = {k: v for k, v in vars(args).items() if k != "command"}
-    run = train(TrainConfig(**settings))
-    metrics = run.read_metrics()
+    if "config" in settings:
+        settings = {**read_settings(settings.pop("config")), **settings}
+    for key in ("data", "out"):
+        if not settings.get(key):
+            raise TransferlabError(f"--{key} is required (on the command line or in --config)")
+    run = train(TrainConfig.from_dict(settings))
+    if not is_global_zero():   # DDP: the other processes have nothing new to say
+        return
     print(f"run directory: {run.path}")
+    print_scores(run)
+
+
+def print_scores(run) -> None:
+    """Validation and test at the run's decision rule, one line each."""
+    metrics = run.read_metrics()
     test_split = run.read_config()["data"]["splits"].get("test", "")
     if test_split.startswith("carved"):   # the data has no test/ folder
         print(f"test split {test_split} (the data has no test/ folder; --test-fraction 0 for none)")
@@ -242,12 +286,30 @@ def run_train(args) -> None:
             print(line + f"AUC {m['roc_auc'] or nan:.3f}  (n={m['n']}, threshold {metrics['threshold']:.3f} chosen on val)")
 
 
+def run_ensemble(args) -> None:
+    from .ensembles import candidate_runs, ensemble
+
+    candidates, study = candidate_runs(args.runs)
+    if not args.out and study is None:
+        raise TransferlabError("ensemble: --out is required when the runs are named one by one")
+    run = ensemble(candidates, args.out or study / f"ensemble-top{args.k}", k=args.k)
+    config, metrics = run.read_config(), run.read_metrics()
+    print(f"ensemble of the {args.k} runs best on validation (of {config['ensemble']['candidates']}): {run.path}")
+    for m in config["ensemble"]["members"]:
+        print(f"  {m['run']}  val AUC {m['val_roc_auc'] or float('nan'):.3f}")
+    print_scores(run)
+    if "vs_best_run" in metrics:
+        t = metrics["vs_best_run"]["test_mcnemar"]
+        print(f"test, against its best member: McNemar p = {t['p_value']:.3g} (only the ensemble right on "
+              f"{t['only_a_correct']} images, only the member on {t['only_b_correct']})")
+
+
 def run_evaluate(args) -> None:
     from .analysis.external import evaluate, summary_lines
 
     result = evaluate(args.run, data=args.data, split=args.split, manifest=args.manifest, name=args.name,
                       adapt=args.adapt, unlabelled=args.unlabelled, shift=args.shift, device=args.device,
-                      progress=args.progress)
+                      progress=args.progress, tta=args.tta)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -307,7 +369,7 @@ def run_export(args) -> None:
     run(args)
 
 
-COMMANDS = {"demo": run_demo, "predict": run_predict, "export": run_export, "train": run_train, "study": run_study, "evaluate": run_evaluate, "models": run_models, "check-data": run_check_data}
+COMMANDS = {"demo": run_demo, "predict": run_predict, "export": run_export, "train": run_train, "study": run_study, "evaluate": run_evaluate, "ensemble": run_ensemble, "models": run_models, "check-data": run_check_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,9 @@ from .data.discover import DEFAULT_PATIENT_PATTERN
 from .errors import TransferlabError
 
 STRATEGIES = ("finetune", "features")
+TTA_HELP = ("test-time augmentation: also score the mean probability over N views of each image (the image and "
+            "N-1 random views from the training augmentation, no flips), beside the plain result; a binary run's "
+            "threshold for it is re-chosen on validation's N-view probabilities; 1 = none (default: 1)")
 
 # Defaults that differ by strategy: the head alone on cached features trains in milliseconds per epoch,
 # so it can afford many epochs and a large learning rate; the whole network cannot.
@@ -51,6 +54,9 @@ class TrainConfig:
                                       # that every run is scored on the same test images (paired tests)
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "auto"           # auto: 16-mixed on CUDA, 32-true on CPU
+    devices: int = 1                  # processes per node: DDP when devices x num_nodes > 1
+    num_nodes: int = 1
+    compile: bool = False             # torch.compile the trained network
     num_workers: int | None = None
     threads: int | None = None        # CPU threads for torch; None: torch's default, reduced to the CPUs free
     max_images: int | None = None     # per split, for quick trials
@@ -58,6 +64,8 @@ class TrainConfig:
     cache_dir: str | None = None      # on-disk cache of decoded images and features; None: ~/.cache/transferlab
     resume: bool = False
     progress: bool = True
+    logger: list[str] | None = None   # experiment logs beside history.csv: tensorboard, csv, mlflow, wandb
+    experiment: str | None = None     # their experiment name; None: "transferlab" (a study: its folder's name)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -72,6 +80,14 @@ class TrainConfig:
             raise TransferlabError(f"--test-fraction must be in [0, 1), not {self.test_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
             raise TransferlabError("--epochs and --batch-size must be at least 1")
+        if self.devices < 1 or self.num_nodes < 1:
+            raise TransferlabError(f"--devices and --num-nodes must be at least 1, not {self.devices} and {self.num_nodes}")
+        if self.devices * self.num_nodes > 1 and ":" in self.device:
+            raise TransferlabError(f"--device {self.device} names one GPU; with --devices {self.devices} use --device "
+                                   f"cuda (the first {self.devices} GPUs; CUDA_VISIBLE_DEVICES chooses others) or cpu")
+        from .loggers import parse_loggers   # not at the top: loggers writes its state with write_json
+
+        self.logger = parse_loggers(self.logger)
         if self.threads is not None and self.threads < 1:
             raise TransferlabError(f"--threads must be at least 1, not {self.threads}")
         # absolute paths: config.json must mean the same files whichever folder the run is used from

@@ -30,7 +30,9 @@ from sklearn.metrics import roc_auc_score, balanced_accuracy_score
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
 from .console import show_bars
+from .distributed import once_each
 from .errors import CheckpointError, TransferlabError
+from .gpu import pin_memory_for, to_device
 from .machine import free_cpus
 from .metrics import macro_auc
 from .strategies import inference_model
@@ -41,6 +43,7 @@ for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
+warnings.filterwarnings("ignore", ".*all_gather is deprecated.*")   # inside Lightning's LightningModule.all_gather
 warnings.filterwarnings("ignore", ".*exists and is not empty.*")   # checkpoints/ on --resume
 
 
@@ -166,7 +169,10 @@ class Classifier(L.LightningModule):
         # Reseeding from (seed, epoch) makes each epoch's shuffling, augmentation and dropout independent of
         # what ran before, so a run resumed from an epoch checkpoint is bit-identical to an uninterrupted one.
         # The samplers draw from the global RNG, so this also fixes the epoch's data order.
-        seed_all(self.seed * 100_003 + self.current_epoch)
+        # Under DDP, ranks that train on different images (automatic optimisation) draw different augmentations;
+        # ranks that each train the head on all cached features must draw the same order (rank 0: as one process).
+        rank = self.global_rank if self.automatic_optimization else 0
+        seed_all(self.seed * 100_003 + self.current_epoch + 1_000_003 * rank)
         self._train_sums[:] = 0
         self._epoch_start = time.perf_counter()
         if not self.automatic_optimization:   # Lightning steps no scheduler then: the cosine schedule's closed form
@@ -208,22 +214,24 @@ class Classifier(L.LightningModule):
                  batch_size=len(order))
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, index = batch   # index: the dataset row (with_index), to count each image once under DDP
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if batch_idx == 0:   # this epoch's weights, BatchNorm folded: the same function, about twice as fast on CPU
             self._eval["net"] = inference_model(self.net, x[:1])
-        self._val_outputs.append((self._eval["net"](x).float(), y))
+        self._val_outputs.append((self._eval["net"](x).float(), y, index))
 
     def on_validation_epoch_end(self):
-        logits = torch.cat([o[0] for o in self._val_outputs])
-        y = torch.cat([o[1] for o in self._val_outputs])
+        logits, y, index = (torch.cat(parts) for parts in zip(*self._val_outputs))
         self._val_outputs.clear()
+        if self.trainer.world_size > 1:   # every rank scores all of validation, each image once
+            logits, y, index = self.all_gather((logits, y, index))
+            logits, y = once_each(index, logits, y)
         values = validation_scores(logits, y, self.class_weights)
         self.log_dict(values, prog_bar=True)
         if self.trainer.sanity_checking:
             return
-        loss_sum, correct, n = self._train_sums.tolist()
+        loss_sum, correct, n = self._epoch_train_sums()
         # plain Python numbers only: the history travels in checkpoints loaded with weights_only=True
         self.history.append({
             "epoch": self.current_epoch + 1,
@@ -231,6 +239,13 @@ class Classifier(L.LightningModule):
             "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
             "seconds": time.perf_counter() - self._epoch_start,
         })
+
+    def _epoch_train_sums(self) -> list[float]:
+        """(loss * n, correct, n) of this epoch's training steps, summed over every rank."""
+        if self.trainer.world_size == 1:
+            return self._train_sums.tolist()
+        local = torch.tensor(self._train_sums, dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(local, reduce_op="sum").tolist()
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.param_groups, weight_decay=self.weight_decay)
@@ -267,6 +282,23 @@ def whole_epoch_loader(dataset: Dataset) -> DataLoader:
     Classifier(minibatch=...), which shuffles and splits it into mini-batches itself."""
     x, y = dataset[:]  # TensorDataset
     return DataLoader(_WholeEpoch(x, y), batch_size=None, shuffle=False, generator=torch.Generator())   # as make_loader
+class _WithIndex(Dataset):
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return (*self.dataset[i], i)
+
+
+def with_index(dataset: Dataset) -> Dataset:
+    """(x, y) items -> (x, y, i): what Classifier.validation_step takes, so that under DDP every validation image
+    is counted once however the sampler padded the ranks."""
+    return _WithIndex(dataset)
+
+
 def validation_scores(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None) -> dict:
     """The end-of-epoch validation numbers: loss, accuracy, AUC (three or more classes: the macro one-vs-rest AUC
     over the classes validation has) and balanced accuracy; NaN where validation has a single class."""
@@ -288,7 +320,8 @@ def class_weights_for(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 
 def make_loader(dataset: Dataset, labels: np.ndarray | None, *, batch_size: int, shuffle: bool,
-                balance: str = "none", num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+                balance: str = "none", num_workers: int = 0, pin_memory: bool = False, replicas: int = 1) -> DataLoader:
+    """replicas: DDP processes, among which Lightning's DistributedSampler will share the dataset."""
     sampler = None
     if shuffle and balance == "sampler":
         weights = class_weights_for(labels, int(labels.max()) + 1)[labels]
@@ -300,7 +333,7 @@ def make_loader(dataset: Dataset, labels: np.ndarray | None, *, batch_size: int,
     # A last training batch of one image is dropped: BatchNorm cannot train on a single value per channel.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=False, generator=torch.Generator(),
-                      drop_last=shuffle and len(dataset) % batch_size == 1)
+                      drop_last=shuffle and -(-len(dataset) // replicas) % batch_size == 1)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -347,29 +380,49 @@ class EpochLines(Callback):
               file=sys.stderr, flush=True)
 
 
+class FollowHistory(Callback):
+    """Hands `follow` the module's history (history.csv's rows) when training starts, with a resumed run's
+    epochs restored from its checkpoint, and after every epoch; `stopped(exception)` when training ends in an
+    error or Ctrl+C."""
+
+    def __init__(self, follow, stopped):
+        self.follow, self.stopped = follow, stopped
+
+    def on_train_start(self, trainer, module):
+        self.follow(module.history)
+
+    def on_train_epoch_end(self, trainer, module):
+        if not trainer.sanity_checking:
+            self.follow(module.history)
+
+    def on_exception(self, trainer, module, exception):
+        self.stopped(exception)
+
+
 def fit(module: Classifier, train_loader: DataLoader, val_loader: DataLoader, *, checkpoint_dir: Path,
         epochs: int, monitor: str, patience: int, device: torch.device, precision: str, resume: bool,
-        progress: bool) -> dict:
+        progress: bool, devices: int = 1, num_nodes: int = 1, callbacks: list[Callback] = ()) -> dict:
     """Train with early stopping; returns the best epoch, its score and the checkpoint paths.
 
     checkpoints/last.ckpt is written after every epoch (model, optimizer, scheduler, epoch, early-stopping
     state, history); with resume=True training continues from it. Every epoch reseeds all RNGs, so a resumed
-    run ends bit-identical (on CPU) to an uninterrupted one."""
+    run ends bit-identical (on CPU) to an uninterrupted one. devices x num_nodes > 1: DDP (distributed.launch
+    has started the processes; `device` is this process's)."""
     mode = MONITOR_MODES[monitor]
     best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=monitor, mode=mode,
                            save_top_k=1, enable_version_counter=False)
     # Without a monitor, save_top_k=1 keeps the latest epoch: "last" every epoch (save_last=True would only
     # write it in epochs where "best" improved). Lightning runs it after `best`, so it holds best's state.
     last = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False)
-    callbacks = [best, last, EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False)]
+    callbacks = [best, last, EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_finite=False),
+                 *callbacks]
     bars = show_bars(progress)
     if bars:
         callbacks.append(TQDMProgressBar(leave=True))
     elif progress:
         callbacks.append(EpochLines())
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=[device.index or 0] if device.type == "cuda" else 1, precision=precision,
+        max_epochs=epochs, **_hardware(device, devices, num_nodes), precision=precision,
         callbacks=callbacks, plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=bars,
         enable_model_summary=False, num_sanity_val_steps=0, deterministic=device.type == "cpu",
         default_root_dir=checkpoint_dir,
@@ -396,6 +449,16 @@ def fit(module: Classifier, train_loader: DataLoader, val_loader: DataLoader, *,
             "stopped_epoch": len(module.history), "resumed_from": ckpt_path}
 
 
+def _hardware(device: torch.device, devices: int, num_nodes: int) -> dict:
+    """The Trainer's accelerator, devices and strategy: one device, or DDP over devices x num_nodes processes."""
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    if devices * num_nodes == 1:
+        return {"accelerator": accelerator, "devices": [device.index or 0] if device.type == "cuda" else 1}
+    # SyncBatchNorm: BatchNorm statistics over the global batch, as one process has them (CUDA only in torch)
+    return {"accelerator": accelerator, "devices": devices, "num_nodes": num_nodes, "strategy": "ddp",
+            "sync_batchnorm": device.type == "cuda"}
+
+
 def load_best_weights(module: Classifier, checkpoint_path: str | Path) -> None:
     """Load the best epoch's weights from a Lightning checkpoint, safely (weights_only=True)."""
     module.load_state_dict(load_checkpoint(checkpoint_path)["state_dict"])
@@ -411,10 +474,10 @@ def predict_probs(net: torch.nn.Module, dataset: Dataset, *, batch_size: int = 6
     if channels_last:
         net.to(memory_format=torch.channels_last)
     out = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=pin_memory_for(dataset, device))
     with reuse_freed_memory(enabled=device.type == "cpu"):
         for i, (x, _) in enumerate(tqdm(loader, desc=desc, disable=not show_bars(progress), leave=False)):
-            x = x.to(device)
+            x = to_device(x, device)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             if i == 0:
@@ -492,20 +555,19 @@ def _batchnorm_pass(model, layers, pixels, sources, *, groups=None, n_groups=1, 
     """One pass over `pixels` with every BN layer wrapped; returns each layer's input moments per group."""
     from tqdm.auto import tqdm
 
-    from .data.transforms import normalize
+    from .data.transforms import normalize, pixel_tensor
 
     wrappers = {}
     for name, bn in layers.items():
         parent, _, child = name.rpartition(".")
         wrappers[name] = _MatchSourceBN(bn, None if sources is None else sources[name], n_groups)
         setattr(model.get_submodule(parent) if parent else model, child, wrappers[name])
-    images = torch.from_numpy(np.ascontiguousarray(pixels))
     try:
-        for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        for start in tqdm(range(0, len(pixels), batch_size), desc=desc, disable=not progress, leave=False):
             if groups is not None:
                 for w in wrappers.values():
                     w.group_of_batch = torch.as_tensor(groups[start:start + batch_size], dtype=torch.long)
-            model(normalize(images[start:start + batch_size], mean, std).to(device))
+            model(normalize(pixel_tensor(pixels[start:start + batch_size]), mean, std).to(device))
     finally:
         for name, bn in layers.items():
             parent, _, child = name.rpartition(".")

@@ -66,6 +66,28 @@ def probabilities_and_features(model: TransferModel, pixels: np.ndarray, *, mean
     return probs.numpy().astype(np.float64), feats.numpy()
 
 
+def tta_probabilities(model: TransferModel, pixels: np.ndarray, *, views: int, mean, std, device, seed: int = 0,
+                      progress: bool = False) -> np.ndarray:
+    """Test-time augmentation: class probabilities (N, C) averaged over `views` views of each image, the image
+    itself and views - 1 random views from the training augmentation (data.transforms.xray_augment: small
+    affine, brightness/contrast, no flips). Seeded, so the same call gives the same views."""
+    import torch
+
+    from .data.transforms import xray_augment
+
+    if views < 1:
+        raise TransferlabError(f"--tta must be at least 1 (1 = no augmentation), not {views}")
+    total = probabilities_and_features(model, pixels, mean=mean, std=std, device=device, progress=progress)[0]
+    augment = xray_augment(pixels.shape[-1])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(views - 1):
+            view = np.stack([augment(torch.from_numpy(np.array(image))).numpy() for image in pixels])
+            total += probabilities_and_features(model, view, mean=mean, std=std, device=device,
+                                                progress=progress)[0]
+    return total / views
+
+
 def load_model(run_dir: str | Path) -> tuple[TransferModel, dict]:
     """The run's best model (from model.safetensors, no pickle) and its config.json."""
     run = RunDir(run_dir)

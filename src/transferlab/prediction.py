@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .config import TTA_HELP
 from .errors import TransferlabError
 
 # torch, Lightning and friends are imported inside the functions, so that the command line stays fast to start
@@ -34,10 +35,11 @@ def find_images(paths) -> list[Path]:
 
 
 def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = False, device: str = "auto",
-            progress: bool = False, adapt=None) -> list[dict]:
+            progress: bool = False, adapt=None, tta: int = 1) -> list[dict]:
     """One row per image: file, prob_<class> for every class, predicted (two classes: at the run's
     validation-chosen threshold, also given as `threshold`; three or more: the most probable class), with
-    --adapt also prob_<class>_<method> and predicted_<method>, and with cam=True the path of its Grad-CAM
+    --adapt also prob_<class>_<method> and predicted_<method> (likewise _tta with tta > 1: the mean over that many
+    test-time views, decided at a threshold re-chosen on validation's views), and with cam=True the path of its Grad-CAM
     overlay PNG (written to cam/ beside `out`).
     Unreadable files stop with one line naming them, or with skip_bad are left out with a warning.
     `out`: CSV file to write the rows to."""
@@ -48,12 +50,21 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     from .data.images import load_images
     from .data.transforms import ImageTensorDataset
     from .engine import predict_probs, resolve_device
+    from .ensembles import is_ensemble
     from .evaluation import decide, load_model
     from .rundir import RunDir, write_csv
 
     if cam and out is None:
         raise TransferlabError("Grad-CAM overlays are written beside the CSV: give out= (--out) as well")
     run = RunDir(run_dir)
+    if is_ensemble(run):
+        if cam or adapt or tta != 1:
+            raise TransferlabError(f"{run.path} is an ensemble: predict with one of its runs for --cam, --adapt or --tta")
+        rows = _predict_ensemble(run, paths, skip_bad=skip_bad, device=device, progress=progress)
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            write_csv(Path(out), rows)
+        return rows
     model, config = load_model(run)
     metrics = run.read_metrics()
     classes, threshold = config["data"]["classes"], metrics.get("threshold")
@@ -72,6 +83,7 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
         rows.append({"file": str(files[i]), **{f"prob_{c}": float(v) for c, v in zip(classes, p)},
                      "predicted": classes[predicted], **({"threshold": threshold} if pos is not None else {})})
     _add_adapted(rows, adapt, run, model, config, loaded.pixels, probs, pos, resolve_device(device), progress)
+    _add_tta(rows, tta, run, model, config, loaded.pixels, pos, threshold, resolve_device(device), progress)
     if cam:
         folder = Path(out).parent / "cam"
         folder.mkdir(parents=True, exist_ok=True)
@@ -87,6 +99,25 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_csv(Path(out), rows)
     return rows
+
+
+def _predict_ensemble(run, paths, **kwargs) -> list[dict]:
+    """The members' probabilities averaged image by image, decided at the ensemble's validation threshold."""
+    import numpy as np
+
+    from .ensembles import members
+    from .evaluation import decide
+
+    metrics = run.read_metrics()
+    classes, threshold = metrics["classes"], metrics["threshold"]
+    pos = None if metrics["positive_class"] is None else classes.index(metrics["positive_class"])
+    columns = [f"prob_{c}" for c in classes]
+    per_member = [{r["file"]: r for r in predict(member, paths, **kwargs)} for member in members(run)]
+    files = list(per_member[0])
+    probs = np.mean([[[rows[f][c] for c in columns] for f in files] for rows in per_member], axis=0)
+    return [{"file": f, **{c: float(v) for c, v in zip(columns, p)}, "predicted": classes[k],
+             **({"threshold": threshold} if pos is not None else {})}
+            for f, p, k in zip(files, probs, decide(probs, pos, threshold))]
 
 
 def _add_adapted(rows, adapt, run, model, config, pixels, probs, pos, device, progress) -> None:
@@ -109,6 +140,28 @@ def _add_adapted(rows, adapt, run, model, config, pixels, probs, pos, device, pr
         for row, p, k in zip(rows, a_probs, decide(a_probs, pos, a_threshold)):
             row.update({f"prob_{c}_{method}": float(v) for c, v in zip(classes, p)})
             row[f"predicted_{method}"] = classes[k]
+
+
+def _add_tta(rows, views, run, model, config, pixels, pos, threshold, device, progress) -> None:
+    """prob_<class>_tta and predicted_tta: the mean over `views` test-time views of each image."""
+    import numpy as np
+
+    from .analysis.external import Target, _Scorer, _tta, source_side
+    from .evaluation import decide
+
+    if views == 1:
+        return
+    source = source_side(run, config, _Scorer(model, config, device, progress))
+    target = Target(name="predict", root=Path("."), layout="files", files=[], labels=np.zeros(0), pixels=pixels)
+    probs, t_threshold, info = _tta(views, model, config, target, source, pos, threshold, device, progress, seed=0)
+    if source is None and threshold is not None:
+        print(f"warning: --tta: {info['threshold_chosen_on']}", file=sys.stderr)
+    classes = config["data"]["classes"]
+    for row, p, k in zip(rows, probs, decide(probs, pos, t_threshold)):
+        row.update({f"prob_{c}_tta": float(v) for c, v in zip(classes, p)})
+        row["predicted_tta"] = classes[k]
+        if t_threshold is not None:
+            row["threshold_tta"] = t_threshold
 
 
 def _unique(stem: str, taken: set[str]) -> str:
@@ -150,13 +203,14 @@ def add_predict_arguments(subparsers) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning instead of stopping")
     p.add_argument("--adapt", help="also predict with label-free adaptation to these images (they are the target; "
                                    "the run's validation images the source): prior, bn, bn+prior, a comma list or all")
+    p.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP.replace("score", "predict with"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def run_predict(args) -> None:
     rows = predict(args.run, args.images, cam=args.cam, out=args.out, skip_bad=args.skip_bad, device=args.device,
-                   progress=args.progress, adapt=args.adapt)
+                   progress=args.progress, adapt=args.adapt, tta=args.tta)
     print(format_table(rows))
     threshold = rows[0].get("threshold")
     print(f"{len(rows)} image(s)" + (f"; threshold {threshold:.3f} chosen on the run's validation split" if threshold

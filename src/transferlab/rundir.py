@@ -28,6 +28,7 @@ class RunDir:
     weights = property(lambda self: self.path / "model.safetensors")     # the best epoch's TransferModel
     bad_files = property(lambda self: self.path / "bad_files.csv")       # files skipped with --skip-bad
     checkpoints = property(lambda self: self.path / "checkpoints")       # Lightning last.ckpt / best.ckpt
+    logs = property(lambda self: self.path / "logs")                     # --logger: experiment logs, loggers.json
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -62,6 +63,35 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def flatten_metrics(metrics: dict) -> dict:
+    """metrics.json as one flat row: test_accuracy, test_at_threshold_accuracy, val_roc_auc, test_tp, ...,
+    best_epoch, threshold, seconds_fit, peak_rss_mb."""
+    row = {}
+    for key in ("threshold", "threshold_method", "best_epoch", "epochs_run", "monitor", "trainable_params",
+                "total_params", "peak_rss_mb", "cuda_peak_mb"):
+        row[key] = metrics.get(key)
+    for key, value in (metrics.get("seconds") or {}).items():
+        row[f"seconds_{key}"] = value
+    for split in ("train", "val", "test"):
+        if split in metrics:
+            row.update(_flatten_split(metrics[split], f"{split}_"))
+            if "at_threshold" in metrics[split]:
+                row.update(_flatten_split(metrics[split]["at_threshold"], f"{split}_at_threshold_"))
+    return row
+
+
+def _flatten_split(m: dict, prefix: str) -> dict:
+    row = {}
+    for key, value in m.items():
+        if key == "confusion_matrix":
+            if len(value) == 2:
+                (tn, fp), (fn, tp) = value
+                row.update({f"{prefix}tn": tn, f"{prefix}fp": fp, f"{prefix}fn": fn, f"{prefix}tp": tp})
+        elif not isinstance(value, (dict, list)):
+            row[prefix + key] = value
+    return row
 
 
 def environment() -> dict:

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from .data.transforms import ImageTensorDataset, normalize, xray_augment
+from .data.transforms import ImageTensorDataset, normalize, pixel_tensor, xray_augment
 from .console import show_bars
+from .distributed import gather_shards, is_global_zero, world_size
+from .gpu import to_device
 from .models.heads import TransferModel
 
 
@@ -56,27 +58,49 @@ class FixedFeatures:
     def dataset(self, model: TransferModel, pixels: np.ndarray, labels: np.ndarray, *, mean, std,
                 augment: bool, device: torch.device, progress: bool, cache_dir: Path | None) -> Dataset:
         feats = self.features(model, pixels, mean=mean, std=std, device=device, progress=progress, cache_dir=cache_dir)
-        return TensorDataset(feats, torch.as_tensor(labels, dtype=torch.long))
+        # on a GPU the features stay there: the head trains and predicts without a host-to-device copy
+        return TensorDataset(feats.to(device), torch.as_tensor(labels, dtype=torch.long, device=device))
 
     def features(self, model: TransferModel, pixels: np.ndarray, *, mean, std, device: torch.device,
                  progress: bool, cache_dir: Path | None, batch_size: int = 64) -> torch.Tensor:
         """Backbone outputs for every image, computed once: reused from the disk cache when the same backbone
         weights meet the same pixels again (other seeds of a study, a resumed run). No in-process cache: one
-        shared across runs would hide what a run does to its own backbone."""
+        shared across runs would hide what a run does to its own backbone.
+
+        The cache is a float32 .npy file written batch by batch and renamed into place when complete; the
+        tensor returned is that file, memory-mapped copy-on-write (writable for torch, never written back).
+        DDP: each process extracts its shard of the images, every process gets all features, rank 0 writes."""
         key = _digest(pixels, model.backbone)
-        path = cache_dir / "features" / f"{key}.safetensors" if cache_dir else None
+        path = cache_dir / "features" / f"{key}.npy" if cache_dir else None
         if path is not None and path.exists():
-            feats = load_file(path)["features"]
+            return torch.from_numpy(np.load(path, mmap_mode="c"))
+        fast = self._inference_backbone(model, pixels, mean, std, device)
+        if world_size() > 1:
+            feats = gather_shards(lambda part: extract_features(model, pixels[part], mean=mean, std=std, device=device,
+                                                                progress=progress, batch_size=batch_size, backbone=fast),
+                                  len(pixels))
+            if path is None or not is_global_zero():
+                return feats
+            batches = [feats.cpu()]
         else:
-            fast = self._inference_backbone(model, pixels, mean, std, device)
-            feats = extract_features(model, pixels, mean=mean, std=std, device=device, progress=progress,
-                                     batch_size=batch_size, backbone=fast)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                save_file({"features": feats}, tmp)
-                tmp.replace(path)
-        return feats
+            batches = feature_batches(model, pixels, mean=mean, std=std, device=device, progress=progress,
+                                      batch_size=batch_size, backbone=fast)
+            if path is None:
+                return torch.cat([torch.zeros(0, model.feature_dim), *batches])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}-{os.getpid()}.npy.tmp")
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(pixels), model.feature_dim))
+            start = 0
+            for batch in batches:
+                out[start:start + len(batch)] = batch.numpy()
+                start += len(batch)
+            out.flush()
+            del out
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return torch.from_numpy(np.load(path, mmap_mode="c"))
 
     def _inference_backbone(self, model: TransferModel, pixels: np.ndarray, mean, std, device) -> nn.Module | None:
         """inference_backbone(model.backbone), made and checked once per strategy instance (one run), not per split."""
@@ -86,14 +110,13 @@ class FixedFeatures:
         if len(pixels) == 0:
             return None
         model.backbone.eval().to(device).to(memory_format=torch.channels_last)
-        example = _channels_last(normalize(torch.from_numpy(np.ascontiguousarray(pixels[:1])), mean, std).to(device))
+        example = _channels_last(normalize(to_device(pixel_tensor(pixels[:1]), device), mean, std))
         with torch.inference_mode():
             fast = inference_backbone(model.backbone, example, device=device)
         self._inference = (model.backbone, fast)
         return fast
 
 
-@torch.inference_mode()
 def extract_features(model: TransferModel, pixels: np.ndarray, *, mean, std, device: torch.device,
                      progress: bool = True, batch_size: int = 64, backbone: nn.Module | None = None) -> torch.Tensor:
     """One forward pass of the frozen backbone (eval mode) over uint8 images -> float32 features on CPU.
@@ -102,21 +125,28 @@ def extract_features(model: TransferModel, pixels: np.ndarray, *, mean, std, dev
     and in-place activations (checked against the original backbone on the first image; the original is used
     when they differ or the copy cannot be made). The model itself is not modified. `backbone`: such a copy
     made earlier for the same model (skips making and checking it)."""
-    images = torch.from_numpy(np.ascontiguousarray(pixels))
-    if len(images) == 0:
-        return torch.zeros(0, model.feature_dim)
+    return torch.cat([torch.zeros(0, model.feature_dim),
+                      *feature_batches(model, pixels, mean=mean, std=std, device=device, progress=progress,
+                                       batch_size=batch_size, backbone=backbone)])
+
+
+@torch.inference_mode()
+def feature_batches(model: TransferModel, pixels: np.ndarray, *, mean, std, device: torch.device,
+                    progress: bool = True, batch_size: int = 64, backbone: nn.Module | None = None):
+    """extract_features one batch at a time: `pixels` (e.g. a memory-mapped cache) are read batch by batch."""
+    if len(pixels) == 0:
+        return
     model.backbone.eval().to(device).to(memory_format=torch.channels_last)
-    first = _channels_last(normalize(images[:batch_size], mean, std).to(device))
     if backbone is None:
-        backbone = inference_backbone(model.backbone, first[:1], device=device)
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="features", disable=not show_bars(progress),
+        example = _channels_last(normalize(to_device(pixel_tensor(pixels[:1]), device), mean, std))
+        backbone = inference_backbone(model.backbone, example, device=device)
+    for start in tqdm(range(0, len(pixels), batch_size), desc="features", disable=not show_bars(progress),
                       leave=False):
-        x = first if start == 0 else _channels_last(normalize(images[start:start + batch_size], mean, std).to(device))
+        x = _channels_last(normalize(to_device(pixel_tensor(pixels[start:start + batch_size]), device), mean, std))
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            out.append(backbone(x).float().cpu())
+            out = backbone(x).float().cpu()
         del x
-    return torch.cat(out)
+        yield out   # outside autocast: the caller's code between batches runs without it
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

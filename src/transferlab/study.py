@@ -13,6 +13,8 @@ Layout of a study folder:
     summary.csv     mean and sd over seeds per model x strategy
     report.html     the self-contained report; report.md the same tables in Markdown
     analysis.json   the measured numbers behind every finding of the report
+    jobs/           --launcher local|slurm: submitit's files and each run's log (JOBID_0_log.out/.err)
+    plan/           --plan: one settings file per run, read by the printed `transferlab train --config` commands
 
 A study file (`transferlab study study.yaml`; command-line options override it) holds the same settings:
 
@@ -27,6 +29,10 @@ A study file (`transferlab study study.yaml`; command-line options override it) 
     model_overrides: {resnet50: {batch_size: 16}}
     external: [../hospital_b, ../official/test]   # every run is also scored on these (section E)
     adapt: prior,bn                           # label-free adaptation reported beside them
+    launch: {launcher: slurm, partition: gpu, time_min: 120, gpus_per_task: 1}   # where the runs execute
+
+Where the runs execute is the launcher's business (launchers.py: in this process, local processes, a Slurm job
+array); `--plan` prints a command per run for any other scheduler and `--collect` writes the report afterwards.
 
 Every run uses the same `split_seed`, so all runs are scored on the same test images and paired tests
 (McNemar) between them are valid; `seed` (initialisation, data order) varies over the seeds.
@@ -39,6 +45,8 @@ import dataclasses
 import itertools
 import json
 import math
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +56,14 @@ import yaml
 
 from .config import STRATEGIES, TrainConfig, read_settings, write_json
 from .errors import TransferlabError
-from .rundir import RunDir, read_csv, write_csv
+from .launchers import LAUNCHERS, Job, LaunchSettings, launch
+from .rundir import RunDir, flatten_metrics, read_csv, write_csv
 
 # TrainConfig settings a study sets itself, per run
 STUDY_OWNED = ("data", "model", "strategy", "seed", "split_seed", "out", "resume")
 # settings that do not change what a run computes (a finished run trained with other values is still valid)
-NOT_COMPARED = ("data", "out", "resume", "progress", "device", "num_workers", "threads", "cache_dir", "weights_dir")
+NOT_COMPARED = ("data", "out", "resume", "progress", "device", "num_workers", "threads", "cache_dir", "weights_dir",
+                "logger", "experiment")
 
 
 @dataclass
@@ -69,6 +79,7 @@ class StudyConfig:
     model_overrides: dict = field(default_factory=dict)   # {model: {setting: value}} for one model's runs
     external: list[str] = field(default_factory=list)     # other datasets every run is evaluated on (section E)
     adapt: str | None = None                              # label-free adaptation reported on them: prior,bn,...
+    launch: LaunchSettings | dict = field(default_factory=LaunchSettings)   # where the runs execute (launchers.py)
 
     def __post_init__(self):
         if not self.data:
@@ -107,6 +118,7 @@ class StudyConfig:
         from .analysis.external import parse_adapt
 
         self.adapt = ",".join(parse_adapt(self.adapt)) or None
+        self.launch = LaunchSettings.from_dict(self.launch)
         extra = sorted(set(self.model_overrides) - set(self.models))
         if extra:
             raise TransferlabError(f"model_overrides names models not in the study: {', '.join(extra)}")
@@ -157,18 +169,43 @@ def read_study_file(path: str | Path) -> StudyConfig:
     return StudyConfig.from_dict(read_settings(path))
 
 
-# --- running ------------------------------------------------------------------------------------------------
+# --- running: plan the runs, launch them (launchers.py), collect what they wrote ---------------------------------
 
-def run_study(config: StudyConfig) -> Path:
-    """Train every model x strategy x seed (finished runs kept, the unfinished one resumed), measure the
-    catalogue, write results.csv/summary.csv, analyse the test set and write report.html; returns the folder."""
+@dataclass
+class PlannedRun:
+    model: str
+    strategy: str
+    seed: int
+    config: TrainConfig
+    state: str          # "" (new), " (finished: kept)", " (resuming)" or " (restarting)"
+
+    @property
+    def name(self) -> str:
+        return Path(self.config.out).name
+
+    def finished(self) -> bool:
+        return RunDir(self.config.out).finished()
+
+
+@dataclass
+class StudyPlan:
+    config: StudyConfig     # data resolved to an absolute path
+    runs: list[PlannedRun]
+    notes: list[str]        # said once, kept in study.json
+    num_classes: int
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+
+def plan_study(config: StudyConfig) -> StudyPlan:
+    """Every run's settings, checked against what the study folder already holds; writes nothing."""
     from .data.discover import discover
+    from .loggers import check_available
     from .models.registry import get_spec
-    from .training import train
 
-    start = time.perf_counter()
     config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()), train=dict(config.train))
-    out = Path(config.out)
     index = discover(config.data, patient_pattern=config.train.get("patient_pattern", TrainConfig.patient_pattern),
                      manifest=config.train.get("manifest"))
     notes = []
@@ -177,28 +214,95 @@ def run_study(config: StudyConfig) -> Path:
         notes.append(f"The dataset has no test/ folder, so every run carves the same stratified, patient-disjoint "
                      f"test split of {fraction:.0%} of the images (test_fraction {fraction})." if fraction else
                      "The dataset has no test/ folder and test_fraction is 0: the runs have no test split.")
-    for note in notes:
-        print(f"note: {note}", flush=True)
     # every run's settings first, so that a conflict with an earlier study stops before anything is written
-    planned = [(model, strategy, seed, train_config(config, model, strategy, seed))
-               for model, strategy, seed in config.run_names()]
     fingerprint = index.fingerprint()
-    states = [_check_existing(RunDir(cfg.out), cfg, fingerprint) for *_, cfg in planned]
-    for *_, cfg in planned:
-        get_spec(cfg.model, cfg.weights)       # an unknown model or weights name stops before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
     runs = []
-    for i, ((model, strategy, seed, cfg), state) in enumerate(zip(planned, states), 1):
-        print(f"run {i}/{len(planned)}: {model} {strategy} seed {seed}{state}", flush=True)
-        run = train(cfg)
-        runs.append({"model": model, "strategy": strategy, "seed": seed, "run": str(run.path.relative_to(out))})
+    for model, strategy, seed in config.run_names():
+        cfg = train_config(config, model, strategy, seed)
+        runs.append(PlannedRun(model, strategy, seed, cfg, _check_existing(RunDir(cfg.out), cfg, fingerprint)))
+    for run in runs:
+        get_spec(run.config.model, run.config.weights)   # an unknown model or weights name stops here
+        check_available(run.config.logger)               # ... and so does a --logger whose package is missing
+    return StudyPlan(config, runs, notes, num_classes=len(index.classes))
 
+
+def _start(plan: StudyPlan, *, stream=None) -> None:
+    """Say the notes (on stream, default stdout) and write study.yaml: the study folder now exists."""
+    for note in plan.notes:
+        print(f"note: {note}", file=stream, flush=True)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    (plan.out / "study.yaml").write_text(yaml.safe_dump(plan.config.to_dict(), sort_keys=False))
+
+
+def run_study(config: StudyConfig) -> Path:
+    """Train every model x strategy x seed (finished runs kept, unfinished ones resumed) with the study's launcher,
+    then collect: catalogue, results.csv/summary.csv, the test analysis and report.html; returns the folder.
+    With the slurm launcher and wait=False it returns once the runs are submitted (collect later)."""
+    start = time.perf_counter()
+    plan = plan_study(config)
+    _start(plan)
+    jobs = []
+    for i, run in enumerate(plan.runs, 1):
+        label = f"run {i}/{len(plan.runs)}: {run.model} {run.strategy} seed {run.seed}{run.state}"
+        if run.finished():
+            print(label, flush=True)
+        else:
+            jobs.append(Job(run.name, run.config, label))
+    outcome = launch(jobs, plan.config.launch, plan.out / "jobs")
+    if outcome.failed:
+        raise TransferlabError(
+            f"{len(outcome.failed)} of {len(plan.runs)} runs failed: "
+            + "; ".join(f"{name}: {why}" for name, why in list(outcome.failed.items())[:5])
+            + ("; ..." if len(outcome.failed) > 5 else "")
+            + ". Fix the cause and run the same command again: finished runs are kept")
+    if outcome.submitted:
+        print(f"submitted {len(jobs)} run(s); logs in {plan.out / 'jobs'}. When they have finished, write the report "
+              f"with: transferlab study {plan.out / 'study.yaml'} --collect", flush=True)
+        return plan.out
+    return _collect(plan, start)
+
+
+def plan_commands(config: StudyConfig) -> list[str]:
+    """One shell command per unfinished run, for any scheduler: `transferlab train --config STUDY/plan/RUN.yaml`,
+    the run's exact settings (resume on, so running a command again continues or keeps its run). Writes study.yaml
+    and the per-run files; `collect_study` writes the report once the runs have finished."""
+    plan = plan_study(config)
+    _start(plan, stream=sys.stderr)   # stdout: the commands alone
+    folder = plan.out / "plan"
+    folder.mkdir(exist_ok=True)
+    commands = []
+    for run in plan.runs:
+        if run.finished():
+            continue
+        path = folder / f"{run.name}.yaml"
+        path.write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
+        commands.append(shlex.join(["transferlab", "train", "--config", str(path.resolve())]))
+    return commands
+
+
+def collect_study(config: StudyConfig) -> Path:
+    """The tables, the analysis and the report of a study whose runs were executed elsewhere (--plan, --no-wait);
+    says which runs have not finished."""
+    start = time.perf_counter()
+    plan = plan_study(config)
+    missing = [run.name for run in plan.runs if not run.finished()]
+    if missing:
+        raise TransferlabError(
+            f"{len(missing)} of {len(plan.runs)} runs of {plan.out} have not finished: {', '.join(missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}; run them (--plan prints their commands) or launch the study "
+            f"again (finished runs are kept)")
+    _start(plan)
+    return _collect(plan, start)
+
+
+def _collect(plan: StudyPlan, start: float) -> Path:
+    config, out = plan.config, plan.out
+    runs = [{"model": r.model, "strategy": r.strategy, "seed": r.seed, "run": f"runs/{r.name}"} for r in plan.runs]
     external = evaluate_external(config, out, runs)
-    catalog_entries = study_catalog(config, out, num_classes=len(index.classes))
-    write_json(out / "study.json", {"config": config.to_dict(), "runs": runs, "notes": notes, "external": external,
-                                    "catalog": catalog_entries, "seconds": time.perf_counter() - start})
+    catalog_entries = study_catalog(config, out, num_classes=plan.num_classes)
+    write_json(out / "study.json", {"config": config.to_dict(), "runs": runs, "notes": plan.notes,
+                                    "external": external, "catalog": catalog_entries,
+                                    "seconds": time.perf_counter() - start})
     rows = results_rows(out, runs)
     write_csv(out / "results.csv", rows)
     write_csv(out / "summary.csv", summary_rows(rows))
@@ -233,7 +337,8 @@ def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[
 
 
 def train_config(config: StudyConfig, model: str, strategy: str, seed: int) -> TrainConfig:
-    settings = {**config.train, **config.model_overrides.get(model, {})}
+    # one experiment name for the loggers of every run: the study folder's
+    settings = {"experiment": Path(config.out).resolve().name, **config.train, **config.model_overrides.get(model, {})}
     return TrainConfig(**settings, data=str(config.data), model=model, strategy=strategy, seed=seed,
                        split_seed=config.split_seed, resume=True,
                        out=str(Path(config.out) / "runs" / run_name(model, strategy, seed)))
@@ -282,35 +387,6 @@ def study_catalog(config: StudyConfig, out: Path, num_classes: int = 2) -> list[
 
 
 # --- tables -------------------------------------------------------------------------------------------------
-
-def flatten_metrics(metrics: dict) -> dict:
-    """metrics.json as one flat row: test_accuracy, test_at_threshold_accuracy, val_roc_auc, test_tp, ...,
-    best_epoch, threshold, seconds_fit, peak_rss_mb."""
-    row = {}
-    for key in ("threshold", "threshold_method", "best_epoch", "epochs_run", "monitor", "trainable_params",
-                "total_params", "peak_rss_mb", "cuda_peak_mb"):
-        row[key] = metrics.get(key)
-    for key, value in (metrics.get("seconds") or {}).items():
-        row[f"seconds_{key}"] = value
-    for split in ("train", "val", "test"):
-        if split in metrics:
-            row.update(_flatten_split(metrics[split], f"{split}_"))
-            if "at_threshold" in metrics[split]:
-                row.update(_flatten_split(metrics[split]["at_threshold"], f"{split}_at_threshold_"))
-    return row
-
-
-def _flatten_split(m: dict, prefix: str) -> dict:
-    row = {}
-    for key, value in m.items():
-        if key == "confusion_matrix":
-            if len(value) == 2:
-                (tn, fp), (fn, tp) = value
-                row.update({f"{prefix}tn": tn, f"{prefix}fp": fp, f"{prefix}fn": fn, f"{prefix}tp": tp})
-        elif not isinstance(value, (dict, list)):
-            row[prefix + key] = value
-    return row
-
 
 def results_rows(study_dir: Path, runs: list[dict]) -> list[dict]:
     rows = []
@@ -382,7 +458,40 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-catalog", dest="measure_catalog", action="store_false", default=S,
                         help="do not time the models for the catalogue (its static facts are still shown)")
     # --split-seed (every run of the study uses it) comes with the training options
-    add_train_options(parser, for_study=True, defaults={"split_seed": f"{StudyConfig.split_seed}, for every run"})
+    add_train_options(parser, for_study=True, defaults={"split_seed": f"{StudyConfig.split_seed}, for every run",
+                                                        "experiment": "the study folder's name"})
+    launch = parser.add_argument_group("where the runs execute (README: 'Bigger studies')")
+    for name, (flag, kind, help_text) in LAUNCH_OPTIONS.items():
+        default = getattr(LaunchSettings(), name)
+        shown = LAUNCH_DEFAULT_WORDS.get(name, default)
+        launch.add_argument(flag, dest=name, type=kind, default=S, choices=LAUNCHERS if name == "launcher" else None,
+                            help=f"{help_text} (default: {shown})")
+    launch.add_argument("--no-wait", dest="wait", action="store_false", default=S,
+                        help="slurm: return once the runs are submitted (then --collect) instead of waiting for them")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--plan", action="store_true", default=S,
+                      help="train nothing: print one `transferlab train --config ...` command per unfinished run, for "
+                           "any scheduler; then --collect")
+    mode.add_argument("--collect", action="store_true", default=S,
+                      help="train nothing: write the tables and the report from the finished run directories")
+
+
+LAUNCH_OPTIONS = {   # LaunchSettings field: (flag, type, help); "(default: ...)" comes from LaunchSettings
+    "launcher": ("--launcher", str, "where the runs execute: inprocess (one after another in this process), local "
+                                    "(a process per run, via submitit), slurm (a Slurm job array, via submitit)"),
+    "parallel": ("--parallel", int, "local: runs at once; slurm: array tasks running at once"),
+    "partition": ("--partition", str, "slurm partition"),
+    "time_min": ("--time", int, "time limit per run in minutes (slurm requeues a run that reaches it; it resumes)"),
+    "gpus_per_task": ("--gpus-per-task", int, "GPUs per run"),
+    "cpus_per_task": ("--cpus-per-task", int, "CPUs per run, also its torch threads"),
+    "mem_gb": ("--mem-gb", float, "slurm: memory per run in GB"),
+}
+LAUNCH_DEFAULT_WORDS = {   # what None means
+    "parallel": "local 1; slurm every run", "partition": "the cluster's default",
+    "time_min": "slurm the partition's limit; local 7 days", "gpus_per_task": "slurm 0; local every visible GPU, shared",
+    "cpus_per_task": "slurm the partition's default; local the CPUs / --parallel",
+    "mem_gb": "the partition's default",
+}
 
 
 def _seeds_arg(text: str) -> int | list[int]:
@@ -394,9 +503,22 @@ def _seeds_arg(text: str) -> int | list[int]:
 
 def run_study_command(args: argparse.Namespace) -> None:
     values = _normalise(read_settings(args.study_file)) if getattr(args, "study_file", None) else {"train": {}}
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "study_file")}
-    values = _normalise({**values, **given, "train": values["train"]})   # the command line wins
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "study_file", "plan", "collect")}
+    launch = {k: given.pop(k) for k in [*LAUNCH_OPTIONS, "wait"] if k in given}
+    saved = values.get("launch") or {}
+    values = _normalise({**values, **given, "train": values["train"],   # the command line wins
+                         "launch": {**saved, **launch} if isinstance(saved, dict) else saved})
     for key in ("data", "models", "out"):
         if not values.get(key):
             raise TransferlabError(f"--{key} is required (on the command line or in the study file)")
-    run_study(StudyConfig.from_dict(values))
+    config = StudyConfig.from_dict(values)
+    if getattr(args, "plan", False):
+        commands = plan_commands(config)
+        for command in commands:
+            print(command, flush=True)
+        print(f"{len(commands)} unfinished run(s); when they have finished: transferlab study "
+              f"{Path(config.out) / 'study.yaml'} --collect", file=sys.stderr)
+    elif getattr(args, "collect", False):
+        collect_study(config)
+    else:
+        run_study(config)

@@ -20,15 +20,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from torch.utils.data import Subset
 
 from .config import TrainConfig, write_json
 from .data.discover import DatasetIndex, Sample, discover
 from .data.images import load_images, unreadable_error
 from .data.split import Splits, how_made, leakage_warning, make_splits, split_leakage
-from .engine import (Classifier, choose_threads, class_weights_for, cpu_threads, fit, load_best_weights, make_loader,
-                     predict_probs, resolve_device, reuse_freed_memory, seed_all, whole_epoch_loader)
+from .distributed import barrier, gather_shards, is_global_zero, launch, rank_zero_first
+from .engine import (Classifier, FollowHistory, choose_threads, class_weights_for, cpu_threads, fit,
+                     load_best_weights, make_loader, predict_probs, resolve_device, reuse_freed_memory, seed_all,
+                     whole_epoch_loader, with_index)
 from .errors import TransferlabError
+from .gpu import pin_memory_for
 from .evaluation import decide, positive_index, split_metrics
+from .loggers import ExperimentLogs, check_available
 from .metrics import choose_threshold
 from .models.heads import create_model
 from .models.registry import get_spec
@@ -47,7 +52,7 @@ class Prepared:
     """Everything a run needs from the data stage."""
     index: DatasetIndex
     splits: Splits
-    pixels: dict[str, np.ndarray]          # split -> uint8 (N, C, H, W)
+    pixels: dict[str, np.ndarray]          # split -> uint8 (N, C, H, W), memory-mapped from the decode cache
     samples: dict[str, list[Sample]]       # split -> the samples behind those rows (bad files removed)
     bad: list[tuple[str, str]]
     decode_seconds: float
@@ -112,13 +117,15 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
     if not cfg.out:
         raise TransferlabError("--out is required: the run directory to write")
     run = RunDir(cfg.out)
+    check_available(cfg.logger)
     if run.finished():
         if cfg.resume:
+            ExperimentLogs(run, cfg.logger, cfg.experiment).log_finished_run()
             return run
         raise TransferlabError(f"{run.path} already holds a finished run; choose another --out")
     if (run.checkpoints / "last.ckpt").exists() and not cfg.resume:
         raise TransferlabError(f"{run.path} holds an unfinished run; add --resume to continue it, or choose another --out")
-    device = resolve_device(cfg.device)
+    device = launch(resolve_device(cfg.device), cfg.devices, cfg.num_nodes)   # DDP: from here on, every process
     created = _first_missing(run.path)
     run.path.mkdir(parents=True, exist_ok=True)
     try:
@@ -127,7 +134,7 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
     except BaseException:
         # an error before the first epoch's checkpoint (no data, unknown model, missing weights, ...) leaves
         # nothing behind that this call created; after it, the run directory stays for --resume
-        if created is not None and not (run.checkpoints / "last.ckpt").exists():
+        if created is not None and not (run.checkpoints / "last.ckpt").exists() and is_global_zero():
             shutil.rmtree(created, ignore_errors=True)
         raise
     return run
@@ -151,20 +158,22 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
     # 1. data
     spec = get_spec(cfg.model, cfg.weights)
     size = cfg.image_size or spec.input_size
-    data = prepare_data(cfg, size)
+    with rank_zero_first():   # DDP: rank 0 fills the image cache, the others read it
+        data = prepare_data(cfg, size)
     if cfg.resume and run.config.exists():
         _check_same_run(run, cfg, data)
     classes = data.index.classes
     pos = positive_index(classes, cfg.positive_class)
-    _write_run_start(run, cfg, data, spec, size, pos, device)
-    skipped = data.index.skipped
+    if is_global_zero():   # only rank 0 writes the run directory and warns
+        _write_run_start(run, cfg, data, spec, size, pos, device)
+    skipped = data.index.skipped if is_global_zero() else []
     if skipped:
         _warn(f"left out {len(skipped)} file{'s' * (len(skipped) > 1)} that are not images of a class: "
               + "; ".join(f"{path} ({reason})" for path, reason in skipped[:3])
               + ("; ... (`transferlab check-data` lists them all)" if len(skipped) > 3 else ""))
-    if data.bad:
+    if data.bad and is_global_zero():
         _warn(f"skipped {len(data.bad)} unreadable image{'s' * (len(data.bad) > 1)} (listed in {run.bad_files})")
-    for line in data.leakage_warnings():
+    for line in data.leakage_warnings() if is_global_zero() else []:
         _warn(line)
 
     # 2. model, 3. strategy
@@ -192,21 +201,32 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
         minibatch=cfg.batch_size if cached else None, sample_weights=weights if cfg.balance == "sampler" else None)
     if strategy.channels_last:
         net.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        net.compile()   # in place: the state_dict keys, checkpoints and model.safetensors stay as without it
     train_loader, val_loader = make_loaders(cfg, train_set, train_labels, inputs["val"], device, cached=cached)
+    logs = ExperimentLogs(run, cfg.logger if is_global_zero() else [], cfg.experiment)   # DDP: rank 0 logs
     fit_start = time.perf_counter()
     fitted = fit(module, train_loader, val_loader,
                  checkpoint_dir=run.checkpoints, epochs=cfg.epochs, monitor=cfg.monitor, patience=cfg.patience,
-                 device=device, precision=_precision(cfg.precision, device), resume=cfg.resume, progress=cfg.progress)
+                 device=device, precision=_precision(cfg.precision, device), resume=cfg.resume, progress=cfg.progress,
+                 devices=cfg.devices, num_nodes=cfg.num_nodes,
+                 callbacks=[FollowHistory(logs.update, logs.stopped)] if logs.names else [])
     fit_seconds = time.perf_counter() - fit_start
     if fitted["best_checkpoint"]:
         load_best_weights(module, fitted["best_checkpoint"])
-    write_csv(run.history, module.history)
+    if is_global_zero():
+        write_csv(run.history, module.history)
 
-    # 5. evaluate: the threshold comes from validation predictions only
+    # 5. evaluate: the threshold comes from validation predictions only. DDP: each rank predicts its shard
     eval_start = time.perf_counter()
-    probs = {name: predict_probs(net, inputs[name], batch_size=cfg.batch_size, device=device,
-                                 channels_last=strategy.channels_last, progress=cfg.progress, desc=f"predict {name}")
+    probs = {name: gather_shards(lambda part: torch.from_numpy(predict_probs(
+                 net, _part(inputs[name], part), batch_size=cfg.batch_size, device=device,
+                 channels_last=strategy.channels_last, progress=cfg.progress, desc=f"predict {name}")),
+                 len(inputs[name])).numpy()
              for name in inputs}
+    if not is_global_zero():
+        barrier()   # returns once rank 0 has written the results: every process returns a finished run
+        return
     binary = pos is not None
     threshold = (choose_threshold((data.labels("val") == pos).astype(int), probs["val"][:, pos], cfg.threshold_method)
                  if binary else None)
@@ -234,20 +254,33 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
         **metrics,
     }
     write_json(run.metrics, summary)
+    logs.update(module.history, summary)
+    logs.close()
+    barrier()
+
+
+def _part(dataset, part: slice):
+    """The rows `part` (distributed.shard) of `dataset`; all of them: the dataset itself."""
+    return dataset if part == slice(None) else Subset(dataset, range(len(dataset))[part])
 
 
 def make_loaders(cfg: TrainConfig, train_set, train_labels: np.ndarray, val_set, device: torch.device, *,
                  cached: bool) -> tuple:
     """(train, validation) loaders. cached (features on cached backbone outputs): each epoch is one batch that
-    Classifier(minibatch=cfg.batch_size) splits itself, and validation is one batch; else ordinary loaders."""
+    Classifier(minibatch=cfg.batch_size) splits itself, and validation is one batch; else ordinary loaders.
+    DDP: cfg.batch_size is the global batch, split over the processes (cached: every process trains the head on
+    all features, one global batch at a time)."""
     workers = cfg.num_workers if cfg.num_workers is not None else (0 if device.type == "cpu" or cached
                                                                    else min(8, os.cpu_count() or 1))
-    args = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    replicas = cfg.devices * cfg.num_nodes
+    args = dict(batch_size=-(-cfg.batch_size // replicas), num_workers=workers, replicas=replicas)
+    val_set = with_index(val_set)
     if cached:
-        return whole_epoch_loader(train_set), make_loader(val_set, None, shuffle=False,
+        return whole_epoch_loader(train_set), make_loader(val_set, None, shuffle=False, pin_memory=False,
                                                           **(args | {"batch_size": len(val_set)}))
-    return (make_loader(train_set, train_labels, shuffle=True, balance=cfg.balance, **args),
-            make_loader(val_set, None, shuffle=False, **args))
+    return (make_loader(train_set, train_labels, shuffle=True, balance=cfg.balance,
+                        pin_memory=pin_memory_for(train_set, device), **args),
+            make_loader(val_set, None, shuffle=False, pin_memory=pin_memory_for(val_set, device), **args))
 
 
 def _warn(message: str) -> None:
@@ -256,7 +289,7 @@ def _warn(message: str) -> None:
 
 # Settings that may differ when a run is resumed. The data is compared by its fingerprint, not by its path.
 RESUME_MAY_CHANGE = {"data", "manifest", "resume", "progress", "device", "num_workers", "threads", "cache_dir",
-                     "weights_dir"}
+                     "weights_dir", "devices", "num_nodes", "compile", "logger", "experiment"}
 
 
 def _check_same_run(run: RunDir, cfg: TrainConfig, data: Prepared) -> None:

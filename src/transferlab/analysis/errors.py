@@ -36,28 +36,27 @@ def confused_pairs(run: Run, split: str = "test") -> list[dict]:
 
 def gradcam_overlays(model, pixels, *, mean, std, targets: list[int], batch_size: int = 16) -> list:
     """Grad-CAM of class targets[i] at the backbone's last feature map (models.heads.last_feature_map) over each
-    uint8 (C, H, W) image in `pixels`: (image, overlay, flat) triples, image and overlay uint8 RGB (H, W, 3) at the model's input size; `flat` is
-    True where the map has no activation at all (nothing at that layer raises the target's score), so the
-    overlay shows nothing and should be labelled as such."""
-    import torch
+    uint8 (C, H, W) image in `pixels`: (image, overlay, flat) triples, image and overlay uint8 RGB (H, W, 3) at the
+    model's input size; `flat` is True where the map has no activation at all (nothing at that layer raises the
+    target's score), so the overlay shows nothing and should be labelled as such."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from ..data.transforms import normalize
+    from ..data.transforms import normalize, pixel_tensor
     from ..models.heads import last_feature_map
 
     if len(pixels) == 0:
         return []
     model.cpu().eval().requires_grad_(True)
-    example = normalize(torch.from_numpy(np.ascontiguousarray(pixels[:1])), mean, std)
+    example = normalize(pixel_tensor(pixels[:1]), mean, std)
     layer = last_feature_map(model.backbone, example)
     if layer is None:
         raise TransferlabError(f"{type(model.backbone).__name__} has no convolutional feature map for Grad-CAM")
     out = []
     with GradCAM(model=model, target_layers=[layer]) as cam:
         for start in range(0, len(pixels), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size]))
+            batch = pixel_tensor(pixels[start:start + batch_size])
             maps = cam(input_tensor=normalize(batch, mean, std),
                        targets=[ClassifierOutputTarget(t) for t in targets[start:start + batch_size]])
             rgb = np.broadcast_to(batch.numpy().transpose(0, 2, 3, 1), (*batch.shape[:1], *batch.shape[2:], 3))

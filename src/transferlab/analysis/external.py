@@ -66,12 +66,13 @@ class Target:
 def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str | None = None,
              manifest: str | None = None, name: str | None = None, adapt=None, unlabelled: bool = False,
              shift: bool = True, device: str = "auto", progress: bool = True, n_boot: int = 1000,
-             seed: int = 0) -> dict:
+             seed: int = 0, tta: int = 1) -> dict:
     """Metrics of a finished run (labels permitting), the label-free shift estimates, and any adaptation.
 
     Without `data` (or with the run's own data and no manifest) the run's `split` (default "test") is rebuilt
     from its saved settings and seed. Any other `data` is scored whole: every image, no carving (`split`
-    then picks one split folder of it). The decision threshold is always the run's, chosen on validation."""
+    then picks one split folder of it). The decision threshold is always the run's, chosen on validation.
+    `tta` > 1 also scores the mean probabilities over that many test-time views, beside the plain result."""
     from ..engine import resolve_device
     from ..evaluation import load_model
 
@@ -99,8 +100,9 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     if target.labelled:
         result.update(_metrics(target.labels, probs, pos, threshold, n_boot, seed, classes))
 
-    source = source_side(run, config, score) if (shift or adapt) and target.own_split != "val" else None
-    if source is None and (shift or adapt) and target.own_split != "val":
+    compare = shift or adapt or tta != 1
+    source = source_side(run, config, score) if compare and target.own_split != "val" else None
+    if source is None and compare and target.own_split != "val":
         result["notes"].append("the run's validation images could not be read, so nothing that compares with "
                                "validation (shift estimates, adaptation) was computed")
     if shift and source is not None:
@@ -122,6 +124,13 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
             entry.update(_metrics(target.labels, a_probs, pos, a_threshold, n_boot, seed, classes))
         result["adapted"][method] = entry
         columns[method] = (a_probs, a_pred)
+    if tta != 1:
+        t_probs, t_threshold, info = _tta(tta, model, config, target, source, pos, threshold, dev, progress, seed)
+        t_pred = _decide(t_probs, pos, t_threshold)
+        result["tta"] = {**info, "threshold": t_threshold, "predicted_share": _shares(t_pred, classes)}
+        if target.labelled:
+            result["tta"].update(_metrics(target.labels, t_probs, pos, t_threshold, n_boot, seed, classes))
+        columns["tta"] = (t_probs, t_pred)
     result["seconds"] = time.perf_counter() - start
 
     from ..config import write_json
@@ -316,6 +325,35 @@ def _prior_adapted(probs: np.ndarray, source: dict, pos: int, threshold: float |
     return adapted, threshold, info
 
 
+TTA_HELP = ("mean probability over the image and random views from the training augmentation (small affine, "
+            "brightness/contrast; no flips)")
+
+
+def _tta(views: int, model, config: dict, target: Target, source: dict | None, pos: int | None,
+         threshold: float | None, device, progress: bool, seed: int):
+    """Target probabilities averaged over `views` test-time views, and the decision threshold for them: averaged
+    probabilities are less extreme than single-view ones, so a binary run's threshold is re-chosen with its own
+    method on validation's test-time-augmented probabilities (the run's plain one if validation is unreadable)."""
+    from ..evaluation import tta_probabilities
+
+    kwargs = dict(views=views, mean=config["model"]["mean"], std=config["model"]["std"], device=device, seed=seed,
+                  progress=progress)
+    probs = tta_probabilities(model, target.pixels, **kwargs)
+    info = {"views": views, "how": TTA_HELP, "threshold_chosen_on": "val" if threshold is not None else None}
+    if threshold is None or pos is None:
+        return probs, threshold, info
+    if target.own_split == "val":
+        val_y, val_probs = target.labels, probs
+    elif source is not None:
+        val_y, val_probs = source["y"], tta_probabilities(model, source["pixels"], **kwargs)
+    else:
+        info["threshold_chosen_on"] = "val, plain probabilities (the validation images could not be read)"
+        return probs, threshold, info
+    threshold = choose_threshold((val_y == pos).astype(int), val_probs[:, pos], _run_threshold_method(config))
+    info["threshold_chosen_on"] = f"val, {views}-view probabilities"
+    return probs, threshold, info
+
+
 def _run_threshold_method(config: dict) -> str:
     return config["settings"].get("threshold_method", "youden")
 
@@ -331,6 +369,7 @@ def _metrics(labels: np.ndarray, probs: np.ndarray, pos: int | None, threshold: 
     from ..evaluation import split_metrics
 
     out = split_metrics(labels, probs, pos, threshold, classes)
+    out.pop("threshold", None)   # the 0.5 of the plain metrics; the entry's "threshold" is its decision threshold
     pred = _decide(probs, pos, threshold)
     k = probs.shape[1]
     correct = pred == labels
@@ -386,6 +425,7 @@ def summary_lines(result: dict) -> list[str]:
            f"{result['scored']}" + (f"; {result['n_unreadable']} unreadable skipped" if result["n_unreadable"] else "")]
     out += [f"note: {n}" for n in result["notes"]]
     rows = [("as trained", result)] + [(f"adapt {m}", r) for m, r in result.get("adapted", {}).items()]
+    rows += [(f"TTA x{result['tta']['views']}", result["tta"])] if "tta" in result else []
     for label, r in rows:
         if "accuracy" not in r:
             shares = ", ".join(f"{c} {v:.1%}" for c, v in r["predicted_share"].items())

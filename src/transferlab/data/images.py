@@ -1,15 +1,21 @@
-"""Decode image files (JPEG, PNG, BMP, TIFF, DICOM) to uint8 arrays: once, in threads, cached on disk."""
+"""Decode image files (JPEG, PNG, BMP, TIFF, DICOM) to uint8 arrays: once, in worker processes, cached on disk as
+a .npy file that is memory-mapped when read."""
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import mmap
+import multiprocessing
 import os
+import shutil
 import struct
+import sys
 import tempfile
 import warnings
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict, deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +24,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..console import show_bars
-from ..errors import DataError
+from ..errors import DataError, TransferlabError
 
 MIN_SIDE, MAX_SIDE = 8, 12_000
 DICOM_EXTENSIONS = {".dcm", ".dicom"}
 CACHE_VERSION = 1   # bump when decoding changes, so that older caches are not reused
 _RECENT: OrderedDict = OrderedDict()   # digest -> (pixels, kept, bad); results of recent load_images calls
 _RECENT_MAX = 4
+PARALLEL_MIN = 256    # fewer images decode in threads: starting worker processes would cost more than it saves
+DECODE_CHUNK = 32     # images per task sent to a worker process
 
 
 class ImageError(DataError):
@@ -40,9 +48,37 @@ class ImageError(DataError):
 
 @dataclass
 class LoadedImages:
-    pixels: np.ndarray            # (N_ok, C, size, size) uint8; C = 1 if every image is grayscale, else 3
+    pixels: np.ndarray            # (N_ok, C, size, size) uint8, np.memmap when cached; C = 1 if every image is grayscale, else 3
     kept: list[int]               # indices into `paths` of the rows in pixels
     bad: list[tuple[str, str]]    # (path, reason) of dropped files
+
+
+@dataclass(frozen=True)
+class MappedRows:
+    """Where a memory-mapped array (or a contiguous slice of one) lies in its file: what a DataLoader worker
+    process needs to map it again, instead of a pickled copy of every pixel."""
+    filename: str
+    offset: int
+    shape: tuple
+    dtype: str
+
+    @classmethod
+    def of(cls, arr) -> MappedRows | None:
+        """None unless `arr` is a non-empty, C-contiguous view of a file mapped by np.memmap / np.load(mmap_mode)."""
+        if not isinstance(arr, np.memmap) or not arr.filename or not arr.size or not arr.flags.c_contiguous:
+            return None
+        base = arr
+        while isinstance(base, np.ndarray):
+            base = base.base
+        if not isinstance(base, mmap.mmap):
+            return None
+        mapped_at = np.frombuffer(base, np.uint8).__array_interface__["data"][0]
+        file_start = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY   # where numpy's map begins
+        offset = file_start + arr.__array_interface__["data"][0] - mapped_at
+        return cls(str(arr.filename), offset, tuple(arr.shape), arr.dtype.str)
+
+    def open(self) -> np.memmap:
+        return np.memmap(self.filename, dtype=np.dtype(self.dtype), mode="r", offset=self.offset, shape=self.shape)
 
 
 def read_bytes(path) -> bytes:
@@ -186,32 +222,34 @@ def _decode_dicom(data: bytes, path) -> tuple[np.ndarray, str]:
 
 
 def load_images(paths: list[Path], size: int, *, cache_dir: Path | None = None, skip_bad: bool = False,
-                progress: bool = True, num_threads: int | None = None) -> LoadedImages:
+                progress: bool = True, num_threads: int | None = None, processes: int | None = None) -> LoadedImages:
     """Decode and resize (antialiased, no crop) every file to size x size, once.
 
     Results are found again by content: an in-process memory of recent calls, then
-    cache_dir/images-{size}-{digest}.npy (digest over the sha1 of each file's bytes and size).
-    The returned array may be shared with later identical calls: do not modify it in place.
+    cache_dir/images-{size}-{digest}.npy (digest over the sha1 of each file's bytes and size). With a cache_dir
+    the pixels are that file, memory-mapped read-only, so a dataset larger than memory never has to fit in it;
+    without one they are an ordinary array. Either way: do not modify them in place.
+    Decoding runs in `processes` worker processes (default: one per CPU, up to 8, from PARALLEL_MIN images on;
+    1: threads in this process); hashing in `num_threads` threads.
     """
     paths = [Path(p) for p in paths]
     with ThreadPoolExecutor(num_threads or min(8, os.cpu_count() or 1)) as pool:
         hashed = list(tqdm(pool.map(_hash_file, paths), total=len(paths), desc="hash", disable=not show_bars(progress),
                            leave=False))
-        digest = hashlib.sha256(f"v{CACHE_VERSION} {size}\n".encode()
-                                + "\n".join(h or f"unreadable: {r}" for h, r in hashed).encode()).hexdigest()
-        cache = Path(cache_dir) / f"images-{size}-{digest}" if cache_dir else None
-        if digest in _RECENT:
-            _RECENT.move_to_end(digest)
-            result = _RECENT[digest]
-        else:
-            result = _read_cache(cache, len(paths), size)
-            if result is None:
-                result = _decode_all(paths, [r for _, r in hashed], size, pool, progress)
-                if cache is not None:
-                    _write_cache(cache, *result)
-            _RECENT[digest] = result
-            while len(_RECENT) > _RECENT_MAX:
-                _RECENT.popitem(last=False)
+    digest = hashlib.sha256(f"v{CACHE_VERSION} {size}\n".encode()
+                            + "\n".join(h or f"unreadable: {r}" for h, r in hashed).encode()).hexdigest()
+    cache = Path(cache_dir) / f"images-{size}-{digest}" if cache_dir else None
+    if digest in _RECENT:
+        _RECENT.move_to_end(digest)
+        result = _RECENT[digest]
+    else:
+        result = _read_cache(cache, len(paths), size)
+        if result is None:
+            errors = [r for _, r in hashed]
+            result = _decode_to_cache(paths, errors, size, cache, processes, num_threads, progress)
+        _RECENT[digest] = result
+        while len(_RECENT) > _RECENT_MAX:
+            _RECENT.popitem(last=False)
     pixels, kept, bad_rows = result
     bad = [(str(paths[i]), reason) for i, reason in bad_rows]
     if bad and not skip_bad:
@@ -244,21 +282,153 @@ def _load_resized(path: Path, size: int) -> tuple[np.ndarray | None, str | None]
     return arr, None
 
 
-def _decode_all(paths, errors, size, pool, progress):
-    """(pixels, kept, [(index, reason)]); starts 1-channel and widens to 3 at the first colour image."""
-    out = np.zeros((len(paths), 1, size, size), np.uint8)
-    bad = []
-    jobs = pool.map(lambda p, e: (None, e) if e else _load_resized(p, size), paths, errors)
-    for i, (arr, reason) in enumerate(tqdm(jobs, total=len(paths), desc="decode", disable=not show_bars(progress))):
-        if reason:
-            bad.append((i, reason))
-            continue
-        if arr.ndim == 3 and out.shape[1] == 1:
-            out = np.repeat(out, 3, axis=1)
-        out[i] = arr if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    dropped = {i for i, _ in bad}
-    kept = [i for i in range(len(paths)) if i not in dropped]
-    return (out[kept] if bad else out), kept, bad
+def _decode_chunk(paths: list[Path], errors: list[str | None], size: int) -> list[tuple]:
+    """_load_resized over a chunk of files, in a worker process."""
+    return [(None, e) if e else _load_resized(p, size) for p, e in zip(paths, errors)]
+
+
+def _decoded(paths, errors, size, processes, num_threads):
+    """(array or None, reason or None) per file, in order: in worker processes, with at most a few chunks in
+    flight (so that memory does not grow with the dataset); in threads for small inputs, or from wherever the
+    process pool stopped working (no process support, a worker killed)."""
+    workers = processes or (min(8, os.cpu_count() or 1) if len(paths) >= PARALLEL_MIN else 1)
+    done = 0
+    if workers > 1:
+        try:
+            with ProcessPoolExecutor(workers, mp_context=_process_context()) as pool:
+                pending = deque()
+                for start in range(0, len(paths), DECODE_CHUNK):
+                    stop = start + DECODE_CHUNK
+                    pending.append(pool.submit(_decode_chunk, paths[start:stop], errors[start:stop], size))
+                    if len(pending) > 2 * workers:
+                        for item in pending.popleft().result():
+                            yield item
+                            done += 1
+                while pending:
+                    for item in pending.popleft().result():
+                        yield item
+                        done += 1
+            return
+        except (OSError, BrokenProcessPool, NotImplementedError) as exc:
+            warnings.warn(f"decoding in worker processes failed ({exc}); continuing in threads", stacklevel=3)
+    with ThreadPoolExecutor(num_threads or min(8, os.cpu_count() or 1)) as pool:
+        yield from pool.map(lambda p, e: (None, e) if e else _load_resized(p, size), paths[done:], errors[done:])
+
+
+def _process_context():
+    """fork on Linux: forkserver and spawn start each worker by importing the caller's __main__ again, which reruns
+    any script without an `if __name__ == "__main__":` guard (and fails for `python -`). The workers only run
+    PIL and numpy, never torch, so torch's threads in the parent do not matter to them."""
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+
+
+def _decode_to_cache(paths, errors, size, cache: Path | None, processes, num_threads, progress):
+    """(pixels, kept, [(index, reason)]): every file decoded into a new .npy file, renamed into place as
+    `cache`.npy only when complete (so an interrupted run leaves no half cache); without a cache, into a
+    temporary file read back into memory."""
+    folder = cache.parent if cache is not None else Path(tempfile.mkdtemp(prefix="transferlab-decode-"))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = _RowFile(folder, len(paths), size)
+    except OSError as exc:   # the cache only saves time; a read-only or full disk must not stop a run
+        if cache is None:
+            raise
+        warnings.warn(f"could not write the image cache in {folder}: {exc}", stacklevel=3)
+        return _decode_to_cache(paths, errors, size, None, processes, num_threads, progress)
+    try:
+        bad = []
+        jobs = _decoded(paths, errors, size, processes, num_threads)
+        try:
+            for i, (arr, reason) in enumerate(tqdm(jobs, total=len(paths), desc="decode",
+                                                   disable=not show_bars(progress))):
+                if reason:
+                    bad.append((i, reason))
+                else:
+                    rows.append(arr)
+            rows.finish()
+        except OSError as exc:   # full disk, quota, ...
+            raise TransferlabError(f"cannot write decoded images to {folder}: {exc.strerror or exc}; free some "
+                                   f"space or choose another --cache-dir") from None
+        dropped = {i for i, _ in bad}
+        kept = [i for i in range(len(paths)) if i not in dropped]
+        if cache is None:
+            return np.load(rows.path), kept, bad
+        _atomic_write(cache.with_suffix(".json"), lambda f: f.write(json.dumps({"bad": bad}).encode()))
+        os.replace(rows.path, cache.with_suffix(".npy"))
+        return np.load(cache.with_suffix(".npy"), mmap_mode="r"), kept, bad
+    finally:
+        rows.close()
+        if cache is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+class _RowFile:
+    """Decoded images appended in order, as rows (C, size, size) uint8, to a new .npy file in `folder`.
+
+    The file is made by numpy (open_memmap: header and size), the rows are written with os.pwrite rather than
+    through the memory map, so that written pages go to the page cache and not into this process's resident
+    memory. Starts with one channel and is rewritten with three at the first colour image (gray rows
+    replicated); finish() trims the rows of unreadable files by rewriting the header's first dimension in
+    place (numpy leaves room for that)."""
+
+    def __init__(self, folder: Path, n: int, size: int):
+        self.folder, self.n, self.size, self.rows = folder, n, size, 0
+        self.path, self.fd, self.offset = None, None, 0
+        self._create(channels=1)
+
+    def _create(self, channels: int) -> None:
+        fd, name = tempfile.mkstemp(dir=self.folder, prefix="images-", suffix=".npy.tmp")
+        os.close(fd)
+        shape = (self.n, channels, self.size, self.size)
+        header = np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=shape)
+        self.offset, self.channels = header.offset, channels
+        del header
+        self.path, self.fd = Path(name), os.open(name, os.O_RDWR)
+
+    def _write(self, row: int, data: np.ndarray) -> None:
+        view = memoryview(np.ascontiguousarray(data)).cast("B")
+        where = self.offset + row * self.channels * self.size * self.size
+        while view:
+            written = os.pwrite(self.fd, view, where)
+            view, where = view[written:], where + written
+
+    def append(self, arr: np.ndarray) -> None:
+        if arr.ndim == 3 and self.channels == 1:
+            self._widen()
+        row = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        self._write(self.rows, np.broadcast_to(row, (self.channels, self.size, self.size)))
+        self.rows += 1
+
+    def _widen(self) -> None:
+        old_path, old_fd, old_offset = self.path, self.fd, self.offset
+        self._create(channels=3)
+        plane = self.size * self.size
+        try:
+            for start in range(0, self.rows, 256):   # in chunks: memory stays flat
+                count = min(256, self.rows - start)
+                gray = np.frombuffer(os.pread(old_fd, count * plane, old_offset + start * plane), np.uint8)
+                self._write(start, np.repeat(gray.reshape(count, 1, self.size, self.size), 3, axis=1))
+        finally:
+            os.close(old_fd)
+            old_path.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        if self.rows < self.n:
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                          "shape": (self.rows, self.channels, self.size, self.size)})
+            if len(header.getvalue()) != self.offset:   # numpy reserves room for this; never expected
+                raise OSError(f"cannot shorten the .npy header of {self.path}")
+            os.pwrite(self.fd, header.getvalue(), 0)
+            os.ftruncate(self.fd, self.offset + self.rows * self.channels * self.size * self.size)
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        """Close the file; it is removed unless it was renamed into place."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.path.unlink(missing_ok=True)
 
 
 def _read_cache(cache: Path | None, n: int, size: int):
@@ -266,7 +436,7 @@ def _read_cache(cache: Path | None, n: int, size: int):
         return None
     try:
         bad = [(int(i), str(r)) for i, r in json.loads(cache.with_suffix(".json").read_text())["bad"]]
-        pixels = np.load(cache.with_suffix(".npy"))
+        pixels = np.load(cache.with_suffix(".npy"), mmap_mode="r")
     except (OSError, ValueError, KeyError, TypeError):
         return None   # unreadable or partial cache: decode again
     dropped = {i for i, _ in bad}
@@ -274,15 +444,6 @@ def _read_cache(cache: Path | None, n: int, size: int):
     if pixels.shape[0] != len(kept) or pixels.shape[2:] != (size, size):
         return None
     return pixels, kept, bad
-
-
-def _write_cache(cache: Path, pixels: np.ndarray, kept: list[int], bad: list) -> None:
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(cache.with_suffix(".json"), lambda f: f.write(json.dumps({"bad": bad}).encode()))
-        _atomic_write(cache.with_suffix(".npy"), lambda f: np.save(f, pixels))
-    except OSError as exc:   # the cache only saves time; a read-only or full disk must not stop a run
-        warnings.warn(f"could not write the image cache in {cache.parent}: {exc}", stacklevel=3)
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from .images import MappedRows
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -33,12 +35,20 @@ def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     return torch.addcmul(-mean / std, batch.to(torch.float32), 1 / (255 * std))
 
 
+def pixel_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 rows (an array, or a slice of a read-only memory-mapped cache) -> a tensor of their own: torch
+    cannot share read-only memory, and a copy of one batch is what reading from disk costs anyway."""
+    return torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True))
+
+
 class ImageTensorDataset(torch.utils.data.Dataset):
-    """In-memory uint8 images -> (normalised float32 3xHxW, label); `augment` runs on the uint8 image."""
+    """uint8 images (an array or a memory-mapped cache) -> (normalised float32 3xHxW, label); `augment` runs on
+    the uint8 image. Reads one image per item, so a memory-mapped cache is never loaded whole; pickled for a
+    DataLoader worker process, a memory map travels as its file name and offset (see images.MappedRows)."""
 
     def __init__(self, pixels: np.ndarray | torch.Tensor, labels, *, mean: Sequence[float], std: Sequence[float],
                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        self.pixels = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels   # shares memory
+        self.pixels = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels   # not copied
         self.labels = [int(y) for y in labels]
         if len(self.pixels) != len(self.labels):
             raise ValueError(f"{len(self.pixels)} images but {len(self.labels)} labels")
@@ -48,7 +58,14 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.pixels[i]
+        x = pixel_tensor(self.pixels[i])
         if self.augment is not None:
             x = self.augment(x)
         return normalize(x, self.mean, self.std), self.labels[i]
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"pixels": MappedRows.of(self.pixels) or self.pixels}
+
+    def __setstate__(self, state: dict) -> None:
+        pixels = state["pixels"]
+        self.__dict__.update(state, pixels=pixels.open() if isinstance(pixels, MappedRows) else pixels)
