@@ -32,6 +32,11 @@ TRAIN_OPTIONS = {
     "monitor": ("--monitor", "validation metric for early stopping and best-epoch selection: "
                              "val_loss, val_auc or val_balanced_accuracy"),
     "balance": ("--balance", "class imbalance: weights (class-weighted loss), sampler (balanced batches), none"),
+    "augment_strength": ("--augment-strength", "finetune: scale of the training augmentation's ranges (1: rotation "
+                                               "10 degrees, shift 6%, zoom 10%, brightness/contrast 20%)"),
+    "label_smoothing": ("--label-smoothing", "label smoothing of the training loss (validation loss is plain "
+                                             "cross-entropy, comparable across recipes)"),
+    "head_dropout": ("--head-dropout", "dropout on the new head's input while training"),
     "image_size": ("--image-size", "input resolution"),
     "val_fraction": ("--val-fraction", "share of train/ carved out as a stratified, patient-disjoint validation split"),
     "test_fraction": ("--test-fraction", "when the data has no test/ folder, carve a stratified, patient-disjoint "

@@ -41,6 +41,9 @@ class TrainConfig:
     monitor: str = "val_loss"         # val_loss | val_auc | val_balanced_accuracy
     balance: str = "weights"          # class imbalance: weights (weighted loss) | sampler | none
     augment: bool = True
+    augment_strength: float = 1.0     # finetune: scales the augmentation's ranges (rotation, shift, zoom, jitter)
+    label_smoothing: float = 0.0      # of the training loss (validation loss stays plain cross-entropy)
+    head_dropout: float = 0.0         # dropout on the head's input while training
     image_size: int | None = None     # None: the model's own input size
     val_fraction: float = 0.15
     test_fraction: float = 0.15       # data without test/: carve a patient-disjoint test split (0: none)
@@ -80,6 +83,12 @@ class TrainConfig:
             raise TransferlabError(f"--test-fraction must be in [0, 1), not {self.test_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
             raise TransferlabError("--epochs and --batch-size must be at least 1")
+        if self.augment_strength < 0:
+            raise TransferlabError(f"--augment-strength must be at least 0, not {self.augment_strength}")
+        if not 0 <= self.label_smoothing < 1:
+            raise TransferlabError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
+        if not 0 <= self.head_dropout < 1:
+            raise TransferlabError(f"--head-dropout must be in [0, 1), not {self.head_dropout}")
         if self.devices < 1 or self.num_nodes < 1:
             raise TransferlabError(f"--devices and --num-nodes must be at least 1, not {self.devices} and {self.num_nodes}")
         if self.devices * self.num_nodes > 1 and ":" in self.device:

@@ -144,12 +144,14 @@ class Classifier(L.LightningModule):
 
     def __init__(self, net: torch.nn.Module, param_groups: list[dict], *, class_weights: torch.Tensor | None,
                  epochs: int, weight_decay: float, seed: int, channels_last: bool = False,
-                 minibatch: int | None = None, sample_weights: torch.Tensor | None = None):
+                 minibatch: int | None = None, sample_weights: torch.Tensor | None = None,
+                 label_smoothing: float = 0.0):
         super().__init__()
         self.net = net
         self.param_groups = param_groups
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.epochs, self.weight_decay, self.seed = epochs, weight_decay, seed
+        self.label_smoothing = label_smoothing
         self.channels_last = channels_last
         self.minibatch = minibatch
         self._sample_weights = sample_weights   # per class
@@ -184,7 +186,7 @@ class Classifier(L.LightningModule):
             return self._epoch_of_minibatches(*batch)
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, weight=self.class_weights)
+        loss = F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=self.label_smoothing)
         n = len(y)
         self._train_sums += (loss.item() * n, (logits.argmax(1) == y).sum().item(), n)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
@@ -204,7 +206,7 @@ class Classifier(L.LightningModule):
             for idx in order.to(x.device).split(size):
                 xb, yb = x[idx], y[idx]
                 logits = self(xb)
-                loss = F.cross_entropy(logits, yb, weight=self.class_weights)
+                loss = F.cross_entropy(logits, yb, weight=self.class_weights, label_smoothing=self.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
                 optimizer.step()

@@ -39,9 +39,11 @@ class FineTune:
                 {"params": list(model.head.parameters()), "lr": lr}]
 
     def dataset(self, model: TransferModel, pixels: np.ndarray, labels: np.ndarray, *, mean, std,
-                augment: bool, device: torch.device, progress: bool, cache_dir: Path | None) -> Dataset:
+                augment: float, device: torch.device, progress: bool, cache_dir: Path | None) -> Dataset:
+        """augment: the augmentation's strength (xray_augment), 0 for none."""
         size = pixels.shape[-1]
-        return ImageTensorDataset(pixels, labels, mean=mean, std=std, augment=xray_augment(size) if augment else None)
+        return ImageTensorDataset(pixels, labels, mean=mean, std=std,
+                                  augment=xray_augment(size, augment) if augment else None)
 
 
 class FixedFeatures:

@@ -178,7 +178,8 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
 
     # 2. model, 3. strategy
     seed_all(cfg.seed)
-    model = create_model(cfg.model, len(classes), weights=cfg.weights, weights_dir=cfg.weights_dir)
+    model = create_model(cfg.model, len(classes), weights=cfg.weights, weights_dir=cfg.weights_dir,
+                         head_dropout=cfg.head_dropout)
     strategy = get_strategy(cfg.strategy)
     cached = strategy.name == "features"   # cached features: each epoch is one batch, split by the step itself
     net = strategy.trainable(model)
@@ -187,8 +188,9 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
                   cache_dir=cache_dir(cfg))
     inputs = {name: strategy.dataset(model, data.pixels[name], data.labels(name), augment=False, **encode)
               for name in data.pixels}
-    train_set = (strategy.dataset(model, data.pixels["train"], data.labels("train"), augment=True, **encode)
-                 if cfg.augment and strategy.name == "finetune" else inputs["train"])
+    train_set = (strategy.dataset(model, data.pixels["train"], data.labels("train"), augment=cfg.augment_strength,
+                                  **encode)
+                 if cfg.augment and cfg.augment_strength > 0 and strategy.name == "finetune" else inputs["train"])
     prepare_seconds = time.perf_counter() - prep_start
 
     # 4. fit
@@ -198,6 +200,7 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
         net, strategy.param_groups(model, cfg.lr, cfg.backbone_lr_factor),
         class_weights=weights if cfg.balance == "weights" else None,
         epochs=cfg.epochs, weight_decay=cfg.weight_decay, seed=cfg.seed, channels_last=strategy.channels_last,
+        label_smoothing=cfg.label_smoothing,
         minibatch=cfg.batch_size if cached else None, sample_weights=weights if cfg.balance == "sampler" else None)
     if strategy.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -295,8 +298,9 @@ RESUME_MAY_CHANGE = {"data", "manifest", "resume", "progress", "device", "num_wo
 def _check_same_run(run: RunDir, cfg: TrainConfig, data: Prepared) -> None:
     """--resume continues a run only with the settings and the data it was started with."""
     started = run.read_config()
-    changed = [f"{k} {started['settings'].get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items()
-               if k not in RESUME_MAY_CHANGE and started["settings"].get(k) != v]
+    defaults = TrainConfig(strategy=cfg.strategy).to_dict()   # a setting newer than the run: its default then
+    changed = [f"{k} {started['settings'].get(k, defaults[k])!r} -> {v!r}" for k, v in cfg.to_dict().items()
+               if k not in RESUME_MAY_CHANGE and started["settings"].get(k, defaults[k]) != v]
     if started["data"]["fingerprint"] != data.index.fingerprint():
         changed.append("the data's files differ")
     if changed:

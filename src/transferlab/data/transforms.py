@@ -13,14 +13,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def xray_augment(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Small random affine and brightness/contrast jitter, uint8 (C,H,W) -> uint8 (C,H,W).
+def xray_augment(size: int, strength: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Small random affine and brightness/contrast jitter, uint8 (C,H,W) -> uint8 (C,H,W); `strength` scales
+    every range (1: rotation 10 degrees, shift 6%, zoom 10%, brightness/contrast 20%).
 
     Size-independent (translation is a fraction); `size` is taken for a uniform signature."""
     # No flips: the heart is on the patient's left, so a mirrored chest X-ray is not a plausible image.
+    shift, zoom, jitter = min(0.06 * strength, 1.0), min(0.1 * strength, 0.9), min(0.2 * strength, 1.0)
     return v2.Compose([
-        v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
-        v2.ColorJitter(brightness=0.2, contrast=0.2),
+        v2.RandomAffine(degrees=10 * strength, translate=(shift, shift), scale=(1 - zoom, 1 + zoom)),
+        v2.ColorJitter(brightness=jitter, contrast=jitter),
     ])
 
 

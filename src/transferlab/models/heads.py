@@ -76,8 +76,20 @@ def remove_head(model: nn.Module) -> str:
     return path
 
 
-def to_transfer_model(model: nn.Module, num_classes: int, *, seed: int | None = None) -> TransferModel:
-    """Wrap `model` (modified in place) as backbone + a freshly initialised nn.Linear(feature_dim, num_classes).
+class Head(nn.Linear):
+    """The new classifier: an nn.Linear (the same state_dict) with dropout on its input while training."""
+
+    def __init__(self, in_features: int, out_features: int, *, dropout: float = 0.0, **kwargs):
+        super().__init__(in_features, out_features, **kwargs)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.dropout(x, self.dropout, self.training))
+
+
+def to_transfer_model(model: nn.Module, num_classes: int, *, seed: int | None = None,
+                      dropout: float = 0.0) -> TransferModel:
+    """Wrap `model` (modified in place) as backbone + a freshly initialised Head(feature_dim, num_classes).
     With `seed`, the new head's initial weights are reproducible without touching the global RNG."""
     width = feature_dim(model)
     path = remove_head(model)
@@ -85,14 +97,15 @@ def to_transfer_model(model: nn.Module, num_classes: int, *, seed: int | None = 
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        head = nn.Linear(width, num_classes, device=p.device, dtype=p.dtype)
+        head = Head(width, num_classes, dropout=dropout, device=p.device, dtype=p.dtype)
     return TransferModel(model, head, feature_dim=width, head_path=path)
 
 
-def create_model(name: str, num_classes: int, *, weights: str = "default",
-                 weights_dir: str | Path | None = None, seed: int | None = None) -> TransferModel:
+def create_model(name: str, num_classes: int, *, weights: str = "default", weights_dir: str | Path | None = None,
+                 seed: int | None = None, head_dropout: float = 0.0) -> TransferModel:
     """The registered ImageNet model `name` with a new `num_classes` head."""
-    return to_transfer_model(build_model(name, weights=weights, weights_dir=weights_dir), num_classes, seed=seed)
+    return to_transfer_model(build_model(name, weights=weights, weights_dir=weights_dir), num_classes, seed=seed,
+                             dropout=head_dropout)
 
 
 def last_feature_map(backbone: nn.Module, example: torch.Tensor) -> nn.Module | None:
