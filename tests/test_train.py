@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from transferlab import cli
+from transferlab.config import STRATEGY_DEFAULTS
 from transferlab.analysis.external import evaluate
 from transferlab.evaluation import load_model
 from transferlab.metrics import choose_threshold
@@ -139,7 +140,8 @@ def test_features_epoch_is_minibatch_steps_with_the_cosine_schedule(xray_dir, tm
     per_epoch = n_train // 8 + (n_train % 8 > 1)          # mini-batches of 8, no last batch of one
     assert steps == {4 * per_epoch}, (steps, n_train)
     lrs = [float(r["lr"]) for r in read_csv(run.history)]
-    assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
+    lr = STRATEGY_DEFAULTS["features"]["lr"]
+    assert lrs == pytest.approx([lr * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
     assert train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=2, balance="sampler",
                  out=str(tmp_path / "sampler"), **FAST).read_metrics()["epochs_run"] == 2
 

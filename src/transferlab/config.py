@@ -20,7 +20,7 @@ TTA_HELP = ("test-time augmentation: also score the mean probability over N view
 # so it can afford many epochs and a large learning rate; the whole network cannot.
 STRATEGY_DEFAULTS = {
     "finetune": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "patience": 3},
-    "features": {"epochs": 30, "batch_size": 64, "lr": 1e-3, "patience": 8},
+    "features": {"epochs": 30, "batch_size": 64, "lr": 3e-3, "patience": 8},   # lr: BENCHMARKS.md, "Recipes"
 }
 
 
