@@ -17,7 +17,6 @@ from conftest import skip_unless_ci
 from PIL import Image
 
 from conftest import make_xray_dataset
-from transferlab import analysis
 from transferlab.analysis import shift
 from transferlab.analysis import comparison as analysis_comparison
 from transferlab.errors import TransferlabError
