@@ -73,11 +73,13 @@ def test_study_help_shows_the_defaults_a_study_uses(monkeypatch):
     assert shown["strategies"] == ",".join(study.strategies) and shown["seeds"] == "3" and study.seeds == [0, 1, 2]
     assert shown["split_seed"].startswith(f"{study.split_seed},")
     assert study.external == [] and study.adapt is None and shown["adapt"].startswith("none")
+    assert study.ensemble is None and shown["ensemble"] == "none" and shown["tta"] == str(study.tta) == "1"
     for strategy in STRATEGIES:
         cfg = train_config(study, "resnet18", strategy, 1)
         for dest, text in shown.items():
             if dest in ("strategies", "seeds", "split_seed", "data", "models", "out", "measure_catalog",
-                        "augment", "progress", "skip_bad", "compile", "external", "adapt", "plan", "collect", "wait", "experiment",
+                        "augment", "progress", "skip_bad", "compile", "external", "adapt", "ensemble", "tta", "plan",
+                        "collect", "wait", "experiment",
                         *LAUNCH_OPTIONS):
                 continue
             assert _same(_for_strategy(text, strategy), getattr(cfg, dest), dest), (dest, text, getattr(cfg, dest))

@@ -10,8 +10,9 @@ The public API (imported on first use, so that `transferlab --help` stays fast):
     catalog(names, measure=True) -> list[CatalogEntry]               Task A: the model table
     run_study(StudyConfig(data=..., models=[...], out=...)) -> Path  Tasks B-E and report.html
     run_study(StudyConfig(..., launch=LaunchSettings("slurm")))      ... each run a Slurm array task (or "local")
+    run_study(StudyConfig(..., ensemble=3, tta=4))                   ... with an ensemble, and test-time augmentation
     plan_commands(study) -> [str] / collect_study(study) -> Path     ... runs executed by any other scheduler
-    predict(run_dir, paths, cam=False) / export(run_dir, "onnx")     use a trained model
+    predict(run_dir, paths, cam=False) / export(run_dir, "onnx")     use a trained model (or an ensemble directory)
     ensemble(run_dirs, out, k=3) -> RunDir                           the mean of the K runs best on validation
     run_demo(out="demo-out")                                         the whole study on the bundled sample
     check_data(root) -> DataReport                                   every problem of a dataset folder

@@ -10,6 +10,8 @@ split), so the mean is taken file by file.
 """
 from __future__ import annotations
 
+import itertools
+import json
 import shutil
 from pathlib import Path
 
@@ -110,13 +112,18 @@ def ensemble(run_dirs, out: str | Path, *, k: int = 3) -> RunDir:
     return out
 
 
-def _mean_probabilities(runs: list[RunDir], split: str, classes: list[str]) -> list[dict] | None:
+def _mean_probabilities(runs: list[RunDir], split: str, classes: list[str], *, file: str | None = None,
+                        suffix: str = "") -> list[dict] | None:
     """Rows split, file, label, prob_<class> (the members' mean) for one split, or None if a member lacks it.
-    The members must have scored exactly the same files."""
-    columns = [f"prob_{c}" for c in classes]
+    The members must have scored exactly the same files. Read from each member's predictions.csv, or from its
+    `file` (one split's rows, e.g. predictions-test-tta.csv) and its prob_<class><suffix> columns."""
+    columns = [f"prob_{c}{suffix}" for c in classes]
     per_run = []
     for run in runs:
-        rows = {r["file"]: r for r in read_csv(run.predictions) if r["split"] == split}
+        if file is not None and not (run.path / file).exists():
+            return None
+        rows = {r["file"]: r for r in read_csv(run.path / file if file else run.predictions)
+                if r.get("split", split) == split}
         if not rows:
             return None
         per_run.append(rows)
@@ -126,8 +133,48 @@ def _mean_probabilities(runs: list[RunDir], split: str, classes: list[str]) -> l
             raise TransferlabError(f"{run.path} and {runs[0].path} scored different {split} images; an ensemble "
                                    f"needs runs on one split (a study's runs share theirs)")
     mean = np.mean([[[float(rows[f][c]) for c in columns] for f in files] for rows in per_run], axis=0)
-    return [{"split": split, "file": f, "label": per_run[0][f]["label"], **dict(zip(columns, p.tolist()))}
-            for f, p in zip(files, mean)]
+    return [{"split": split, "file": f, "label": per_run[0][f]["label"],
+             **{f"prob_{c}": float(v) for c, v in zip(classes, p)}} for f, p in zip(files, mean)]
+
+
+def evaluate_tta(run_dir, *, views: int, n_boot: int = 1000, seed: int = 0) -> dict:
+    """An ensemble scored with `views`-view test-time augmentation, from its members' own (eval-val-tta.json
+    and eval-test-tta.json, written by `evaluate(member, split=SPLIT, name="SPLIT-tta", tta=views)`, as
+    `study --tta` does): their plain and N-view probabilities averaged image by image, the plain decided at the
+    ensemble's threshold, the N-view at one re-chosen with its method on validation's mean N-view probabilities,
+    on the validation images the ensemble's own threshold was chosen on. Written as eval-test-tta.json, like a run's."""
+    from .analysis.external import _metrics
+
+    run = RunDir(run_dir)
+    metrics, chosen = run.read_metrics(), [RunDir(m) for m in members(run)]
+    classes, threshold = metrics["classes"], metrics["threshold"]
+    pos = positive_index(classes, metrics["positive_class"])
+    for member, split in itertools.product(chosen, ("val", "test")):
+        saved = member.path / f"eval-{split}-tta.json"
+        if not saved.exists() or json.loads(saved.read_text()).get("tta", {}).get("views") != views:
+            raise TransferlabError(f"{member.path} has no {views}-view result on {split}: run `transferlab evaluate "
+                                   f"{member.path} --split {split} --name {split}-tta --tta {views}` first "
+                                   f"(`study --tta` does)")
+    plain = _mean_probabilities(chosen, "test", classes, file="predictions-test-tta.csv")
+    tta = _mean_probabilities(chosen, "test", classes, file="predictions-test-tta.csv", suffix="_tta")
+    labels, tta_probs = _arrays(tta, classes)
+    t_threshold, chosen_on = threshold, None
+    if pos is not None:
+        own_val = {r["file"] for r in read_csv(run.predictions) if r["split"] == "val"}
+        val = [r for r in _mean_probabilities(chosen, "val", classes, file="predictions-val-tta.csv", suffix="_tta")
+               if r["file"] in own_val]
+        val_y, val_probs = _arrays(val, classes)
+        t_threshold = choose_threshold((val_y == pos).astype(int), val_probs[:, pos], metrics["threshold_method"])
+        chosen_on = f"val, mean of the members' {views}-view probabilities"
+    result = {"run": str(run.path), "name": "test-tta", "n": len(tta), "classes": classes,
+              "positive_class": metrics["positive_class"], "threshold": threshold,
+              "threshold_chosen_on": metrics["threshold_chosen_on"], "members": [str(m.path) for m in chosen],
+              **_metrics(*_arrays(plain, classes), pos, threshold, n_boot, seed, classes),
+              "tta": {"views": views, "how": f"mean of the members' {views}-view probabilities",
+                      "threshold": t_threshold, "threshold_chosen_on": chosen_on,
+                      **_metrics(labels, tta_probs, pos, t_threshold, n_boot, seed, classes)}}
+    write_json(run.path / "eval-test-tta.json", result)
+    return result
 
 
 def _mcnemar_vs_best(rows: list[dict], best: RunDir, classes: list[str], pos: int | None, threshold) -> dict:
@@ -154,8 +201,8 @@ def candidate_runs(paths) -> tuple[list[Path], Path | None]:
     """The runs named on the command line, and the study they come from: a study folder's runs (from its
     results.csv), or run directories (no study)."""
     paths = [Path(p) for p in paths]
-    if len(paths) == 1 and (paths[0] / "results.csv").exists():
-        return [paths[0] / r["run"] for r in read_csv(paths[0] / "results.csv")], paths[0]
+    if len(paths) == 1 and (paths[0] / "results.csv").exists():   # its runs, not an ensemble `study --ensemble` made
+        return [paths[0] / r["run"] for r in read_csv(paths[0] / "results.csv") if r["strategy"] != "ensemble"], paths[0]
     for p in paths:
         if not RunDir(p).config.exists():
             raise TransferlabError(f"{p} is neither a study folder (no results.csv) nor a run directory (no config.json)")

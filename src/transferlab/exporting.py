@@ -5,6 +5,11 @@ three channels), resized to H x W without cropping; it applies the run's ImageNe
 returns `probabilities`, float32 (N, classes) after softmax. The sidecar `<file>.json` documents all of this
 plus the classes and how to decide: two classes at the threshold the run chose on validation for its positive
 class, three or more by the most probable class.
+
+An ensemble directory (`transferlab ensemble`, `study --ensemble`) exports as one graph: each member normalises
+the pixels its own way, and the output is the mean of the members' probabilities, decided at the ensemble's
+threshold. Its members must share one input size (an ensemble of members of different sizes is refused: resizing
+inside the graph would not give the probabilities `predict` gives and the threshold was chosen on).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import warnings
 from pathlib import Path
 
 from .errors import TransferlabError
+from .rundir import RunDir
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 OPSET = 17
@@ -41,8 +47,7 @@ def export(run_dir, format: str = "onnx", out=None) -> Path:
     import torch
 
     from .config import write_json
-    from .evaluation import load_model
-    from .rundir import RunDir
+    from .ensembles import is_ensemble
 
     if format not in FORMATS:
         raise TransferlabError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -50,10 +55,8 @@ def export(run_dir, format: str = "onnx", out=None) -> Path:
         raise TransferlabError("ONNX export needs the onnx package: pip install onnx onnxruntime "
                                "(or use --format torchscript)")
     run = RunDir(run_dir)
-    model, config = load_model(run)
+    net, size, described = (_ensemble if is_ensemble(run) else _single)(run)
     metrics = run.read_metrics()
-    size, mean, std = config["model"]["image_size"], config["model"]["mean"], config["model"]["std"]
-    net = deployable(model, mean, std)
     out = Path(out) if out else run.path / FORMATS[format]
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(2, 3, size, size) * 255
@@ -68,17 +71,59 @@ def export(run_dir, format: str = "onnx", out=None) -> Path:
     check = _check_onnx(net, out, example) if format == "onnx" else None
     write_json(out.with_name(out.name + ".json"), {
         "file": out.name, "format": format, "opset": OPSET if format == "onnx" else None,
-        "model": config["model"]["name"], "run": str(run.path.resolve()),
+        "model": described.pop("model"), "run": str(run.path.resolve()),
         "input": {"name": "pixels", "dtype": "float32", "shape": ["batch", 3, size, size], "range": [0, 255],
                   "channels": "RGB; a grayscale image repeated on the 3 channels",
                   "resize": f"to {size}x{size} px, bilinear with antialiasing, no crop (aspect ratio not kept)"},
-        "normalisation": {"baked_into_graph": True, "formula": "(pixels / 255 - mean) / std", "mean": mean, "std": std},
-        "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(config["data"]["classes"])],
-                   "classes": config["data"]["classes"], "softmax": True},
-        **decision_rule(config["data"]["classes"], metrics["positive_class"], metrics.get("threshold")),
+        **described,
+        "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(metrics["classes"])],
+                   "classes": metrics["classes"], "softmax": True},
+        **decision_rule(metrics["classes"], metrics["positive_class"], metrics.get("threshold")),
         "max_abs_diff_vs_pytorch": check,
     })
     return out
+
+
+def _single(run) -> tuple:
+    """A run's model as a deployable module, its input size and what the sidecar says of it."""
+    from .evaluation import load_model
+
+    model, config = load_model(run)
+    mean, std = config["model"]["mean"], config["model"]["std"]
+    return deployable(model, mean, std), config["model"]["image_size"], {
+        "model": config["model"]["name"],
+        "normalisation": {"baked_into_graph": True, "formula": "(pixels / 255 - mean) / std", "mean": mean, "std": std}}
+
+
+def _ensemble(run) -> tuple:
+    """An ensemble directory's members in one module that averages their probabilities."""
+    from torch import nn
+
+    from .ensembles import members
+
+    parts = [_single(RunDir(m)) for m in members(run)]
+    sizes = {size for _, size, _ in parts}
+    if len(sizes) > 1:
+        raise TransferlabError(f"{run.path}: its members take different input sizes ({', '.join(map(str, sorted(sizes)))} "
+                               f"px), so one graph input cannot serve them all; export its runs one by one, or build "
+                               f"the ensemble from runs trained at one --image-size")
+
+    class MeanOfMembers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.members = nn.ModuleList(net for net, _, _ in parts)
+
+        def forward(self, pixels):
+            return sum(member(pixels) for member in self.members) / len(self.members)
+
+    config = run.read_config()
+    return MeanOfMembers().eval(), sizes.pop(), {
+        "model": config["settings"]["model"],
+        "ensemble": {"members": [{"run": str(RunDir(m).path.resolve()), "model": d["model"]}
+                                 for m, (_, _, d) in zip(members(run), parts)],
+                     "combined": "mean of the members' probabilities (each after its own normalisation and softmax)"},
+        "normalisation": {"baked_into_graph": True, "formula": "(pixels / 255 - mean) / std, per member",
+                          "per_member": [d["normalisation"] for _, _, d in parts]}}
 
 
 def decision_rule(classes: list[str], positive_class: str | None, threshold: float | None) -> dict:
@@ -118,7 +163,9 @@ def add_export_arguments(subparsers) -> None:
                                           "graph: input float32 pixels 0..255 (N, 3, H, W), output class "
                                           "probabilities. A sidecar <file>.json records size, mean/std, classes "
                                           "and the decision rule (two classes: the validation-chosen threshold).")
-    p.add_argument("run", help="run directory written by `transferlab train` (or a study's runs/NAME)")
+    p.add_argument("run", help="run directory written by `transferlab train` (or a study's runs/NAME), or an "
+                               "ensemble directory (`transferlab ensemble`, a study's ensemble-topK): one graph "
+                               "averaging its members' probabilities; its members must share one input size")
     p.add_argument("--format", default="onnx", choices=tuple(FORMATS), help="onnx or torchscript")
     p.add_argument("--out", help="model file to write (default: RUN/model.onnx or RUN/model.pt)")
 

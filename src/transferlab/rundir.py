@@ -76,13 +76,13 @@ def flatten_metrics(metrics: dict) -> dict:
         row[f"seconds_{key}"] = value
     for split in ("train", "val", "test"):
         if split in metrics:
-            row.update(_flatten_split(metrics[split], f"{split}_"))
+            row.update(flatten_split(metrics[split], f"{split}_"))
             if "at_threshold" in metrics[split]:
-                row.update(_flatten_split(metrics[split]["at_threshold"], f"{split}_at_threshold_"))
+                row.update(flatten_split(metrics[split]["at_threshold"], f"{split}_at_threshold_"))
     return row
 
 
-def _flatten_split(m: dict, prefix: str) -> dict:
+def flatten_split(m: dict, prefix: str) -> dict:
     row = {}
     for key, value in m.items():
         if key == "confusion_matrix":

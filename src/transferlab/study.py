@@ -13,6 +13,8 @@ Layout of a study folder:
     summary.csv     mean and sd over seeds per model x strategy
     report.html     the self-contained report; report.md the same tables in Markdown
     analysis.json   the measured numbers behind every finding of the report
+    ensemble-topK/  --ensemble K: the mean of the K runs best on validation, an ensemble directory (ensembles.py)
+    runs/*/eval-{val,test}-tta.json   --tta N: each run scored with N-view test-time augmentation (`evaluate`)
     jobs/           --launcher local|slurm: submitit's files and each run's log (JOBID_0_log.out/.err)
     plan/           --plan: one settings file per run, read by the printed `transferlab train --config` commands
 
@@ -29,6 +31,8 @@ A study file (`transferlab study study.yaml`; command-line options override it) 
     model_overrides: {resnet50: {batch_size: 16}}
     external: [../hospital_b, ../official/test]   # every run is also scored on these (section E)
     adapt: prior,bn                           # label-free adaptation reported beside them
+    ensemble: 3                               # also the mean of the 3 runs best on validation (STUDY/ensemble-top3)
+    tta: 4                                    # every run (and the ensemble) also scored with 4-view test-time augmentation
     launch: {launcher: slurm, partition: gpu, time_min: 120, gpus_per_task: 1}   # where the runs execute
 
 Where the runs execute is the launcher's business (launchers.py: in this process, local processes, a Slurm job
@@ -57,7 +61,7 @@ import yaml
 from .config import STRATEGIES, TrainConfig, read_settings, write_json
 from .errors import TransferlabError
 from .launchers import LAUNCHERS, Job, LaunchSettings, launch
-from .rundir import RunDir, flatten_metrics, read_csv, write_csv
+from .rundir import RunDir, flatten_metrics, flatten_split, read_csv, write_csv
 
 # TrainConfig settings a study sets itself, per run
 STUDY_OWNED = ("data", "model", "strategy", "seed", "split_seed", "out", "resume")
@@ -80,6 +84,8 @@ class StudyConfig:
     external: list[str] = field(default_factory=list)     # other datasets every run is evaluated on (section E)
     adapt: str | None = None                              # label-free adaptation reported on them: prior,bn,...
     launch: LaunchSettings | dict = field(default_factory=LaunchSettings)   # where the runs execute (launchers.py)
+    ensemble: int | None = None     # K: also the mean of the K runs best on validation, scored like a run
+    tta: int = 1                    # N > 1: every run (and the ensemble) also scored with N-view test-time augmentation
 
     def __post_init__(self):
         if not self.data:
@@ -122,6 +128,12 @@ class StudyConfig:
         extra = sorted(set(self.model_overrides) - set(self.models))
         if extra:
             raise TransferlabError(f"model_overrides names models not in the study: {', '.join(extra)}")
+        runs = len(self.run_names())
+        if self.ensemble is not None and not (isinstance(self.ensemble, int) and 2 <= self.ensemble <= runs):
+            raise TransferlabError(f"--ensemble must be between 2 and the study's number of runs ({runs}), "
+                                   f"not {self.ensemble!r}")
+        if isinstance(self.tta, bool) or not isinstance(self.tta, int) or self.tta < 1:
+            raise TransferlabError(f"--tta must be at least 1 (1 = no test-time augmentation), not {self.tta!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -299,11 +311,13 @@ def _collect(plan: StudyPlan, start: float) -> Path:
     config, out = plan.config, plan.out
     runs = [{"model": r.model, "strategy": r.strategy, "seed": r.seed, "run": f"runs/{r.name}"} for r in plan.runs]
     external = evaluate_external(config, out, runs)
+    evaluate_tta(config, out, [r["run"] for r in runs])
+    ensemble = study_ensemble(config, out, runs)
     catalog_entries = study_catalog(config, out, num_classes=plan.num_classes)
     write_json(out / "study.json", {"config": config.to_dict(), "runs": runs, "notes": plan.notes,
-                                    "external": external, "catalog": catalog_entries,
+                                    "external": external, "ensemble": ensemble, "catalog": catalog_entries,
                                     "seconds": time.perf_counter() - start})
-    rows = results_rows(out, runs)
+    rows = results_rows(out, runs, ensemble)
     write_csv(out / "results.csv", rows)
     write_csv(out / "summary.csv", summary_rows(rows))
 
@@ -326,14 +340,68 @@ def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[
         sets.append({"name": name, "data": data})
         for i, r in enumerate(runs, 1):
             run = RunDir(out / r["run"])
-            saved = run.path / f"eval-{name}.json"
-            if saved.exists() and saved.stat().st_mtime >= run.weights.stat().st_mtime \
-                    and json.loads(saved.read_text()).get("adapt") == adapt:
+            if _kept(run.path / f"eval-{name}.json", [run.weights], lambda saved: saved.get("adapt") == adapt):
                 continue
             print(f"external {name}: run {i}/{len(runs)} {r['run']}", flush=True)
             evaluate(run.path, data=data, name=name, adapt=adapt, device=config.train.get("device", "auto"),
                      progress=config.train.get("progress", True))
     return sets
+
+
+TTA_SPLITS = ("val", "test")   # the ensemble's test-time threshold is chosen on its members' validation views
+
+
+def evaluate_tta(config: StudyConfig, out: Path, run_names: list[str]) -> None:
+    """--tta N: every run scored with N-view test-time augmentation on its validation and test splits, through
+    `evaluate` (eval-SPLIT-tta.json and predictions-SPLIT-tta.csv in the run directory). A result newer than the
+    run's model and made with as many views is kept."""
+    from .analysis.comparison import N_BOOT
+    from .analysis.external import evaluate
+
+    if config.tta == 1:
+        return
+    for i, name in enumerate(run_names, 1):
+        run = RunDir(out / name)
+        for split in [s for s in TTA_SPLITS if s in run.read_metrics()]:
+            if _kept(run.path / f"eval-{split}-tta.json", [run.weights],
+                     lambda saved: saved.get("tta", {}).get("views") == config.tta):
+                continue
+            print(f"test-time augmentation x{config.tta}: run {i}/{len(run_names)} {name}, {split}", flush=True)
+            evaluate(run.path, split=split, name=f"{split}-tta", tta=config.tta, shift=False, n_boot=N_BOOT,
+                     device=config.train.get("device", "auto"), progress=config.train.get("progress", True))
+
+
+def study_ensemble(config: StudyConfig, out: Path, runs: list[dict]) -> dict | None:
+    """--ensemble K: the mean of the K runs best on validation (ensembles.ensemble) as OUT/ensemble-topK, with
+    --tta also scored with test-time augmentation; {"run": "ensemble-topK", "k": K}. Kept while newer than every
+    run's metrics (and, for --tta, than their test-time results)."""
+    from .analysis.comparison import N_BOOT
+    from .ensembles import ensemble, evaluate_tta as ensemble_tta
+
+    if not config.ensemble:
+        return None
+    name = f"ensemble-top{config.ensemble}"
+    folder, candidates = RunDir(out / name), [RunDir(out / r["run"]) for r in runs]
+    if not _kept(folder.config, [c.metrics for c in candidates],
+                 lambda saved: folder.metrics.exists() and saved.get("ensemble", {}).get("k") == config.ensemble
+                 and saved["ensemble"]["candidates"] == len(candidates)):
+        print(f"ensemble of the {config.ensemble} runs best on validation: {folder.path}", flush=True)
+        ensemble([c.path for c in candidates], folder.path, k=config.ensemble)
+    if config.tta > 1 and "test" in folder.read_metrics():
+        sources = [folder.metrics, *(c.path / f"eval-{s}-tta.json" for c in candidates for s in TTA_SPLITS
+                                     if (c.path / f"eval-{s}-tta.json").exists())]
+        if not _kept(folder.path / "eval-test-tta.json", sources,
+                     lambda saved: saved.get("tta", {}).get("views") == config.tta):
+            print(f"test-time augmentation x{config.tta}: {name}", flush=True)
+            ensemble_tta(folder.path, views=config.tta, n_boot=N_BOOT)
+    return {"run": name, "k": config.ensemble}
+
+
+def _kept(saved: Path, sources: list[Path], same) -> bool:
+    """Whether a result written earlier still stands: it is newer than every file it was made from and
+    same(its JSON) holds."""
+    return saved.exists() and all(saved.stat().st_mtime >= p.stat().st_mtime for p in sources) \
+        and same(json.loads(saved.read_text()))
 
 
 def train_config(config: StudyConfig, model: str, strategy: str, seed: int) -> TrainConfig:
@@ -388,15 +456,56 @@ def study_catalog(config: StudyConfig, out: Path, num_classes: int = 2) -> list[
 
 # --- tables -------------------------------------------------------------------------------------------------
 
-def results_rows(study_dir: Path, runs: list[dict]) -> list[dict]:
+def results_rows(study_dir: Path, runs: list[dict], ensemble: dict | None = None) -> list[dict]:
+    """One row per run (with --tta its test_tta_* columns), then the ensemble's, if any (strategy "ensemble")."""
     rows = []
     for r in runs:
         run = RunDir(Path(study_dir) / r["run"])
         config = run.read_config()
         rows.append({"model": r["model"], "strategy": r["strategy"], "seed": r["seed"], "run": r["run"],
                      "weights": config["model"]["weights"], "image_size": config["model"]["image_size"],
-                     **flatten_metrics(run.read_metrics())})
+                     **flatten_metrics(run.read_metrics()), **tta_columns(run.path)})
+    if ensemble:
+        rows.append(ensemble_row(Path(study_dir), ensemble["run"]))
     return rows
+
+
+def ensemble_row(study_dir: Path, name: str) -> dict:
+    """The ensemble's results row: its metrics, bootstrap 95% CIs of its test metrics (as section D gives a run)
+    and the exact McNemar test against the best single run on validation (its best member)."""
+    from .analysis.comparison import test_cis
+    from .analysis.runs import load_run
+    from .ensembles import members
+
+    run = load_run(study_dir / name)
+    sizes = sorted({RunDir(m).read_config()["model"]["image_size"] for m in members(RunDir(run.path))})
+    row = {"model": run.model, "strategy": "ensemble", "seed": "", "run": name,
+           "weights": run.config["model"]["weights"], "image_size": "/".join(map(str, sizes)),
+           **flatten_metrics(run.metrics), **tta_columns(run.path),
+           "ensemble_of": " ".join(Path(m["run"]).name for m in run.config["ensemble"]["members"])}
+    for key, (low, high) in test_cis(run).items():
+        row[f"test_ci_{key}_low"], row[f"test_ci_{key}_high"] = low, high
+    if "vs_best_run" in run.metrics:
+        test = run.metrics["vs_best_run"]["test_mcnemar"]
+        row.update({"test_mcnemar_vs": Path(run.metrics["vs_best_run"]["run"]).name,
+                    "test_mcnemar_only_ensemble_correct": test["only_a_correct"],
+                    "test_mcnemar_only_run_correct": test["only_b_correct"], "test_mcnemar_p_value": test["p_value"]})
+    return row
+
+
+def tta_columns(run_dir: Path) -> dict:
+    """test_tta_*: the test metrics with test-time augmentation (eval-test-tta.json, which --tta writes): AUC,
+    accuracy at 0.5 and at the threshold re-chosen on validation's N-view probabilities, their bootstrap CIs."""
+    saved = Path(run_dir) / "eval-test-tta.json"
+    if not saved.exists():
+        return {}
+    tta = json.loads(saved.read_text())["tta"]
+    row = {"test_tta_views": tta["views"], "test_tta_threshold": tta.get("threshold")}
+    for prefix, metrics in (("test_tta_", tta), ("test_tta_at_threshold_", tta.get("at_threshold", {}))):
+        row.update({k: v for k, v in flatten_split(metrics, prefix).items() if not isinstance(v, str)})
+    for key, (low, high) in tta.get("ci", {}).items():
+        row[f"test_tta_ci_{key}_low"], row[f"test_tta_ci_{key}_high"] = low, high
+    return row
 
 
 def summary_rows(rows: list[dict]) -> list[dict]:
@@ -455,6 +564,14 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                              "repeatable")
     parser.add_argument("--adapt", default=S, help="label-free adaptation reported on the --external sets: prior, "
                                                    "bn, bn+prior, a comma list or all (default: none)")
+    parser.add_argument("--ensemble", type=int, metavar="K", default=S,
+                        help="also average the probabilities of the K runs best on validation into STUDY/ensemble-topK, "
+                             "scored like a run in results.csv and report section D, with a McNemar test against the "
+                             f"best single run (default: {StudyConfig.ensemble or 'none'})")
+    parser.add_argument("--tta", type=int, metavar="N", default=S,
+                        help="also score every run (and the ensemble) on validation and test with N-view test-time "
+                             "augmentation, the threshold for it re-chosen on validation's views: eval-test-tta.json per "
+                             f"run, test_tta_* columns, a table in section D; 1 = none (default: {StudyConfig.tta})")
     parser.add_argument("--no-catalog", dest="measure_catalog", action="store_false", default=S,
                         help="do not time the models for the catalogue (its static facts are still shown)")
     # --split-seed (every run of the study uses it) comes with the training options

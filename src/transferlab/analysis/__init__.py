@@ -18,11 +18,12 @@ from pathlib import Path
 
 from ..errors import TransferlabError
 from .calibration import _calibration_sentence, _threshold_sentence, calibration, threshold_curve, top_label_calibration
-from .comparison import best_on_validation, comparison_findings, comparison_table, mcnemar_tests
+from .comparison import (best_on_validation, comparison_findings, comparison_table, ensemble_comparison,
+                         mcnemar_tests, tta_table)
 from .errors import confused_pairs, error_overlays, top_errors
 from .external import adaptation_findings, external_errors, external_results
 from .gap import _fitting_sentence, class_mix_effect, fitting, prevalence_effect, split_balance, val_test_gap
-from .runs import Run, fmt as _f, group_runs, load_study_runs
+from .runs import Run, fmt as _f, group_runs, load_run, load_study_runs
 from .splits import data_findings, distribution_shift, image_statistics, leakage, same_splits, splits_table
 
 def analyze_run(run: Run) -> dict:
@@ -107,9 +108,10 @@ def run_findings(run: Run, a: dict) -> list[str]:
 
 
 def analyze_study(study_dir: str | Path, runs: list[dict], *, gradcam: bool = True,
-                  external: list[dict] = ()) -> dict:
+                  external: list[dict] = (), ensemble: str | None = None) -> dict:
     """Everything sections D and E (and the data checks) need, measured on the study's runs; `external`: the
-    study's --external sets ({name, data}), whose eval-<name>.json each run holds."""
+    study's --external sets ({name, data}), whose eval-<name>.json each run holds; `ensemble`: the study's
+    ensemble directory (--ensemble), compared in section D beside the run groups but kept out of everything else."""
     loaded = load_study_runs(study_dir, runs)
     groups = group_runs(loaded)
     first = loaded[0]
@@ -133,7 +135,10 @@ def analyze_study(study_dir: str | Path, runs: list[dict], *, gradcam: bool = Tr
             except (RuntimeError, ValueError, TransferlabError) as exc:   # an architecture Grad-CAM cannot handle: say so, go on
                 gradcam_failures.append(f"Grad-CAM failed for {run.name}: {str(exc).splitlines()[0][:200]}")
     ext = external_section_data(loaded, groups, table, list(external), gradcam, gradcam_failures)
+    combined = load_run(Path(study_dir) / ensemble) if ensemble else None
     return {
+        "ensemble": ensemble_comparison(combined, loaded) if combined else None,
+        "tta": tta_table({**groups, **({combined.group: [combined]} if combined else {})}),
         "runs": loaded, "groups": groups, "per_run": per_run, "external": ext,
         "run_findings": {r.name: run_findings(r, per_run[r.name]) for r in loaded},
         "balance": balance, "leakage": leak, "image_stats": stats, "shift": shift, "same_splits": same,

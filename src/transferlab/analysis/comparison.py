@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -34,17 +36,48 @@ def comparison_table(groups: dict[tuple[str, str], list[Run]], n_boot: int | Non
         row["trainable_params"] = runs[0].metrics["trainable_params"]
         first = runs[0]
         row["ci_seed"], row["n_boot"] = first.seed, n_boot or N_BOOT
-        if first.binary and "test" in first.predictions:
-            p = first.predictions["test"]
-            row["ci"] = {k: bootstrap_ci(p.y, p.prob, BOOTSTRAP_METRICS[k], threshold=first.threshold,
-                                         n_boot=n_boot or N_BOOT)
-                         for k in CI_METRICS}
+        cis = test_cis(first, n_boot)
+        if cis:
+            row["ci"] = cis
             row["first_seed"] = {k: first.at("test").get(k) for k in CI_METRICS}
-        elif first.multiclass and "test" in first.predictions:   # decisions: the most probable class
-            p = first.predictions["test"]
-            row["ci"] = {k: bootstrap_ci(p.true, p.probs, BOOTSTRAP_METRICS[k], n_boot=n_boot or N_BOOT)
-                         for k in CI_METRICS}
-            row["first_seed"] = {k: first.at("test").get(k) for k in CI_METRICS}
+        out.append(row)
+    return out
+
+
+def test_cis(run: Run, n_boot: int | None = None) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap 95% CIs of one run's test accuracy, F1 and AUC at its decision rule (resampling the
+    test images); {} without test predictions."""
+    if "test" not in run.predictions or not (run.binary or run.multiclass):
+        return {}
+    p = run.predictions["test"]
+    if run.binary:
+        return {k: bootstrap_ci(p.y, p.prob, BOOTSTRAP_METRICS[k], threshold=run.threshold, n_boot=n_boot or N_BOOT)
+                for k in CI_METRICS}
+    return {k: bootstrap_ci(p.true, p.probs, BOOTSTRAP_METRICS[k], n_boot=n_boot or N_BOOT)   # the most probable class
+            for k in CI_METRICS}
+
+
+TTA_METRICS = ("roc_auc", "accuracy", "balanced_accuracy")
+
+
+def tta_table(groups: dict[tuple[str, str], list[Run]], name: str = "test-tta") -> list[dict]:
+    """Per model x strategy: test metrics plain and with test-time augmentation (eval-NAME.json, which `study
+    --tta` writes into each run), each at its own decision rule (the TTA threshold re-chosen on validation's views),
+    mean and sd over seeds; groups whose runs have no such file are left out."""
+    out = []
+    for (model, strategy), runs in groups.items():
+        results = [json.loads((r.path / f"eval-{name}.json").read_text()) for r in runs
+                   if (r.path / f"eval-{name}.json").exists()]
+        if not results:
+            continue
+        row = {"model": model, "strategy": strategy, "seeds": len(results), "views": results[0]["tta"]["views"],
+               "n": results[0].get("n")}
+        for key in TTA_METRICS:
+            for kind, entries in (("plain", results), ("tta", [r["tta"] for r in results])):
+                values = [{**e, **e.get("at_threshold", {})}.get(key) for e in entries]
+                row[f"{kind}_{key}"] = _mean_sd([v for v in values if v is not None])
+        row["plain_threshold"] = _mean_sd([r["threshold"] for r in results if r.get("threshold") is not None])
+        row["tta_threshold"] = _mean_sd([r["tta"]["threshold"] for r in results if r["tta"].get("threshold") is not None])
         out.append(row)
     return out
 
@@ -81,6 +114,21 @@ def mcnemar_tests(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
             out.append({"a": f"{ga[0]} {ga[1]}", "b": f"{gb[0]} {gb[1]}", "seed": ra.seed, "n": len(pa.y),
                         "accuracy_a": ra.at("test")["accuracy"], "accuracy_b": rb.at("test")["accuracy"], **result})
     return out
+
+
+def ensemble_comparison(ensemble: Run, runs: list[Run], n_boot: int | None = None) -> dict:
+    """An ensemble directory as a row of the comparison table (its test metrics, bootstrap CIs), with its members
+    and the exact McNemar test on the test images against the best single run on validation (its best member)."""
+    row = comparison_table({ensemble.group: [ensemble]}, n_boot)[0]
+    row["run"] = ensemble.name
+    row["members"] = [Path(m["run"]).name for m in ensemble.config["ensemble"]["members"]]
+    vs = ensemble.metrics.get("vs_best_run")
+    best = next((r for r in runs if vs and r.name == Path(vs["run"]).name), None)
+    if best is not None:
+        row["vs_best_run"] = {"run": best.name, "model": best.model, "strategy": best.strategy, "seed": best.seed,
+                              "accuracy_ensemble": ensemble.at("test")["accuracy"],
+                              "accuracy_run": best.at("test")["accuracy"], **vs["test_mcnemar"]}
+    return row
 
 
 def best_on_validation(rows: list[dict]) -> dict:

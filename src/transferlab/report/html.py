@@ -71,7 +71,8 @@ def write_report(study_dir: str | Path, *, gradcam: bool = True) -> tuple[Path, 
     if not (study_dir / "study.json").is_file():
         raise TransferlabError(f"{study_dir} is not a study folder (no study.json); `transferlab study` writes one")
     info = json.loads((study_dir / "study.json").read_text())
-    a = analyze_study(study_dir, info["runs"], gradcam=gradcam, external=info.get("external") or [])
+    a = analyze_study(study_dir, info["runs"], gradcam=gradcam, external=info.get("external") or [],
+                      ensemble=(info.get("ensemble") or {}).get("run"))
     sections = [
         catalog_section(study_dir, info),
         data_section(a, info),
@@ -94,7 +95,7 @@ def write_report(study_dir: str | Path, *, gradcam: bool = True) -> tuple[Path, 
 
 # the measured numbers behind every finding, kept as analysis.json beside the report
 JSON_KEYS = ("per_run", "run_findings", "balance", "leakage", "shift", "same_splits", "data_findings", "comparison",
-             "mcnemar", "comparison_findings", "gradcam_failures", "external_results")
+             "mcnemar", "comparison_findings", "gradcam_failures", "external_results", "ensemble", "tta")
 
 
 def _subtitle(a: dict, info: dict) -> str:
@@ -303,17 +304,7 @@ def strategy_section(a: dict, strategy: str) -> Section:
 
 def comparison_section(a: dict) -> Section:
     s = Section("section-D", "D — Comparison of models and strategies")
-    rows = []
-    for r in a["comparison"]:
-        ci, first, memory = r.get("ci", {}), r.get("first_seed", {}), _ms(r["peak_rss_mb"], ".0f")
-        if r.get("cuda_peak_mb"):
-            memory += f" (CUDA {_ms(r['cuda_peak_mb'], '.0f')})"
-        rows.append([r["model"], r["strategy"], str(len(r["seeds"])),
-                     _ms(r["roc_auc"]), _ci(first.get("roc_auc"), ci.get("roc_auc")),
-                     _ms(r["accuracy"]), _ci(first.get("accuracy"), ci.get("accuracy")),
-                     _ms(r["f1"]), _ci(first.get("f1"), ci.get("f1")),
-                     _ms(r["balanced_accuracy"]), _ms(r["train_seconds"], ".1f"), _ms(r["total_seconds"], ".1f"),
-                     memory, fmt(r["trainable_params"], ",d")])
+    rows = [_comparison_cells(r) for r in a["comparison"]]
     seed, n_boot = (a["comparison"][0]["ci_seed"], a["comparison"][0]["n_boot"]) if a["comparison"] else (0, 0)
     s.table(Table(["model", "strategy", "seeds", "test ROC-AUC", f"seed {seed} [95% CI]", "test accuracy",
                    f"seed {seed} [95% CI]", "test F1", f"seed {seed} [95% CI]", "balanced acc.", "train s",
@@ -339,7 +330,60 @@ def comparison_section(a: dict) -> Section:
                "x_sd": r["train_seconds"]["sd"], "y": r["accuracy"]["mean"], "y_sd": r["accuracy"]["sd"]}
               for r in a["comparison"]]
     s.image(plots.accuracy_vs_time(points), "Test accuracy vs training time (error bars: sd over seeds).")
+    if a.get("ensemble"):
+        _ensemble_table(s, a["ensemble"])
+    if a.get("tta"):
+        _tta_table(s, a["tta"])
     return s
+
+
+def _comparison_cells(r: dict) -> list[str]:
+    """A row of the comparison table: a run group (mean ± sd over seeds, then the first seed's CIs) or an ensemble."""
+    ci, first, memory = r.get("ci", {}), r.get("first_seed", {}), _ms(r["peak_rss_mb"], ".0f")
+    if r.get("cuda_peak_mb"):
+        memory += f" (CUDA {_ms(r['cuda_peak_mb'], '.0f')})"
+    return [r["model"], r["strategy"], str(len(r["seeds"])),
+            _ms(r["roc_auc"]), _ci(first.get("roc_auc"), ci.get("roc_auc")),
+            _ms(r["accuracy"]), _ci(first.get("accuracy"), ci.get("accuracy")),
+            _ms(r["f1"]), _ci(first.get("f1"), ci.get("f1")),
+            _ms(r["balanced_accuracy"]), _ms(r["train_seconds"], ".1f"), _ms(r["total_seconds"], ".1f"),
+            memory, fmt(r["trainable_params"], ",d")]
+
+
+def _ensemble_table(s: Section, e: dict) -> None:
+    s.h3(f"Ensemble of the {len(e['members'])} runs best on validation")
+    cells = _comparison_cells(e)
+    s.table(Table(["ensemble", "members", "test ROC-AUC [95% CI]", "test accuracy [95% CI]", "test F1 [95% CI]",
+                   "balanced acc.", "train s (members)", "total s (members)"],
+                  [[e["run"], ", ".join(e["members"]), cells[4], cells[6], *cells[8:12]]],
+                  f"The mean of the members' probabilities ({e['run']}/), members ranked on validation AUC (then "
+                  f"validation loss), its threshold chosen on validation; 95% CIs: percentile bootstrap "
+                  f"({e['n_boot']} resamples of the test images). Times: the members' sums."))
+    t = e.get("vs_best_run")
+    if t:
+        better = ("the ensemble" if t["only_a_correct"] > t["only_b_correct"] else
+                  t["run"] if t["only_b_correct"] > t["only_a_correct"] else "neither")
+        s.findings([f"Against the best single run on validation ({t['run']}): test accuracy {fmt(t['accuracy_ensemble'])} "
+                    f"vs {fmt(t['accuracy_run'])}; {t['only_a_correct']} test images only the ensemble got right, "
+                    f"{t['only_b_correct']} only the run (exact McNemar p={fmt(t['p_value'], '.3g')}"
+                    + (f": {better} is better at p < 0.05)." if t["p_value"] < 0.05 else
+                       ", no significant difference).")])
+
+
+def _tta_table(s: Section, rows: list[dict]) -> None:
+    views = rows[0]["views"]
+    s.h3(f"Test-time augmentation ({views} views)")
+    s.table(Table(["model", "strategy", "seeds", "test ROC-AUC", f"with TTA ×{views}", "test accuracy",
+                   f"with TTA ×{views}", "balanced acc.", f"with TTA ×{views}", "threshold (val)", "TTA threshold (val)"],
+                  [[r["model"], r["strategy"], str(r["seeds"]),
+                    *[_ms(r[f"{kind}_{key}"]) for key in ("roc_auc", "accuracy", "balanced_accuracy")
+                      for kind in ("plain", "tta")], _ms(r["plain_threshold"]), _ms(r["tta_threshold"])]
+                   for r in rows],
+                  f"The same test images ({rows[0]['n']}, the whole test split) scored plain and as the mean "
+                  f"probability over {views} views (the image and {views - 1} random views of the training "
+                  f"augmentation); mean ± sd over seeds. Accuracy at each decision rule: the plain one at the run's "
+                  f"validation threshold, the TTA one at a threshold re-chosen on validation's {views}-view "
+                  f"probabilities. Nothing is chosen on test."))
 
 
 def test_analysis_section(a: dict) -> Section:
