@@ -252,6 +252,19 @@ def test_lr_find_command_writes_the_curve_and_a_suggestion(tiny, tmp_path, capsy
     assert "(default: 100)" in parser.format_help() and "--lr LR" not in parser.format_help()
 
 
+def test_suggestion_is_the_steepest_descent_per_decade():
+    import numpy as np
+
+    from transferlab.lrfind import steepest_descent
+
+    lrs = np.logspace(-7, 0, 100)
+    losses = 0.7 - 0.3 / (1 + np.exp(-(np.log10(lrs) + 2) * 3))   # falls fastest at 1e-2
+    losses[15] -= 1e-4                                                 # a wiggle at 1.4e-6
+    assert steepest_descent(list(lrs), list(losses)) == pytest.approx(1e-2, rel=0.2)
+    # Lightning's own rule differentiates by lr itself: the wiggle among the tiny rates wins
+    assert lrs[np.argmin(np.gradient(losses[10:-1], lrs[10:-1])) + 10] < 1e-5
+
+
 def test_train_lr_auto_from_a_yaml_file_records_the_finder_and_starts_as_usual(tiny, tmp_path, capsys):
     settings = dict(LPFT, lr="auto", probe_epochs=2, data=str(tiny), out=str(tmp_path / "auto"))
     (tmp_path / "auto.yaml").write_text(yaml.safe_dump(settings))

@@ -8,7 +8,8 @@ import warnings
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
-from .config import STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, UNFREEZE, TrainConfig, parse_lr, read_settings
+from .config import (LR_FIND_RANGE, STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, UNFREEZE, TrainConfig, parse_lr,
+                     read_settings)
 from .distributed import is_global_zero
 from .errors import TransferlabError
 from .loggers import LOGGERS
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=argparse.SUPPRESS, help="run directory to write (required, here or in --config)")
     add_train_options(p)
 
-    from .lrfind import MAX_LR, MIN_LR, STEPS
+    min_lr, max_lr, steps = LR_FIND_RANGE
     p = sub.add_parser("lr-find", help="Lightning's learning-rate range test: a suggested --lr for train",
                        description="From the model as `train` would start it (lpft: after its phase 1), each "
                                    "training step raises the learning rate exponentially from --min-lr to --max-lr "
@@ -190,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=argparse.SUPPRESS, help="dataset folder (required, here or in --config)")
     p.add_argument("--out", default=argparse.SUPPRESS, help="folder for lr_find.png, lr_find.csv and lr_find.json "
                                                             "(required, here or in --config)")
-    p.add_argument("--min-lr", type=float, default=MIN_LR, help="learning rate of the first step")
-    p.add_argument("--max-lr", type=float, default=MAX_LR, help="learning rate of the last step")
-    p.add_argument("--steps", type=int, default=STEPS, help="training steps (batches) at most; fewer when the loss "
+    p.add_argument("--min-lr", type=float, default=min_lr, help="learning rate of the first step")
+    p.add_argument("--max-lr", type=float, default=max_lr, help="learning rate of the last step")
+    p.add_argument("--steps", type=int, default=steps, help="training steps (batches) at most; fewer when the loss "
                                                             "diverges")
     add_train_options(p, skip=("lr", "epochs", "patience", "threshold_method", "logger", "experiment", "resume",
                                "unfreeze_every", "devices", "num_nodes"))

@@ -381,8 +381,9 @@ class EpochLines(Callback):
             return
         h = module.history[-1]
         phase = f" ({h['phase']})" if "phase" in h else ""
-        print(f"epoch {h['epoch']}/{module.epoch_offset + trainer.max_epochs}{phase}: train loss {h['train_loss']:.4f} acc {h['train_acc']:.3f}; "
-              f"val loss {h['val_loss']:.4f} acc {h['val_acc']:.3f} AUC {h['val_auc']:.3f}; {h['seconds']:.1f} s",
+        print(f"epoch {h['epoch']}/{module.epoch_offset + trainer.max_epochs}{phase}: "
+              f"train loss {h['train_loss']:.4f} acc {h['train_acc']:.3f}; val loss {h['val_loss']:.4f} "
+              f"acc {h['val_acc']:.3f} AUC {h['val_auc']:.3f}; {h['seconds']:.1f} s",
               file=sys.stderr, flush=True)
 
 
