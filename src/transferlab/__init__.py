@@ -2,7 +2,8 @@
 
 The public API (imported on first use, so that `transferlab --help` stays fast):
 
-    train(data=..., model=..., strategy=..., out=...) -> RunDir      one model, one strategy
+    train(data=..., model=..., strategy=..., out=...) -> RunDir      one model, one strategy (finetune, features, lpft)
+    lr_find(data=..., model=..., strategy=..., out=...) -> LRFinding the LR range test; train(lr="auto") runs it
     evaluate(run_dir, split="test") -> dict                          metrics of a finished run
     evaluate(run_dir, data="other/", adapt=["prior"]) -> dict        ... on any set of images, with shift estimates
     load_model(run_dir) -> (TransferModel, config)                   the trained model, safely loaded
@@ -27,7 +28,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _API = {
-    "train": "training", "TrainConfig": "config", "evaluate": "analysis.external", "load_model": "evaluation",
+    "train": "training", "lr_find": "training", "TrainConfig": "config", "evaluate": "analysis.external", "load_model": "evaluation",
     "create_model": "models.heads", "list_models": "models.registry", "get_spec": "models.registry",
     "catalog": "model_catalog", "run_study": "study", "StudyConfig": "study", "write_report": "report",
     "predict": "prediction", "export": "exporting", "run_demo": "demo", "check_data": "data.check",

@@ -5,9 +5,11 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
-from .config import STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, TrainConfig, read_settings
+from .config import (LR_FIND_RANGE, STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, UNFREEZE, TrainConfig, parse_lr,
+                     read_settings)
 from .distributed import is_global_zero
 from .errors import TransferlabError
 from .loggers import LOGGERS
@@ -18,15 +20,27 @@ TRAIN_OPTIONS = {
     "model": ("--model", "model name: any torchvision classification model, efficientnet_lite0/1/2, or "
                          "timm:NAME[.TAG] for a timm model (see `transferlab models [--source timm]`)"),
     "strategy": ("--strategy", "finetune: train the whole network; features: frozen backbone as a fixed "
-                               "feature extractor, only the new head trains"),
+                               "feature extractor, only the new head trains; lpft: features for --probe-epochs, "
+                               "then finetune from that head (linear probing, then fine-tuning)"),
     "weights": ("--weights", "'default' (ImageNet weights), 'none' (random init: the no-transfer control), "
                              "or a torchvision weights name such as IMAGENET1K_V2"),
     "weights_dir": ("--weights-dir", "folder holding weight files for offline use: torchvision's files, timm's as "
                                      "DIR/timm/NAME.TAG/model.safetensors"),
-    "epochs": ("--epochs", "maximum epochs"),
+    "epochs": ("--epochs", "maximum epochs (lpft: of phase 2, fine-tuning)"),
     "batch_size": ("--batch-size", "batch size (features: of the head's optimizer steps on cached features)"),
-    "lr": ("--lr", "learning rate of the new head (AdamW, cosine schedule)"),
-    "backbone_lr_factor": ("--backbone-lr-factor", "finetune: backbone learning rate = lr x this"),
+    "lr": ("--lr", "learning rate of the new head (AdamW, cosine schedule; lpft: in phase 2), or auto: the "
+                   "suggestion of Lightning's LR finder (`transferlab lr-find`), run first and recorded in "
+                   "config.json and lr_find.png"),
+    "backbone_lr_factor": ("--backbone-lr-factor", "finetune, lpft: backbone learning rate = lr x this"),
+    "probe_epochs": ("--probe-epochs", "lpft: epochs of phase 1, the head on cached features (all run, the best "
+                                       "on validation kept)"),
+    "probe_lr": ("--probe-lr", "lpft: learning rate of phase 1"),
+    "unfreeze": ("--unfreeze", "finetune, lpft: none (every layer trains from the start) or gradual (the head "
+                               "first, then one more backbone block every --unfreeze-every epochs, top down, each "
+                               "block's learning rate --block-lr-decay x the one above it)"),
+    "unfreeze_every": ("--unfreeze-every", "--unfreeze gradual: epochs between unfreezing one more block"),
+    "block_lr_decay": ("--block-lr-decay", "--unfreeze gradual: learning rate of each deeper backbone block = this x "
+                                           "the one above it (the top block: lr x --backbone-lr-factor)"),
     "weight_decay": ("--weight-decay", "AdamW weight decay"),
     "patience": ("--patience", "early stopping: epochs without improvement of --monitor on validation"),
     "monitor": ("--monitor", "validation metric for early stopping and best-epoch selection: "
@@ -87,7 +101,17 @@ FLAGS = {"skip_bad": ("--skip-bad", "skip unreadable images (listed in bad_files
 
 CHOICES = {"strategy": STRATEGIES, "monitor": ("val_loss", "val_auc", "val_balanced_accuracy"),
            "balance": ("weights", "sampler", "none"), "official_val": ("auto", "keep", "merge", "drop"),
-           "threshold_method": ("youden", "f1"), "logger": tuple(LOGGERS)}
+           "threshold_method": ("youden", "f1"), "logger": tuple(LOGGERS), "unfreeze": UNFREEZE}
+
+
+def _lr_arg(text: str) -> float | str:
+    try:
+        return parse_lr(text)
+    except TransferlabError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+TYPES = {"lr": _lr_arg}   # where the annotation's first type is not the argument's
 
 
 def _field_type(field: str) -> type:
@@ -108,20 +132,21 @@ def default_text(field: str) -> str:
 
 
 def add_train_options(parser: argparse.ArgumentParser, *, for_study: bool = False,
-                      defaults: dict[str, str] | None = None) -> None:
+                      defaults: dict[str, str] | None = None, skip: tuple[str, ...] = ()) -> None:
     """Every TrainConfig setting as an option; unset options keep TrainConfig's (per-strategy) defaults.
-    `defaults`: the default text of options whose default the caller sets itself (a study's split seed)."""
+    `defaults`: the default text of options whose default the caller sets itself (a study's split seed);
+    `skip`: settings the command does not use."""
     for field, (flag, help_text) in TRAIN_OPTIONS.items():
-        if for_study and field in ("model", "strategy", "seed", "devices", "num_nodes"):
+        if (for_study and field in ("model", "strategy", "seed", "devices", "num_nodes")) or field in skip:
             continue
         shown = (defaults or {}).get(field) or default_text(field)
         kind = _field_type(field)
         repeatable = get_origin(kind) is list   # a list setting: the option once per item
-        parser.add_argument(flag, dest=field, type=get_args(kind)[0] if repeatable else kind,
+        parser.add_argument(flag, dest=field, type=TYPES.get(field) or (get_args(kind)[0] if repeatable else kind),
                             action="append" if repeatable else "store", choices=CHOICES.get(field),
                             default=argparse.SUPPRESS, help=f"{help_text} (default: {shown})".replace("%", "%%"))
     for field, (flag, help_text) in FLAGS.items():
-        if for_study and field == "resume":
+        if (for_study and field == "resume") or field in skip:
             continue
         store = "store_false" if flag.startswith("--no-") else "store_true"
         parser.add_argument(flag, dest=field, action=store, default=argparse.SUPPRESS, help=help_text)
@@ -158,6 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "ROOT/CLASS/* (required, here or in --config)")
     p.add_argument("--out", default=argparse.SUPPRESS, help="run directory to write (required, here or in --config)")
     add_train_options(p)
+
+    min_lr, max_lr, steps = LR_FIND_RANGE
+    p = sub.add_parser("lr-find", help="Lightning's learning-rate range test: a suggested --lr for train",
+                       description="From the model as `train` would start it (lpft: after its phase 1), each "
+                                   "training step raises the learning rate exponentially from --min-lr to --max-lr "
+                                   "until the loss diverges; prints the learning rate where the loss fell fastest "
+                                   "(Lightning's suggestion) and writes lr_find.png, lr_find.csv and lr_find.json "
+                                   "to --out. `train --lr auto` does the same before it trains.")
+    p.add_argument("--config", default=argparse.SUPPRESS,
+                   help="YAML or JSON file of training settings; options given here override it (default: none)")
+    p.add_argument("--data", default=argparse.SUPPRESS, help="dataset folder (required, here or in --config)")
+    p.add_argument("--out", default=argparse.SUPPRESS, help="folder for lr_find.png, lr_find.csv and lr_find.json "
+                                                            "(required, here or in --config)")
+    p.add_argument("--min-lr", type=float, default=min_lr, help="learning rate of the first step")
+    p.add_argument("--max-lr", type=float, default=max_lr, help="learning rate of the last step")
+    p.add_argument("--steps", type=int, default=steps, help="training steps (batches) at most; fewer when the loss "
+                                                            "diverges")
+    add_train_options(p, skip=("lr", "epochs", "patience", "threshold_method", "logger", "experiment", "resume",
+                               "unfreeze_every", "devices", "num_nodes"))
 
     p = sub.add_parser("study", help="Tasks B-E: every model x strategy x seed, compared, in one HTML report",
                        description="Runs every model under every strategy and seed through `train`, then writes "
@@ -256,16 +300,21 @@ CHECK_DATA_EXIT_CODES = ("exit codes: 0 every image is readable and no leakage w
                          "patients in more than one split")
 
 
-def run_train(args) -> None:
-    from .training import train
-
-    settings = {k: v for k, v in vars(args).items() if k != "command"}
+def _train_settings(args, leave_out: tuple[str, ...] = ()) -> TrainConfig:
+    """The training settings of `args` over those of its --config file; --data and --out required."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", *leave_out)}
     if "config" in settings:
         settings = {**read_settings(settings.pop("config")), **settings}
     for key in ("data", "out"):
         if not settings.get(key):
             raise TransferlabError(f"--{key} is required (on the command line or in --config)")
-    run = train(TrainConfig.from_dict(settings))
+    return TrainConfig.from_dict(settings)
+
+
+def run_train(args) -> None:
+    from .training import train
+
+    run = train(_train_settings(args))
     if not is_global_zero():   # DDP: the other processes have nothing new to say
         return
     print(f"run directory: {run.path}")
@@ -289,6 +338,18 @@ def print_scores(run) -> None:
             print(line + f"macro F1 {m['f1']:.3f}  macro AUC {m['roc_auc'] or nan:.3f}  (n={m['n']}, argmax)")
         else:
             print(line + f"AUC {m['roc_auc'] or nan:.3f}  (n={m['n']}, threshold {metrics['threshold']:.3f} chosen on val)")
+
+
+def run_lr_find(args) -> None:
+    from .lrfind import FILES
+    from .training import lr_find
+
+    cfg = _train_settings(args, leave_out=("min_lr", "max_lr", "steps"))
+    finding = lr_find(cfg, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
+    print(f"suggested learning rate: {finding.suggested_lr:.3g}  ({cfg.model} {cfg.strategy}, {finding.steps_run} "
+          f"steps from {finding.min_lr:g} to at most {finding.max_lr:g}, {finding.seconds:.1f} s)")
+    print(f"written: {', '.join(str(Path(cfg.out) / name) for name in FILES.values())}")
+    print(f"use it: transferlab train ... --lr {finding.suggested_lr:.3g}  (or --lr auto)")
 
 
 def run_ensemble(args) -> None:
@@ -374,7 +435,7 @@ def run_export(args) -> None:
     run(args)
 
 
-COMMANDS = {"demo": run_demo, "predict": run_predict, "export": run_export, "train": run_train, "study": run_study, "evaluate": run_evaluate, "ensemble": run_ensemble, "models": run_models, "check-data": run_check_data}
+COMMANDS = {"lr-find": run_lr_find, "demo": run_demo, "predict": run_predict, "export": run_export, "train": run_train, "study": run_study, "evaluate": run_evaluate, "ensemble": run_ensemble, "models": run_models, "check-data": run_check_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,16 +11,20 @@ import yaml
 from .data.discover import DEFAULT_PATIENT_PATTERN
 from .errors import TransferlabError
 
-STRATEGIES = ("finetune", "features")
+STRATEGIES = ("finetune", "features", "lpft")
+UNFREEZE = ("none", "gradual")
+LR_FIND_RANGE = (1e-7, 1.0, 100)   # the LR finder's defaults: first and last learning rate, steps (lrfind.py)
 TTA_HELP = ("test-time augmentation: also score the mean probability over N views of each image (the image and "
             "N-1 random views from the training augmentation, no flips), beside the plain result; a binary run's "
             "threshold for it is re-chosen on validation's N-view probabilities; 1 = none (default: 1)")
 
 # Defaults that differ by strategy: the head alone on cached features trains in milliseconds per epoch,
-# so it can afford many epochs and a large learning rate; the whole network cannot.
+# so it can afford many epochs and a large learning rate; the whole network cannot. lpft's settings are those
+# of its phase 2, which starts from a trained head: a lower learning rate (Kumar et al. 2022).
 STRATEGY_DEFAULTS = {
     "finetune": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "patience": 3},
     "features": {"epochs": 30, "batch_size": 64, "lr": 3e-3, "patience": 8},   # lr: BENCHMARKS.md, "Recipes"
+    "lpft": {"epochs": 10, "batch_size": 32, "lr": 1e-4, "patience": 3},
 }
 
 
@@ -34,8 +38,13 @@ class TrainConfig:
     weights_dir: str | None = None
     epochs: int | None = None         # None: the strategy's default
     batch_size: int | None = None
-    lr: float | None = None           # learning rate of the head
-    backbone_lr_factor: float = 0.1   # finetune: backbone lr = lr * factor
+    lr: float | str | None = None     # learning rate of the head; "auto": the LR finder's suggestion (lrfind.py)
+    backbone_lr_factor: float = 0.1   # finetune, lpft: backbone lr = lr * factor
+    probe_epochs: int = 30            # lpft phase 1: epochs of the head on cached features (no early stopping)
+    probe_lr: float = 1e-3            # lpft phase 1: its learning rate
+    unfreeze: str = "none"            # finetune, lpft: none | gradual (the head first, then blocks top-down)
+    unfreeze_every: int = 1           # gradual: epochs between unfreezing one more backbone block
+    block_lr_decay: float = 0.8       # gradual: each deeper block's lr = this x the lr of the block above
     weight_decay: float = 1e-4
     patience: int | None = None       # early stopping on the monitored validation metric
     monitor: str = "val_loss"         # val_loss | val_auc | val_balanced_accuracy
@@ -89,6 +98,22 @@ class TrainConfig:
             raise TransferlabError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         if not 0 <= self.head_dropout < 1:
             raise TransferlabError(f"--head-dropout must be in [0, 1), not {self.head_dropout}")
+        self.lr = parse_lr(self.lr)
+        if self.probe_epochs < 1 or not self.probe_lr > 0:
+            raise TransferlabError("--probe-epochs must be at least 1 and --probe-lr positive")
+        if self.unfreeze not in UNFREEZE:
+            raise TransferlabError(f"--unfreeze must be one of {', '.join(UNFREEZE)}, not {self.unfreeze!r}")
+        if self.unfreeze == "gradual":
+            if self.strategy == "features":
+                raise TransferlabError("--unfreeze gradual needs a strategy that trains the backbone: finetune or lpft")
+            if self.devices * self.num_nodes > 1:
+                raise TransferlabError("--unfreeze gradual runs on one device (DDP would need unused parameters found "
+                                       "every step)")
+            if self.unfreeze_every < 1 or not 0 < self.block_lr_decay <= 1:
+                raise TransferlabError("--unfreeze-every must be at least 1 and --block-lr-decay in (0, 1]")
+        if self.lr == "auto" and self.devices * self.num_nodes > 1:
+            raise TransferlabError("--lr auto runs the LR finder in one process; run `transferlab lr-find` first and "
+                                   "pass its suggestion as --lr")
         if self.devices < 1 or self.num_nodes < 1:
             raise TransferlabError(f"--devices and --num-nodes must be at least 1, not {self.devices} and {self.num_nodes}")
         if self.devices * self.num_nodes > 1 and ":" in self.device:
@@ -116,6 +141,19 @@ class TrainConfig:
         if unknown:
             raise TransferlabError(f"unknown setting(s): {', '.join(unknown)}")
         return cls(**values)
+
+
+def parse_lr(value) -> float | str:
+    """A learning rate: a positive number, or "auto" (the LR finder's suggestion). YAML reads 1e-3 as a string."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        lr = float(value)
+    except (TypeError, ValueError):
+        raise TransferlabError(f"--lr must be a positive number or auto, not {value!r}") from None
+    if not lr > 0:
+        raise TransferlabError(f"--lr must be positive, not {value!r}")
+    return lr
 
 
 def read_settings(path: str | Path) -> dict:

@@ -140,12 +140,15 @@ class Classifier(L.LightningModule):
     features), which the step itself splits into shuffled mini-batches of this size, one optimizer step each,
     drawn as make_loader would draw them (`sample_weights`: with replacement, as balance="sampler"). Same
     optimisation, without Lightning's per-step overhead and on one thread: a head is a few tiny matmuls, which
-    more threads only slow down, most of all on a busy machine."""
+    more threads only slow down, most of all on a busy machine.
+
+    history: the rows of an earlier phase of the same run (lpft's probe), which this one continues: its epochs
+    are numbered on from them, and its rows say `phase`."""
 
     def __init__(self, net: torch.nn.Module, param_groups: list[dict], *, class_weights: torch.Tensor | None,
                  epochs: int, weight_decay: float, seed: int, channels_last: bool = False,
                  minibatch: int | None = None, sample_weights: torch.Tensor | None = None,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, history: list[dict] = (), phase: str | None = None):
         super().__init__()
         self.net = net
         self.param_groups = param_groups
@@ -156,7 +159,8 @@ class Classifier(L.LightningModule):
         self.minibatch = minibatch
         self._sample_weights = sample_weights   # per class
         self.automatic_optimization = minibatch is None
-        self.history: list[dict] = []
+        self.history: list[dict] = list(history)
+        self.epoch_offset, self.phase = len(self.history), phase
         self._train_sums = np.zeros(3)   # loss * n, correct, n
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._epoch_start = 0.0
@@ -236,7 +240,7 @@ class Classifier(L.LightningModule):
         loss_sum, correct, n = self._epoch_train_sums()
         # plain Python numbers only: the history travels in checkpoints loaded with weights_only=True
         self.history.append({
-            "epoch": self.current_epoch + 1,
+            "epoch": self.epoch_offset + self.current_epoch + 1, **({"phase": self.phase} if self.phase else {}),
             "train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1), **values,
             "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
             "seconds": time.perf_counter() - self._epoch_start,
@@ -377,8 +381,10 @@ class EpochLines(Callback):
         if trainer.sanity_checking or not module.history:
             return
         h = module.history[-1]
-        print(f"epoch {h['epoch']}/{trainer.max_epochs}: train loss {h['train_loss']:.4f} acc {h['train_acc']:.3f}; "
-              f"val loss {h['val_loss']:.4f} acc {h['val_acc']:.3f} AUC {h['val_auc']:.3f}; {h['seconds']:.1f} s",
+        phase = f" ({h['phase']})" if "phase" in h else ""
+        print(f"epoch {h['epoch']}/{module.epoch_offset + trainer.max_epochs}{phase}: "
+              f"train loss {h['train_loss']:.4f} acc {h['train_acc']:.3f}; val loss {h['val_loss']:.4f} "
+              f"acc {h['val_acc']:.3f} AUC {h['val_auc']:.3f}; {h['seconds']:.1f} s",
               file=sys.stderr, flush=True)
 
 
@@ -443,10 +449,11 @@ def fit(module: Classifier, train_loader: DataLoader, val_loader: DataLoader, *,
         signal.signal(signal.SIGINT, sigint)
         raise KeyboardInterrupt from None
     best_epoch = None
-    if module.history:
-        scores = [row[monitor] for row in module.history]
+    own = module.history[module.epoch_offset:]   # this phase's epochs: its best checkpoint is among them
+    if own:
+        scores = [row[monitor] for row in own]
         finite = [s if np.isfinite(s) else (np.inf if mode == "min" else -np.inf) for s in scores]
-        best_epoch = int((np.argmin(finite) if mode == "min" else np.argmax(finite)) + 1)
+        best_epoch = int((np.argmin(finite) if mode == "min" else np.argmax(finite)) + 1 + module.epoch_offset)
     return {"best_epoch": best_epoch, "best_checkpoint": best.best_model_path or None,
             "stopped_epoch": len(module.history), "resumed_from": ckpt_path}
 

@@ -168,7 +168,8 @@ class ExperimentLogs:
             for row in history:
                 epoch = int(row["epoch"])
                 if epoch > done.get("epochs", 0):
-                    logger.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)
+                    logger.log_metrics({k: float(v) for k, v in row.items() if k not in ("epoch", "phase")},
+                                       step=epoch)
                     done["epochs"] = epoch
             if metrics is not None and not done.get("final"):
                 LOGGERS[name].log_final(logger, self._hyperparameters(), final_metrics(metrics),

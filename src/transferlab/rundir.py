@@ -27,7 +27,7 @@ class RunDir:
     predictions = property(lambda self: self.path / "predictions.csv")   # per image: probability and prediction
     weights = property(lambda self: self.path / "model.safetensors")     # the best epoch's TransferModel
     bad_files = property(lambda self: self.path / "bad_files.csv")       # files skipped with --skip-bad
-    checkpoints = property(lambda self: self.path / "checkpoints")       # Lightning last.ckpt / best.ckpt
+    checkpoints = property(lambda self: self.path / "checkpoints")       # Lightning last.ckpt / best.ckpt (+ probe/)
     logs = property(lambda self: self.path / "logs")                     # --logger: experiment logs, loggers.json
 
     def __fspath__(self) -> str:
@@ -35,6 +35,10 @@ class RunDir:
 
     def finished(self) -> bool:
         return self.metrics.exists() and self.weights.exists()
+
+    def resumable(self) -> bool:
+        """Training has written a checkpoint (checkpoints/last.ckpt; lpft's phase 1: checkpoints/probe/last.ckpt)."""
+        return self.checkpoints.is_dir() and any(self.checkpoints.rglob("last.ckpt"))
 
     def read_config(self) -> dict:
         if not self.config.exists():

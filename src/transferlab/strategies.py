@@ -4,6 +4,8 @@
 - features: the ImageNet backbone is a fixed feature extractor. It stays frozen and in eval mode (its
   BatchNorm statistics are never updated); its output is computed once per image and cached, and only the
   new head trains, on those cached features. The result is still one TransferModel (backbone + head).
+- lpft: linear probing, then fine-tuning (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features"):
+  phase 1 is `features`, phase 2 is `finetune` starting from phase 1's best head (training.py runs the phases).
 """
 from __future__ import annotations
 
@@ -29,9 +31,12 @@ from .models.heads import TransferModel
 class FineTune:
     name = "finetune"
     channels_last = True
+    augments = True     # training images are augmented (unless --no-augment)
+    cached = False      # inputs are images, not cached features
+    probe = None        # the strategy of a phase before this one
 
     def trainable(self, model: TransferModel) -> nn.Module:
-        model.requires_grad_(True)
+        model.requires_grad_(True).train()
         return model
 
     def param_groups(self, model: TransferModel, lr: float, backbone_lr_factor: float) -> list[dict]:
@@ -49,6 +54,9 @@ class FineTune:
 class FixedFeatures:
     name = "features"
     channels_last = False   # the trained module is a Linear layer on feature vectors
+    augments = False        # each image's features are computed once
+    cached = True           # each epoch is one batch of cached features, split by Classifier itself
+    probe = None
 
     def trainable(self, model: TransferModel) -> nn.Module:
         model.backbone.requires_grad_(False).eval()
@@ -58,7 +66,7 @@ class FixedFeatures:
         return [{"params": list(model.head.parameters()), "lr": lr}]
 
     def dataset(self, model: TransferModel, pixels: np.ndarray, labels: np.ndarray, *, mean, std,
-                augment: bool, device: torch.device, progress: bool, cache_dir: Path | None) -> Dataset:
+                augment: float, device: torch.device, progress: bool, cache_dir: Path | None) -> Dataset:
         feats = self.features(model, pixels, mean=mean, std=std, device=device, progress=progress, cache_dir=cache_dir)
         # on a GPU the features stay there: the head trains and predicts without a host-to-device copy
         return TensorDataset(feats.to(device), torch.as_tensor(labels, dtype=torch.long, device=device))
@@ -259,7 +267,13 @@ def _digest(pixels: np.ndarray, module: nn.Module) -> str:
     return h.hexdigest()
 
 
-STRATEGIES = {cls.name: cls for cls in (FineTune, FixedFeatures)}
+class LinearProbeFineTune(FineTune):
+    """lpft: what trains in phase 2 (the whole network, as finetune); phase 1 is `probe`, on cached features."""
+    name = "lpft"
+    probe = FixedFeatures
+
+
+STRATEGIES = {cls.name: cls for cls in (FineTune, FixedFeatures, LinearProbeFineTune)}
 
 
 def get_strategy(name: str):

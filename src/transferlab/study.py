@@ -63,6 +63,8 @@ from .errors import TransferlabError
 from .launchers import LAUNCHERS, Job, LaunchSettings, launch
 from .rundir import RunDir, flatten_metrics, flatten_split, read_csv, write_csv
 
+# a study's strategies unless it names them (lpft, the third, only when asked for)
+DEFAULT_STRATEGIES = ("finetune", "features")
 # TrainConfig settings a study sets itself, per run
 STUDY_OWNED = ("data", "model", "strategy", "seed", "split_seed", "out", "resume")
 # settings that do not change what a run computes (a finished run trained with other values is still valid)
@@ -74,7 +76,7 @@ NOT_COMPARED = ("data", "out", "resume", "progress", "device", "num_workers", "t
 class StudyConfig:
     data: str
     models: list[str]
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
     seeds: list[int] | int = 3                      # an int N means seeds 0..N-1
     out: str = ""
     split_seed: int = 0                             # one validation/test split for every run
@@ -428,7 +430,7 @@ def _check_existing(run: RunDir, cfg: TrainConfig, fingerprint: str) -> str:
                                f"use another --out or delete that run")
     if run.finished():
         return " (finished: kept)"
-    return " (resuming)" if (run.checkpoints / "last.ckpt").exists() else " (restarting)"
+    return " (resuming)" if run.resumable() else " (restarting)"
 
 
 def study_catalog(config: StudyConfig, out: Path, num_classes: int = 2) -> list[dict]:
@@ -554,7 +556,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                                                       "OUT/study.yaml re-runs a study exactly")
     parser.add_argument("--data", default=S, help="dataset folder: ROOT/{train,val,test}/CLASS/* or ROOT/CLASS/*")
     parser.add_argument("--models", default=S, help="comma list of models, e.g. resnet50,mobilenet_v3_large")
-    parser.add_argument("--strategies", default=S, help=f"comma list of strategies (default: {','.join(STRATEGIES)})")
+    parser.add_argument("--strategies", default=S, help=f"comma list of strategies, of {', '.join(STRATEGIES)} "
+                                                               f"(default: {','.join(DEFAULT_STRATEGIES)})")
     parser.add_argument("--seeds", default=S, type=_seeds_arg,
                         help=f"number of seeds (3 = seeds 0,1,2) or a comma list of seeds (default: {StudyConfig.seeds})")
     parser.add_argument("--out", default=S, help="study folder to write (runs/, results.csv, report.html)")

@@ -3,16 +3,20 @@
 Stages, in order (each one a call into its own module):
     1. data      discover the images, carve the splits, decode each image once (cached)
     2. model     the registry builds the ImageNet model and swaps its classifier for a new head
-    3. strategy  finetune (whole net, augmented images) or features (cached backbone outputs, head only)
-    4. fit       Lightning: early stopping and best-epoch selection on validation, checkpoints every epoch
+    3. strategy  finetune (whole net, augmented images), features (cached backbone outputs, head only), or lpft
+                 (features, then finetune from that head)
+    4. fit       Lightning: early stopping and best-epoch selection on validation, checkpoints every epoch;
+                 lpft: phase 1 in checkpoints/probe/, phase 2 in checkpoints/; --lr auto: the LR finder first
     5. evaluate  probabilities on val/test, metrics from sklearn; two classes: the decision threshold is chosen
                  on validation only; three or more: the most probable class (argmax)
 """
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +38,13 @@ from .errors import TransferlabError
 from .gpu import pin_memory_for
 from .evaluation import decide, positive_index, split_metrics
 from .loggers import ExperimentLogs, check_available
+from .lrfind import MAX_LR, MIN_LR, STEPS, LRFinding, RangeTest, find_lr, write_finding
 from .metrics import choose_threshold
 from .models.heads import create_model
 from .models.registry import get_spec
 from .rundir import RunDir, environment, peak_rss_mb, write_csv
 from .strategies import get_strategy
-
+from .unfreezing import GradualUnfreezing, param_groups as block_param_groups
 
 
 def cache_dir(cfg: TrainConfig) -> Path:
@@ -123,7 +128,7 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
             ExperimentLogs(run, cfg.logger, cfg.experiment).log_finished_run()
             return run
         raise TransferlabError(f"{run.path} already holds a finished run; choose another --out")
-    if (run.checkpoints / "last.ckpt").exists() and not cfg.resume:
+    if run.resumable() and not cfg.resume:
         raise TransferlabError(f"{run.path} holds an unfinished run; add --resume to continue it, or choose another --out")
     device = launch(resolve_device(cfg.device), cfg.devices, cfg.num_nodes)   # DDP: from here on, every process
     created = _first_missing(run.path)
@@ -134,7 +139,7 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
     except BaseException:
         # an error before the first epoch's checkpoint (no data, unknown model, missing weights, ...) leaves
         # nothing behind that this call created; after it, the run directory stays for --resume
-        if created is not None and not (run.checkpoints / "last.ckpt").exists() and is_global_zero():
+        if created is not None and not run.resumable() and is_global_zero():
             shutil.rmtree(created, ignore_errors=True)
         raise
     return run
@@ -160,12 +165,14 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
     size = cfg.image_size or spec.input_size
     with rank_zero_first():   # DDP: rank 0 fills the image cache, the others read it
         data = prepare_data(cfg, size)
-    if cfg.resume and run.config.exists():
-        _check_same_run(run, cfg, data)
+    started = run.read_config() if cfg.resume and run.config.exists() else None
+    if started:
+        _check_same_run(started, run, cfg, data)
+    found = (started or {}).get("lr_find")   # --lr auto: the finder's result, kept when the run resumes
     classes = data.index.classes
     pos = positive_index(classes, cfg.positive_class)
     if is_global_zero():   # only rank 0 writes the run directory and warns
-        _write_run_start(run, cfg, data, spec, size, pos, device)
+        _write_run_start(run, cfg, data, spec, size, pos, device, lr_find=found)
     skipped = data.index.skipped if is_global_zero() else []
     if skipped:
         _warn(f"left out {len(skipped)} file{'s' * (len(skipped) > 1)} that are not images of a class: "
@@ -177,46 +184,29 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
         _warn(line)
 
     # 2. model, 3. strategy
-    seed_all(cfg.seed)
-    model = create_model(cfg.model, len(classes), weights=cfg.weights, weights_dir=cfg.weights_dir,
-                         head_dropout=cfg.head_dropout)
-    strategy = get_strategy(cfg.strategy)
-    cached = strategy.name == "features"   # cached features: each epoch is one batch, split by the step itself
-    net = strategy.trainable(model)
-    prep_start = time.perf_counter()
-    encode = dict(mean=spec.mean, std=spec.std, device=device, progress=cfg.progress,
-                  cache_dir=cache_dir(cfg))
-    inputs = {name: strategy.dataset(model, data.pixels[name], data.labels(name), augment=False, **encode)
-              for name in data.pixels}
-    train_set = (strategy.dataset(model, data.pixels["train"], data.labels("train"), augment=cfg.augment_strength,
-                                  **encode)
-                 if cfg.augment and cfg.augment_strength > 0 and strategy.name == "finetune" else inputs["train"])
-    prepare_seconds = time.perf_counter() - prep_start
+    model, strategy, encode = _model_and_strategy(cfg, spec, len(classes), device)
 
-    # 4. fit
-    train_labels = data.labels("train")
-    weights = class_weights_for(train_labels, len(classes))
-    module = Classifier(
-        net, strategy.param_groups(model, cfg.lr, cfg.backbone_lr_factor),
-        class_weights=weights if cfg.balance == "weights" else None,
-        epochs=cfg.epochs, weight_decay=cfg.weight_decay, seed=cfg.seed, channels_last=strategy.channels_last,
-        label_smoothing=cfg.label_smoothing,
-        minibatch=cfg.batch_size if cached else None, sample_weights=weights if cfg.balance == "sampler" else None)
-    if strategy.channels_last:
-        net.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        net.compile()   # in place: the state_dict keys, checkpoints and model.safetensors stay as without it
-    train_loader, val_loader = make_loaders(cfg, train_set, train_labels, inputs["val"], device, cached=cached)
+    # 4. fit (lpft: phase 1, the head on cached features, then phase 2 from its best head)
     logs = ExperimentLogs(run, cfg.logger if is_global_zero() else [], cfg.experiment)   # DDP: rank 0 logs
+    follow = [FollowHistory(logs.update, logs.stopped)] if logs.names else []
+    history, prepare_seconds, fit_seconds, seconds = [], 0.0, 0.0, {}
+    if strategy.probe is not None:
+        history, prepare_seconds, fit_seconds = _probe(cfg, model, strategy, data, encode, device,
+                                                       run.checkpoints / "probe", follow)
+    lr = cfg.lr
+    if lr == "auto":
+        if not found:
+            finding = _find_lr(cfg, model, strategy, data, encode, device, run.checkpoints)
+            found = _record_lr_find(run, cfg, finding)
+            seconds["lr_find"] = finding.seconds
+        lr = found["suggested_lr"]
+    stage = _stage(cfg, model, strategy, data, encode, device, lr=lr, epochs=cfg.epochs, history=history,
+                   phase="finetune" if strategy.probe else None)
     fit_start = time.perf_counter()
-    fitted = fit(module, train_loader, val_loader,
-                 checkpoint_dir=run.checkpoints, epochs=cfg.epochs, monitor=cfg.monitor, patience=cfg.patience,
-                 device=device, precision=_precision(cfg.precision, device), resume=cfg.resume, progress=cfg.progress,
-                 devices=cfg.devices, num_nodes=cfg.num_nodes,
-                 callbacks=[FollowHistory(logs.update, logs.stopped)] if logs.names else [])
-    fit_seconds = time.perf_counter() - fit_start
-    if fitted["best_checkpoint"]:
-        load_best_weights(module, fitted["best_checkpoint"])
+    fitted = _fit(cfg, stage, run.checkpoints, device, follow, epochs=cfg.epochs, patience=cfg.patience)
+    fit_seconds += time.perf_counter() - fit_start
+    prepare_seconds += stage.prepare_seconds
+    net, inputs, module = stage.net, stage.inputs, stage.module
     if is_global_zero():
         write_csv(run.history, module.history)
 
@@ -249,7 +239,7 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
                      if binary else "argmax: the most probable class (no threshold)"),
         "best_epoch": fitted["best_epoch"], "epochs_run": fitted["stopped_epoch"], "monitor": cfg.monitor,
         "seconds": {"decode": data.decode_seconds, "prepare": prepare_seconds, "fit": fit_seconds,
-                    "evaluate": eval_seconds, "total": time.perf_counter() - total_start},
+                    "evaluate": eval_seconds, **seconds, "total": time.perf_counter() - total_start},
         "peak_rss_mb": peak_rss_mb(),
         "cuda_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "trainable_params": sum(p.numel() for p in net.parameters()),
@@ -260,6 +250,132 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
     logs.update(module.history, summary)
     logs.close()
     barrier()
+
+
+def _model_and_strategy(cfg: TrainConfig, spec, num_classes: int, device: torch.device) -> tuple:
+    """The seeded model with its new head, the strategy, and how images are encoded for it."""
+    seed_all(cfg.seed)
+    model = create_model(cfg.model, num_classes, weights=cfg.weights, weights_dir=cfg.weights_dir,
+                         head_dropout=cfg.head_dropout)
+    encode = dict(mean=spec.mean, std=spec.std, device=device, progress=cfg.progress, cache_dir=cache_dir(cfg))
+    return model, get_strategy(cfg.strategy), encode
+
+
+@dataclass
+class Stage:
+    """A strategy set up on a model: what trains, its inputs per split, its LightningModule and loaders."""
+    net: torch.nn.Module
+    inputs: dict
+    module: Classifier
+    loaders: tuple
+    callbacks: list
+    prepare_seconds: float
+
+
+def _stage(cfg: TrainConfig, model, strategy, data: Prepared, encode: dict, device: torch.device, *, lr: float,
+           epochs: int, history: list[dict] = (), phase: str | None = None, finder: bool = False) -> Stage:
+    """`strategy` on `model` with learning rate `lr`. finder: a RangeTest module on ordinary mini-batch loaders
+    (cached features too), without the unfreezing schedule."""
+    net = strategy.trainable(model)
+    start = time.perf_counter()
+    inputs = {name: strategy.dataset(model, data.pixels[name], data.labels(name), augment=False, **encode)
+              for name in data.pixels}
+    train_set = (strategy.dataset(model, data.pixels["train"], data.labels("train"), augment=cfg.augment_strength,
+                                  **encode)
+                 if cfg.augment and cfg.augment_strength > 0 and strategy.augments else inputs["train"])
+    prepare_seconds = time.perf_counter() - start
+    cached = strategy.cached and not finder   # cached features: each epoch is one batch, split by the step itself
+    gradual = cfg.unfreeze == "gradual" and not strategy.cached
+    train_labels = data.labels("train")
+    weights = class_weights_for(train_labels, len(data.index.classes))
+    groups = (block_param_groups(model, lr, cfg.backbone_lr_factor, cfg.block_lr_decay) if gradual
+              else strategy.param_groups(model, lr, cfg.backbone_lr_factor))
+    module = (RangeTest if finder else Classifier)(
+        net, groups, class_weights=weights if cfg.balance == "weights" else None,
+        epochs=epochs, weight_decay=cfg.weight_decay, seed=cfg.seed, channels_last=strategy.channels_last,
+        label_smoothing=cfg.label_smoothing, minibatch=cfg.batch_size if cached else None, sample_weights=weights if cfg.balance == "sampler" else None,
+        history=history, phase=phase)
+    if strategy.channels_last:
+        net.to(memory_format=torch.channels_last)
+    if cfg.compile and not finder and phase != "probe":
+        net.compile()   # in place: the state_dict keys, checkpoints and model.safetensors stay as without it
+    loaders = make_loaders(cfg, train_set, train_labels, inputs["val"], device, cached=cached)
+    callbacks = [GradualUnfreezing(model, cfg.unfreeze_every)] if gradual and not finder else []
+    return Stage(net, inputs, module, loaders, callbacks, prepare_seconds)
+
+
+def _fit(cfg: TrainConfig, stage: Stage, checkpoint_dir: Path, device: torch.device, callbacks: list, *,
+         epochs: int, patience: int) -> dict:
+    """fit() the stage, then load its best epoch's weights (chosen on validation)."""
+    fitted = fit(stage.module, *stage.loaders, checkpoint_dir=checkpoint_dir, epochs=epochs, monitor=cfg.monitor,
+                 patience=patience, device=device, precision=_precision(cfg.precision, device), resume=cfg.resume,
+                 progress=cfg.progress, devices=cfg.devices, num_nodes=cfg.num_nodes,
+                 callbacks=[*callbacks, *stage.callbacks])
+    if fitted["best_checkpoint"]:
+        load_best_weights(stage.module, fitted["best_checkpoint"])
+    return fitted
+
+
+def _probe(cfg: TrainConfig, model, strategy, data: Prepared, encode: dict, device: torch.device,
+           checkpoint_dir: Path, callbacks: list = ()) -> tuple[list[dict], float, float]:
+    """lpft phase 1: `features` on `model` for --probe-epochs at --probe-lr, every epoch run (no early stopping:
+    an epoch on cached features takes milliseconds); its best head on validation is left in the model. Returns
+    the phase's history rows and its prepare and fit seconds."""
+    stage = _stage(cfg, model, strategy.probe(), data, encode, device, lr=cfg.probe_lr, epochs=cfg.probe_epochs,
+                   phase="probe")
+    start = time.perf_counter()
+    _fit(cfg, stage, checkpoint_dir, device, list(callbacks), epochs=cfg.probe_epochs, patience=cfg.probe_epochs)
+    return stage.module.history, stage.prepare_seconds, time.perf_counter() - start
+
+
+def _find_lr(cfg: TrainConfig, model, strategy, data: Prepared, encode: dict, device: torch.device, root: Path, *,
+             min_lr: float = MIN_LR, max_lr: float = MAX_LR, steps: int = STEPS) -> LRFinding:
+    """The range test on a copy of `model`: training then starts from the model exactly as it was."""
+    stage = _stage(cfg, copy.deepcopy(model), strategy, data, encode, device, lr=1.0, epochs=cfg.epochs, finder=True)
+    return find_lr(stage.module, stage.loaders[0], device=device, precision=_precision(cfg.precision, device),
+                   root=root, min_lr=min_lr, max_lr=max_lr, steps=steps, progress=cfg.progress)
+
+
+def _finder_title(cfg: TrainConfig) -> str:
+    return f"{cfg.model} {cfg.strategy}, seed {cfg.seed}: learning-rate range test"
+
+
+def _record_lr_find(run: RunDir, cfg: TrainConfig, finding: LRFinding) -> dict:
+    """--lr auto: the finder's files in the run directory and its result in config.json (`lr_find`)."""
+    write_finding(finding, run.path, title=_finder_title(cfg))
+    config = run.read_config()
+    config["lr_find"] = finding.summary()
+    write_json(run.config, config)
+    if cfg.progress:
+        print(f"--lr auto: the LR finder suggests {finding.suggested_lr:.3g} ({finding.steps_run} steps, "
+              f"{finding.seconds:.0f} s; {run.path / 'lr_find.png'})", file=sys.stderr, flush=True)
+    return config["lr_find"]
+
+
+def lr_find(config: TrainConfig | None = None, *, min_lr: float = MIN_LR, max_lr: float = MAX_LR,
+            steps: int = STEPS, **settings) -> LRFinding:
+    """Lightning's learning-rate range test for these training settings, from the model as `train` would start
+    (lpft: after its phase 1); the suggestion is for `lr`. With `out`, writes lr_find.png, lr_find.csv and
+    lr_find.json there.
+
+    >>> lr_find(data="chest_xray", model="efficientnet_lite0", strategy="finetune", out="lr-lite0").suggested_lr
+    """
+    cfg = config or TrainConfig(**settings)
+    if cfg.devices * cfg.num_nodes > 1:
+        raise TransferlabError("the LR finder runs in one process: leave out --devices and --num-nodes")
+    device = resolve_device(cfg.device)
+    with reuse_freed_memory(enabled=device.type == "cpu"), cpu_threads(choose_threads(cfg.threads)), \
+            tempfile.TemporaryDirectory(prefix="transferlab-lr-find-") as tmp:
+        spec = get_spec(cfg.model, cfg.weights)
+        data = prepare_data(cfg, cfg.image_size or spec.input_size)
+        model, strategy, encode = _model_and_strategy(cfg, spec, len(data.index.classes), device)
+        if strategy.probe is not None:
+            _probe(cfg, model, strategy, data, encode, device, Path(tmp) / "probe")
+        finding = _find_lr(cfg, model, strategy, data, encode, device, Path(tmp), min_lr=min_lr, max_lr=max_lr,
+                           steps=steps)
+    if cfg.out:
+        write_finding(finding, Path(cfg.out), title=_finder_title(cfg))
+    return finding
 
 
 def _part(dataset, part: slice):
@@ -295,12 +411,11 @@ RESUME_MAY_CHANGE = {"data", "manifest", "resume", "progress", "device", "num_wo
                      "weights_dir", "devices", "num_nodes", "compile", "logger", "experiment"}
 
 
-def _check_same_run(run: RunDir, cfg: TrainConfig, data: Prepared) -> None:
-    """--resume continues a run only with the settings and the data it was started with."""
-    started = run.read_config()
-    defaults = TrainConfig(strategy=cfg.strategy).to_dict()   # a setting newer than the run: its default then
-    changed = [f"{k} {started['settings'].get(k, defaults[k])!r} -> {v!r}" for k, v in cfg.to_dict().items()
-               if k not in RESUME_MAY_CHANGE and started["settings"].get(k, defaults[k]) != v]
+def _check_same_run(started: dict, run: RunDir, cfg: TrainConfig, data: Prepared) -> None:
+    """--resume continues a run only with the settings and the data it was started with (`started`: its
+    config.json; settings it does not have, newer than the run, are not compared)."""
+    changed = [f"{k} {started['settings'].get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items()
+               if k not in RESUME_MAY_CHANGE and k in started["settings"] and started["settings"][k] != v]
     if started["data"]["fingerprint"] != data.index.fingerprint():
         changed.append("the data's files differ")
     if changed:
@@ -316,8 +431,10 @@ def _precision(precision: str, device: torch.device) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def _write_run_start(run: RunDir, cfg: TrainConfig, data: Prepared, spec, size: int, pos: int, device) -> None:
-    """config.json and splits.csv are written before training, so an interrupted run still documents itself."""
+def _write_run_start(run: RunDir, cfg: TrainConfig, data: Prepared, spec, size: int, pos: int, device, *,
+                     lr_find: dict | None = None) -> None:
+    """config.json and splits.csv are written before training, so an interrupted run still documents itself
+    (`lr_find`: the LR finder's result of a resumed --lr auto run)."""
     root = data.index.root
     write_json(run.config, {
         "settings": cfg.to_dict(),
@@ -331,6 +448,7 @@ def _write_run_start(run: RunDir, cfg: TrainConfig, data: Prepared, spec, size: 
                  "shared_with_train": data.shared},
         "device": str(device),
         "environment": environment(),
+        **({"lr_find": lr_find} if lr_find else {}),
     })
     write_csv(run.splits, [{"split": name, "file": str(s.path.relative_to(root)) if s.path.is_relative_to(root) else str(s.path),
                             "label": data.index.classes[s.label], "patient": s.patient}

@@ -91,11 +91,12 @@ def _mean_sd(values: list[float]) -> dict:
 def mcnemar_tests(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
     """Exact McNemar tests on the same test images, each run's decisions by its validation-chosen rule (any number
     of classes: right or wrong is what is paired); runs are
-    paired by seed: finetune vs features for each model, and every pair of models for each strategy."""
+    paired by seed: every pair of strategies for each model (finetune vs features, ... vs lpft), and every pair of
+    models for each strategy."""
     models = list(dict.fromkeys(m for m, _ in groups))
     strategies = list(dict.fromkeys(s for _, s in groups))
-    pairs = [((m, "finetune"), (m, "features")) for m in models
-             if (m, "finetune") in groups and (m, "features") in groups]
+    pairs = [((m, a), (m, b)) for m in models for a, b in itertools.combinations(strategies, 2)
+             if (m, a) in groups and (m, b) in groups]
     pairs += [((a, s), (b, s)) for s in strategies for a, b in itertools.combinations(models, 2)
               if (a, s) in groups and (b, s) in groups]
     out = []

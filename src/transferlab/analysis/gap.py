@@ -69,7 +69,9 @@ def fitting(run: Run) -> dict:
     min_val = min(r["val_loss"] for r in h)
     after = [r["val_loss"] for r in h[best:]]
     return {
-        "best_epoch": best, "last_epoch": len(h), "max_epochs": run.config["settings"].get("epochs"),
+        # lpft: its probe epochs come before the fine-tuning epochs that `epochs` counts
+        "best_epoch": best, "last_epoch": len(h),
+        "max_epochs": run.config["settings"].get("epochs") + sum(r.get("phase") == "probe" for r in h),
         "monitor": run.metrics.get("monitor", "val_loss"),
         "train_loss_best": b["train_loss"], "val_loss_best": b["val_loss"], "gap_best": b["val_loss"] - b["train_loss"],
         "train_acc_best": b["train_acc"], "val_acc_best": b["val_acc"],

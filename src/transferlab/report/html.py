@@ -21,7 +21,9 @@ from . import plots
 
 TEMPLATES = Path(__file__).parent / "templates"
 STRATEGY_SECTIONS = {"finetune": ("B", "B — Fine-tuning the whole network"),
-                     "features": ("C", "C — Frozen backbone as a fixed feature extractor")}
+                     "features": ("C", "C — Frozen backbone as a fixed feature extractor"),
+                     "lpft": ("LPFT", "B+C — Linear probe, then fine-tuning (LP-FT)")}
+ALWAYS_SHOWN = ("finetune", "features")   # a study without them says so; lpft's section only when it has runs
 
 
 @dataclass
@@ -76,7 +78,8 @@ def write_report(study_dir: str | Path, *, gradcam: bool = True) -> tuple[Path, 
     sections = [
         catalog_section(study_dir, info),
         data_section(a, info),
-        *[strategy_section(a, s) for s in ("finetune", "features")],
+        *[strategy_section(a, s) for s in STRATEGY_SECTIONS
+          if s in ALWAYS_SHOWN or any(strategy == s for _, strategy in a["groups"])],
         comparison_section(a),
         test_analysis_section(a),
         methods_section(a, info),
@@ -281,7 +284,9 @@ def strategy_section(a: dict, strategy: str) -> Section:
         best = [int(r.metrics["best_epoch"]) for r in runs if r.metrics.get("best_epoch")]
         figures = [(plots.learning_curves([r.history for r in runs], f"{model} {strategy}", best),
                     "Learning curves: training and validation loss and accuracy per epoch; dotted: the best "
-                    "epoch (on validation), whose weights each run keeps.")]
+                    "epoch (on validation), whose weights each run keeps"
+                    + ("; dashed: phase 2 (fine-tuning from the best probe head) starts." if strategy == "lpft"
+                       else "."))]
         if first.multiclass and "test" in first.predictions:
             p = first.predictions["test"]
             curves = [(c, (p.true == k).astype(int), p.probs[:, k]) for k, c in enumerate(first.classes)]
@@ -323,7 +328,7 @@ def comparison_section(a: dict) -> Section:
                       [[t["a"], t["b"], str(t["seed"]), str(t["n"]), fmt(t["accuracy_a"]), fmt(t["accuracy_b"]),
                         str(t["only_a_correct"]), str(t["only_b_correct"]), fmt(t["p_value"], ".3g")] for t in tests],
                       "Exact McNemar tests on the same test images, runs paired by seed, predictions at each run's "
-                      "validation threshold: fine-tune vs features per model, and model vs model per strategy."))
+                      "validation threshold: each pair of strategies per model, and model vs model per strategy."))
     else:
         s.p("No paired McNemar test: the study needs two strategies or two models.")
     points = [{"label": f"{r['model']} {r['strategy']}", "strategy": r["strategy"], "x": r["train_seconds"]["mean"],
@@ -564,16 +569,23 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
                 for i, f in enumerate(ext["findings"])])
     if ext["gallery"] or first["labelled"]:
         _error_gallery(s, ext["gallery"], f"{ext['best_run']} on {name}", name, first["positive_class"])
-SETTINGS_SHOWN = ("weights", "epochs", "batch_size", "lr", "backbone_lr_factor", "weight_decay", "patience", "monitor",
-                  "balance", "augment", "threshold_method", "val_fraction", "test_fraction", "max_images", "precision")
+SETTINGS_SHOWN = ("weights", "epochs", "batch_size", "lr", "backbone_lr_factor", "probe_epochs", "probe_lr",
+                  "unfreeze", "weight_decay", "patience", "monitor", "balance", "augment", "threshold_method",
+                  "val_fraction", "test_fraction", "max_images", "precision")
+NOT_APPLICABLE = "–"
 
 
-def _setting(strategy: str, key: str, value) -> str:
+def _setting(strategy: str, key: str, value, config: dict) -> str:
     """A training setting as the methods table shows it: what the strategy really did."""
     if strategy == "features" and key == "augment":
         return "no (frozen features)"
     if strategy == "features" and key == "backbone_lr_factor":
         return "– (backbone frozen)"
+    if (key in ("probe_epochs", "probe_lr") and strategy != "lpft") or (key == "unfreeze" and strategy == "features") \
+            or value is None and key in ("probe_epochs", "probe_lr", "unfreeze"):   # or a run older than the setting
+        return NOT_APPLICABLE
+    if key == "lr" and value == "auto" and config.get("lr_find"):
+        return f"auto: {config['lr_find']['suggested_lr']:.3g} (LR finder)"
     return str(value)
 
 
@@ -596,12 +608,19 @@ def methods_section(a: dict, info: dict) -> Section:
     s.p(f"Preprocessing: each image decoded once (grayscale kept as 1 channel and broadcast to the 3 input channels), "
         f"resized without cropping to the model's input size ({sizes}), normalised with the weights' own mean and std. "
         f"Fine-tuning augments training images (small rotation, translation, scale, brightness/contrast; no flips); "
-        f"frozen features are computed once per image from un-augmented images with the backbone in eval mode.")
+        f"frozen features are computed once per image from un-augmented images with the backbone in eval mode."
+        + (" LP-FT (Kumar et al. 2022) first trains the head on those frozen features for probe_epochs (every epoch "
+           "run, the best on validation kept), then fine-tunes the whole network from that head at its own, lower, "
+           "learning rate; its best epoch is chosen among the fine-tuning epochs, on validation."
+           if any(st == "lpft" for _, st in a["groups"]) else ""))
     s.p(f"Seeds: {', '.join(map(str, c['seeds']))} (initialisation of the new head, data order, augmentation); "
         f"results are reported as mean ± sd over seeds.")
-    groups = {f"{m} {st}": {**{k: _setting(st, k, runs[0].config["settings"].get(k)) for k in SETTINGS_SHOWN},
+    groups = {f"{m} {st}": {**{k: _setting(st, k, runs[0].config["settings"].get(k), runs[0].config)
+                               for k in SETTINGS_SHOWN},
                             "image_size": str(runs[0].config["model"]["image_size"])}
               for (m, st), runs in a["groups"].items()}
+    unused = [k for k in SETTINGS_SHOWN if all(g[k] == NOT_APPLICABLE for g in groups.values())]
+    groups = {name: {k: v for k, v in g.items() if k not in unused} for name, g in groups.items()}
     keys = list(next(iter(groups.values())))
     same = [k for k in keys if len({g[k] for g in groups.values()}) == 1]
     differ = [k for k in keys if k not in same]

@@ -51,9 +51,11 @@ def _hide_unused(axes, n: int) -> None:
 
 def learning_curves(histories: list[list[dict]], title: str, best_epochs: list[int] = ()) -> bytes:
     """Train and validation loss and accuracy per epoch: mean over seeds, band = ±1 sd (where >= 2 seeds);
-    grey dotted lines at each seed's best (selected) epoch."""
+    grey dotted lines at each seed's best (selected) epoch; a dashed line where a run's phase changes (lpft)."""
     fig, axes = figure(7.5, 3.0, 1, 2)
     epochs = max((len(h) for h in histories), default=0)
+    phase_starts = sorted({e + 1 for h in histories for e in range(1, len(h))
+                           if h[e].get("phase") and h[e].get("phase") != h[e - 1].get("phase")})
     for ax, (metric, label) in zip(axes[0], (("loss", "loss (class-weighted CE)"), ("acc", "accuracy"))):
         for split, color in (("train", SPLIT_COLORS["train"]), ("val", SPLIT_COLORS["val"])):
             key = f"{split}_{metric}"
@@ -70,6 +72,8 @@ def learning_curves(histories: list[list[dict]], title: str, best_epochs: list[i
                 ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.2)
         for i, best in enumerate(sorted(set(best_epochs))):
             ax.axvline(best, color="grey", ls=":", lw=1, label="best epoch" if i == 0 else None)
+        for i, start in enumerate(phase_starts):
+            ax.axvline(start - 0.5, color="black", ls="--", lw=0.8, label="phase 2 starts" if i == 0 else None)
         ax.set_xlabel("epoch")
         ax.set_xlim(0.5, max(epochs, 1) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=min(max(epochs, 1), 10), integer=True, min_n_ticks=1))
@@ -122,7 +126,7 @@ def accuracy_vs_time(points: list[dict]) -> bytes:
     """points: label, x (seconds), x_sd, y (accuracy), y_sd, strategy."""
     fig, axes = figure(6.5, 4)
     ax = axes[0, 0]
-    markers = {"finetune": "o", "features": "s"}
+    markers = {"finetune": "o", "features": "s", "lpft": "^"}
     for p in points:
         x_sd = p.get("x_sd") or 0
         ax.errorbar(p["x"], p["y"], xerr=[[min(x_sd, p["x"])], [x_sd]], yerr=p.get("y_sd") or 0,   # no time < 0
@@ -133,7 +137,9 @@ def accuracy_vs_time(points: list[dict]) -> bytes:
         ax.set_xscale("log")
     ax.set_xlabel("training time per run (s: feature extraction + epochs; mean ± sd over seeds)")
     ax.set_ylabel("test accuracy at the validation threshold")
-    ax.set_title("accuracy vs training time (o fine-tune, □ frozen features)", fontsize=9)
+    shown = {"finetune": "o fine-tune", "features": "□ frozen features", "lpft": "△ LP-FT"}
+    ax.set_title(f"accuracy vs training time ({', '.join(shown[s] for s in shown if any(p['strategy'] == s for p in points))})",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     return to_png(fig)
 
