@@ -46,6 +46,11 @@ VARIANTS = {
         ("label smoothing 0.1", {"label_smoothing": 0.1}),
         ("head dropout 0.3", {"head_dropout": 0.3}),
     ],
+    "lpft": [   # phase 2's settings; the probe (phase 1) is the features recipe at --probe-lr
+        ("default", {}),
+        ("lr 3e-5", {"lr": 3e-5}), ("lr 3e-4", {"lr": 3e-4}),
+        ("gradual unfreezing", {"unfreeze": "gradual"}),
+    ],
 }
 METRICS = [("val", "roc_auc"), ("val", "accuracy"), ("test", "roc_auc"), ("test", "accuracy")]
 

@@ -41,7 +41,7 @@ class TrainConfig:
     lr: float | str | None = None     # learning rate of the head; "auto": the LR finder's suggestion (lrfind.py)
     backbone_lr_factor: float = 0.1   # finetune, lpft: backbone lr = lr * factor
     probe_epochs: int = 30            # lpft phase 1: epochs of the head on cached features (no early stopping)
-    probe_lr: float = 1e-3            # lpft phase 1: its learning rate
+    probe_lr: float = STRATEGY_DEFAULTS["features"]["lr"]   # lpft phase 1: its learning rate (as features)
     unfreeze: str = "none"            # finetune, lpft: none | gradual (the head first, then blocks top-down)
     unfreeze_every: int = 1           # gradual: epochs between unfreezing one more backbone block
     block_lr_decay: float = 0.8       # gradual: each deeper block's lr = this x the lr of the block above
