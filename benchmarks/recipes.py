@@ -5,7 +5,8 @@
     python benchmarks/recipes.py --strategy finetune --seeds 3 --max-images 600 --image-size 128 --out /scratch/recipes
 
 For one model and strategy it trains the default recipe and one-setting-at-a-time variants of it (learning rate,
-epochs, augmentation strength, label smoothing, head dropout, image size; `--variants` picks some), each with
+epochs, augmentation strength, label smoothing, head dropout, image size, BatchNorm statistics, gradual
+unfreezing; `--variants` picks some), each with
 `--seeds` seeds on ONE patient-disjoint split (split seed 0: validation and a carved 15% test split of
 `train/`), through the real API (`transferlab.train`). Then it prints, per variant, validation and test ROC-AUC
 and accuracy (at the threshold chosen on validation) as mean ± sd over seeds with a 95% t-interval of the mean,
@@ -45,11 +46,13 @@ VARIANTS = {
         ("augment 0", {"augment_strength": 0.0}), ("augment 2", {"augment_strength": 2.0}),
         ("label smoothing 0.1", {"label_smoothing": 0.1}),
         ("head dropout 0.3", {"head_dropout": 0.3}),
+        ("batchnorm frozen", {"batchnorm": "frozen"}),
     ],
     "lpft": [   # phase 2's settings; the probe (phase 1) is the features recipe at --probe-lr
         ("default", {}),
         ("lr 3e-5", {"lr": 3e-5}), ("lr 3e-4", {"lr": 3e-4}),
         ("gradual unfreezing", {"unfreeze": "gradual"}),
+        ("batchnorm frozen", {"batchnorm": "frozen"}),
     ],
 }
 METRICS = [("val", "roc_auc"), ("val", "accuracy"), ("test", "roc_auc"), ("test", "accuracy")]

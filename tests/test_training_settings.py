@@ -71,3 +71,19 @@ def test_label_smoothing_and_dropout_change_training_not_validation_loss(xray_di
     train_labels = np.array([classes.index(r["label"]) for r in rows if r["split"] == "train"])
     expected = validation_scores(probs.log(), y, class_weights_for(train_labels, 2).double())["val_loss"]
     assert float(b[recipe.read_metrics()["best_epoch"] - 1]["val_loss"]) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "lpft"])
+def test_frozen_batchnorm_keeps_the_pretrained_statistics_and_trains_the_rest(xray_dir, tmp_path, strategy):
+    from safetensors.torch import load_file
+
+    from transferlab.models.heads import create_model
+
+    run = train(data=str(xray_dir), model="efficientnet_lite0", strategy=strategy, epochs=1, probe_epochs=2,
+                batchnorm="frozen", out=str(tmp_path / "run"), **FAST)
+    assert run.read_config()["settings"]["batchnorm"] == "frozen"
+    trained, pretrained = load_file(str(run.weights)), create_model("efficientnet_lite0", 2).state_dict()
+    statistics = [k for k in pretrained if k.startswith("backbone.") and k.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(trained[k], pretrained[k]) for k in statistics)
+    convolutions = [k for k in pretrained if k.startswith("backbone.") and k.endswith("weight") and pretrained[k].ndim == 4]
+    assert any(not torch.equal(trained[k], pretrained[k]) for k in convolutions)   # the backbone did train

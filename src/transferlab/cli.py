@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
-from .config import (LR_FIND_RANGE, STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, UNFREEZE, TrainConfig, parse_lr,
+from .config import (BATCHNORM, LR_FIND_RANGE, STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, UNFREEZE, TrainConfig, parse_lr,
                      read_settings)
 from .distributed import is_global_zero
 from .errors import TransferlabError
@@ -38,6 +38,10 @@ TRAIN_OPTIONS = {
     "unfreeze": ("--unfreeze", "finetune, lpft: none (every layer trains from the start) or gradual (the head "
                                "first, then one more backbone block every --unfreeze-every epochs, top down, each "
                                "block's learning rate --block-lr-decay x the one above it)"),
+    "batchnorm": ("--batchnorm", "finetune, lpft: train (BatchNorm layers normalise with each batch's statistics and "
+                                 "update their running ones, as usual) or frozen (they keep normalising with the "
+                                 "pretrained running statistics; their scale and shift still train): lpft's phase 2 "
+                                 "then starts exactly from the head phase 1 fitted"),
     "unfreeze_every": ("--unfreeze-every", "--unfreeze gradual: epochs between unfreezing one more block"),
     "block_lr_decay": ("--block-lr-decay", "--unfreeze gradual: learning rate of each deeper backbone block = this x "
                                            "the one above it (the top block: lr x --backbone-lr-factor)"),
@@ -101,7 +105,8 @@ FLAGS = {"skip_bad": ("--skip-bad", "skip unreadable images (listed in bad_files
 
 CHOICES = {"strategy": STRATEGIES, "monitor": ("val_loss", "val_auc", "val_balanced_accuracy"),
            "balance": ("weights", "sampler", "none"), "official_val": ("auto", "keep", "merge", "drop"),
-           "threshold_method": ("youden", "f1"), "logger": tuple(LOGGERS), "unfreeze": UNFREEZE}
+           "threshold_method": ("youden", "f1"), "logger": tuple(LOGGERS), "unfreeze": UNFREEZE,
+           "batchnorm": BATCHNORM}
 
 
 def _lr_arg(text: str) -> float | str:

@@ -13,6 +13,7 @@ from .errors import TransferlabError
 
 STRATEGIES = ("finetune", "features", "lpft")
 UNFREEZE = ("none", "gradual")
+BATCHNORM = ("train", "frozen")
 LR_FIND_RANGE = (1e-7, 1.0, 100)   # the LR finder's defaults: first and last learning rate, steps (lrfind.py)
 TTA_HELP = ("test-time augmentation: also score the mean probability over N views of each image (the image and "
             "N-1 random views from the training augmentation, no flips), beside the plain result; a binary run's "
@@ -43,6 +44,7 @@ class TrainConfig:
     probe_epochs: int = 30            # lpft phase 1: epochs of the head on cached features (no early stopping)
     probe_lr: float = STRATEGY_DEFAULTS["features"]["lr"]   # lpft phase 1: its learning rate (as features)
     unfreeze: str = "none"            # finetune, lpft: none | gradual (the head first, then blocks top-down)
+    batchnorm: str = "train"          # finetune, lpft: train (batch statistics) | frozen (ImageNet's, kept)
     unfreeze_every: int = 1           # gradual: epochs between unfreezing one more backbone block
     block_lr_decay: float = 0.8       # gradual: each deeper block's lr = this x the lr of the block above
     weight_decay: float = 1e-4
@@ -101,6 +103,8 @@ class TrainConfig:
         self.lr = parse_lr(self.lr)
         if self.probe_epochs < 1 or not self.probe_lr > 0:
             raise TransferlabError("--probe-epochs must be at least 1 and --probe-lr positive")
+        if self.batchnorm not in BATCHNORM:
+            raise TransferlabError(f"--batchnorm must be one of {', '.join(BATCHNORM)}, not {self.batchnorm!r}")
         if self.unfreeze not in UNFREEZE:
             raise TransferlabError(f"--unfreeze must be one of {', '.join(UNFREEZE)}, not {self.unfreeze!r}")
         if self.unfreeze == "gradual":

@@ -44,7 +44,7 @@ from .models.heads import create_model
 from .models.registry import get_spec
 from .rundir import RunDir, environment, peak_rss_mb, write_csv
 from .strategies import get_strategy
-from .unfreezing import GradualUnfreezing, param_groups as block_param_groups
+from .unfreezing import FrozenBatchNorm, GradualUnfreezing, param_groups as block_param_groups
 
 
 def cache_dir(cfg: TrainConfig) -> Path:
@@ -301,6 +301,8 @@ def _stage(cfg: TrainConfig, model, strategy, data: Prepared, encode: dict, devi
         net.compile()   # in place: the state_dict keys, checkpoints and model.safetensors stay as without it
     loaders = make_loaders(cfg, train_set, train_labels, inputs["val"], device, cached=cached)
     callbacks = [GradualUnfreezing(model, cfg.unfreeze_every)] if gradual and not finder else []
+    if cfg.batchnorm == "frozen" and not strategy.cached:
+        callbacks.append(FrozenBatchNorm(model))
     return Stage(net, inputs, module, loaders, callbacks, prepare_seconds)
 
 

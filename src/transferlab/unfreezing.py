@@ -1,4 +1,5 @@
-"""Gradual unfreezing with discriminative learning rates (Howard & Ruder 2018), for `--unfreeze gradual`.
+"""What trains when: gradual unfreezing with discriminative learning rates (Howard & Ruder 2018), for
+`--unfreeze gradual`, and BatchNorm statistics kept frozen, for `--batchnorm frozen`.
 
 The head trains alone first; then every `every` epochs one more backbone block (models/blocks.py) joins, from
 the top down. Each block has its own learning rate: the top block lr x backbone_lr_factor, each deeper block
@@ -14,6 +15,7 @@ the start of every epoch, a resumed one included.
 from __future__ import annotations
 
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 
 from .models.blocks import backbone_blocks
 from .models.heads import TransferModel
@@ -44,3 +46,16 @@ class GradualUnfreezing(Callback):
         unfrozen = self.trainable_blocks(trainer.current_epoch)
         for depth, block in enumerate(reversed(self.blocks)):
             block.requires_grad_(depth < unfrozen).train(depth < unfrozen)
+
+
+class FrozenBatchNorm(Callback):
+    """Every BatchNorm layer of `model` in eval mode in every training epoch: it normalises with its running
+    (pretrained) statistics and never updates them; its affine weights still train. Runs after the callbacks
+    that set train/eval mode (GradualUnfreezing), so it has the last word."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def on_train_epoch_start(self, trainer, module):
+        for layer in self.layers:
+            layer.eval()
