@@ -37,6 +37,7 @@ def test_readme_example_then_every_function_again(xray_dir, tmp_path, monkeypatc
     image = next((xray_dir / "test" / "PNEUMONIA").iterdir())
     assert len(tl.predict(run, image)) == 1
     assert tl.export(run, "torchscript").name == "model.pt"
+    assert tl.ensemble([run, run.path], tmp_path / "ens", k=2).read_metrics()["test"]["n"] == run.read_metrics()["test"]["n"]
     for _ in range(2):
         assert tl.create_model("mobilenet_v3_small", 2, weights="none").head.out_features == 2
         assert "resnet18" in tl.list_models() and tl.get_spec("resnet18").input_size == 224
@@ -47,3 +48,6 @@ def test_readme_example_then_every_function_again(xray_dir, tmp_path, monkeypatc
             tl.run_demo(tmp_path / "runs")
         with pytest.raises(tl.TransferlabError, match="not a study folder"):
             tl.write_report(tmp_path / "runs")
+        finding = tl.lr_find(data=str(xray_dir), model="efficientnet_lite0", strategy="features", image_size=64,
+                             val_fraction=0.25, progress=False, steps=20)
+        assert finding.steps_run <= 20 and finding.suggested_lr > 0
