@@ -74,3 +74,24 @@ def test_zero_views_is_a_one_line_error(run, capsys):
     assert cli.main(["evaluate", str(run.path), "--tta", "0", "--no-shift", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--tta" in err
+
+
+def test_validation_views_are_computed_once_for_val_then_test(run, monkeypatch):
+    """A study scores validation with --tta, then test, whose threshold needs validation's views again: the
+    second time they come from memory, and the result is the same as computed afresh."""
+    import transferlab.evaluation
+    from transferlab.analysis import external
+
+    fresh = evaluate(run.path, split="test", progress=False, n_boot=20, shift=False, tta=3)
+    external._TTA_SEEN.clear()
+    calls = []
+
+    def counting(model, pixels, **kwargs):
+        calls.append(len(pixels))
+        return tta_probabilities(model, pixels, **kwargs)
+
+    monkeypatch.setattr(transferlab.evaluation, "tta_probabilities", counting)
+    val = evaluate(run.path, split="val", progress=False, n_boot=20, shift=False, tta=3)
+    test = evaluate(run.path, split="test", progress=False, n_boot=20, shift=False, tta=3)
+    assert calls == [val["n"], test["n"]]   # validation augmented once, then test
+    assert test["tta"]["threshold"] == fresh["tta"]["threshold"] and test["tta"]["roc_auc"] == fresh["tta"]["roc_auc"]

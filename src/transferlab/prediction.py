@@ -153,7 +153,8 @@ def _add_tta(rows, views, run, model, config, pixels, pos, threshold, device, pr
         return
     source = source_side(run, config, _Scorer(model, config, device, progress))
     target = Target(name="predict", root=Path("."), layout="files", files=[], labels=np.zeros(0), pixels=pixels)
-    probs, t_threshold, info = _tta(views, model, config, target, source, pos, threshold, device, progress, seed=0)
+    probs, t_threshold, info = _tta(views, model, config, target, source, pos, threshold, device, progress, seed=0,
+                                      weights=run.weights)
     if source is None and threshold is not None:
         print(f"warning: --tta: {info['threshold_chosen_on']}", file=sys.stderr)
     classes = config["data"]["classes"]

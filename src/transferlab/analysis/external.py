@@ -11,6 +11,8 @@ Writes eval-<name>.json and predictions-<name>.csv into the run directory.
 """
 from __future__ import annotations
 
+import hashlib
+
 import re
 import sys
 import time
@@ -125,7 +127,8 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
         result["adapted"][method] = entry
         columns[method] = (a_probs, a_pred)
     if tta != 1:
-        t_probs, t_threshold, info = _tta(tta, model, config, target, source, pos, threshold, dev, progress, seed)
+        t_probs, t_threshold, info = _tta(tta, model, config, target, source, pos, threshold, dev, progress, seed,
+                                          weights=run.weights)
         t_pred = _decide(t_probs, pos, t_threshold)
         result["tta"] = {**info, "threshold": t_threshold, "predicted_share": _shares(t_pred, classes)}
         if target.labelled:
@@ -329,23 +332,39 @@ TTA_HELP = ("mean probability over the image and random views from the training 
             "brightness/contrast; no flips)")
 
 
+_TTA_SEEN: dict = {}   # (weights file and its mtime, views, seed, pixels' digest) -> probabilities; a few entries
+
+
 def _tta(views: int, model, config: dict, target: Target, source: dict | None, pos: int | None,
-         threshold: float | None, device, progress: bool, seed: int):
+         threshold: float | None, device, progress: bool, seed: int, *, weights: Path):
     """Target probabilities averaged over `views` test-time views, and the decision threshold for them: averaged
     probabilities are less extreme than single-view ones, so a binary run's threshold is re-chosen with its own
-    method on validation's test-time-augmented probabilities (the run's plain one if validation is unreadable)."""
+    method on validation's test-time-augmented probabilities (the run's plain one if validation is unreadable).
+
+    Seeded views of the same pixels through the same weights give the same probabilities, so they are computed
+    once per process: a study scoring a run's validation and then its test split augments validation once."""
     from ..evaluation import tta_probabilities
 
     kwargs = dict(views=views, mean=config["model"]["mean"], std=config["model"]["std"], device=device, seed=seed,
                   progress=progress)
-    probs = tta_probabilities(model, target.pixels, **kwargs)
+
+    def tta_probabilities_once(pixels):
+        digest = hashlib.blake2b(np.ascontiguousarray(pixels).data, digest_size=16).hexdigest()
+        key = (str(weights), weights.stat().st_mtime_ns, views, seed, pixels.shape, digest)
+        if key not in _TTA_SEEN:
+            while len(_TTA_SEEN) >= 4:
+                _TTA_SEEN.pop(next(iter(_TTA_SEEN)))
+            _TTA_SEEN[key] = tta_probabilities(model, pixels, **kwargs)
+        return _TTA_SEEN[key]
+
+    probs = tta_probabilities_once(target.pixels)
     info = {"views": views, "how": TTA_HELP, "threshold_chosen_on": "val" if threshold is not None else None}
     if threshold is None or pos is None:
         return probs, threshold, info
     if target.own_split == "val":
         val_y, val_probs = target.labels, probs
     elif source is not None:
-        val_y, val_probs = source["y"], tta_probabilities(model, source["pixels"], **kwargs)
+        val_y, val_probs = source["y"], tta_probabilities_once(source["pixels"])
     else:
         info["threshold_chosen_on"] = "val, plain probabilities (the validation images could not be read)"
         return probs, threshold, info
