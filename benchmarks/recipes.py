@@ -17,6 +17,10 @@ validation loss at least 5% lower); test numbers are printed beside it and never
 benchmark continues where it stopped. Last line:
   SUMMARY strategy=<s> chosen=<variant> change_default=<yes|no> val_auc=<m> test_auc=<m> test_acc=<m> default_test_auc=<m>
 Writes recipes-<strategy>.json and .md into --out.
+
+--shifts also scores the default and the chosen recipe's runs on the shift harness's degraded copies of the test
+split (benchmarks/shift.py: gamma, contrast, blur, noise, JPEG quality, resolution, cropping; made once under
+--out), through `transferlab.evaluate(run, data=SET)`, and prints a table of test AUC and accuracy per shift.
 """
 from __future__ import annotations
 
@@ -28,8 +32,11 @@ from pathlib import Path
 
 from scipy import stats
 
-import transferlab as tl
-from transferlab.config import STRATEGY_DEFAULTS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shift import COVARIATE, test_split, write_set  # noqa: E402  (the shift harness's degradations)
+
+import transferlab as tl  # noqa: E402
+from transferlab.config import STRATEGY_DEFAULTS  # noqa: E402
 
 # One setting changed from the default at a time: (name, settings). Learning rates bracket the default.
 VARIANTS = {
@@ -142,6 +149,34 @@ def markdown(table: list[dict], chosen: dict) -> str:
     return "\n".join(lines)
 
 
+def under_shifts(args, names: list[str]) -> str:
+    """Test AUC and accuracy of these variants' runs on every degraded copy of the test split (mean ± sd)."""
+    folder = Path(args.out) / args.strategy
+    runs = {name: [tl.RunDir(folder / name.replace(" ", "_") / f"seed{seed}") for seed in range(args.seeds)]
+            for name in names}
+    items = test_split(next(iter(runs.values()))[0])
+    cells = {}
+    for shift, degrade in COVARIATE.items():
+        slug = shift.replace(" ", "_").replace("%", "pct")
+        data = write_set(folder / "shift-sets" / slug, items, degrade)
+        for name, seeds in runs.items():
+            scores = [tl.evaluate(run, data=data, name=f"shift-{slug}", shift=False, n_boot=20, progress=False)
+                      for run in seeds]
+            cells[shift, name] = [(r["roc_auc"], r.get("at_threshold", r)["accuracy"]) for r in scores]
+        print(f"shift {shift}: " + "; ".join(f"{name} AUC {statistics.fmean(a for a, _ in cells[shift, name]):.4f}"
+                                            for name in names), flush=True)
+    lines = ["| shift | " + " | ".join(f"{name}: test AUC / accuracy" for name in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for shift in COVARIATE:
+        row = []
+        for name in names:
+            aucs, accs = zip(*cells[shift, name])
+            row.append(f"{statistics.fmean(aucs):.4f} ± {statistics.pstdev(aucs):.4f} / "
+                       f"{statistics.fmean(accs):.4f} ± {statistics.pstdev(accs):.4f}")
+        lines.append(f"| {shift} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/chest_xray"))
@@ -154,6 +189,8 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, help="default: the model's own")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", required=True, help="folder for the runs and the tables")
+    parser.add_argument("--shifts", action="store_true",
+                        help="also score the default and the chosen recipe on degraded copies of the test split")
     args = parser.parse_args(argv)
 
     variants = VARIANTS[args.strategy]
@@ -182,6 +219,10 @@ def main(argv=None) -> int:
     (out / f"recipes-{args.strategy}.json").write_text(json.dumps(
         {"args": vars(args), "runs": rows, "table": table, "chosen": chosen["variant"]}, indent=2))
     default = next(e for e in table if e["variant"] == "default")
+    if args.shifts:
+        shifted = under_shifts(args, list(dict.fromkeys(["default", chosen["variant"]])))
+        print(shifted)
+        (out / f"recipes-{args.strategy}-shifts.md").write_text(shifted + "\n")
     print(f"SUMMARY strategy={args.strategy} chosen={chosen['variant'].replace(' ', '_')} "
           f"change_default={'yes' if beats_default(chosen, default) else 'no'} "
           f"val_auc={chosen['val_roc_auc'][0]:.4f} test_auc={chosen['test_roc_auc'][0]:.4f} "
