@@ -60,7 +60,7 @@ VARIANTS = {
         ("default", {}),
         ("lr 3e-5", {"lr": 3e-5}), ("lr 3e-4", {"lr": 3e-4}),
         ("gradual unfreezing", {"unfreeze": "gradual"}),
-        ("batchnorm frozen", {"batchnorm": "frozen"}),
+        ("batchnorm train", {"batchnorm": "train"}),
     ],
 }
 METRICS = [("val", "roc_auc"), ("val", "accuracy"), ("test", "roc_auc"), ("test", "accuracy")]

@@ -43,8 +43,10 @@ def test_head_dropout_only_while_training():
 
 
 @pytest.mark.parametrize("setting, value", [("augment_strength", -1), ("label_smoothing", 1.0),
-                                            ("head_dropout", 1.5)])
+                                            ("head_dropout", 1.5), ("batchnorm", "sideways"),
+                                            ("batchnorm", "train")])   # features: its backbone never trains
 def test_out_of_range_settings_are_one_line_errors(setting, value):
+    """(TrainConfig's default strategy is features.)"""
     with pytest.raises(TransferlabError, match=f"--{setting.replace('_', '-')}"):
         TrainConfig(**{setting: value})
 

@@ -22,10 +22,11 @@ TTA_HELP = ("test-time augmentation: also score the mean probability over N view
 # Defaults that differ by strategy: the head alone on cached features trains in milliseconds per epoch,
 # so it can afford many epochs and a large learning rate; the whole network cannot. lpft's settings are those
 # of its phase 2, which starts from a trained head: a lower learning rate (Kumar et al. 2022).
+# features' lr and lpft's frozen BatchNorm statistics were chosen on validation: BENCHMARKS.md, "Recipes".
 STRATEGY_DEFAULTS = {
-    "finetune": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "patience": 3},
-    "features": {"epochs": 30, "batch_size": 64, "lr": 3e-3, "patience": 8},   # lr: BENCHMARKS.md, "Recipes"
-    "lpft": {"epochs": 10, "batch_size": 32, "lr": 1e-4, "patience": 3},
+    "finetune": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "patience": 3, "batchnorm": "train"},
+    "features": {"epochs": 30, "batch_size": 64, "lr": 3e-3, "patience": 8, "batchnorm": "frozen"},
+    "lpft": {"epochs": 10, "batch_size": 32, "lr": 1e-4, "patience": 3, "batchnorm": "frozen"},
 }
 
 
@@ -44,7 +45,8 @@ class TrainConfig:
     probe_epochs: int = 30            # lpft phase 1: epochs of the head on cached features (no early stopping)
     probe_lr: float = STRATEGY_DEFAULTS["features"]["lr"]   # lpft phase 1: its learning rate (as features)
     unfreeze: str = "none"            # finetune, lpft: none | gradual (the head first, then blocks top-down)
-    batchnorm: str = "train"          # finetune, lpft: train (batch statistics) | frozen (ImageNet's, kept)
+    batchnorm: str | None = None      # train (batch statistics) | frozen (the pretrained ones, kept); None: the
+                                      # strategy's (features: always frozen, its backbone never trains)
     unfreeze_every: int = 1           # gradual: epochs between unfreezing one more backbone block
     block_lr_decay: float = 0.8       # gradual: each deeper block's lr = this x the lr of the block above
     weight_decay: float = 1e-4
@@ -103,6 +105,8 @@ class TrainConfig:
         self.lr = parse_lr(self.lr)
         if self.probe_epochs < 1 or not self.probe_lr > 0:
             raise TransferlabError("--probe-epochs must be at least 1 and --probe-lr positive")
+        if self.strategy == "features" and self.batchnorm != "frozen":
+            raise TransferlabError("--batchnorm train needs a strategy that trains the backbone: finetune or lpft")
         if self.batchnorm not in BATCHNORM:
             raise TransferlabError(f"--batchnorm must be one of {', '.join(BATCHNORM)}, not {self.batchnorm!r}")
         if self.unfreeze not in UNFREEZE:
