@@ -41,7 +41,8 @@ TRAIN_OPTIONS = {
     "batchnorm": ("--batchnorm", "finetune, lpft: train (BatchNorm layers normalise with each batch's statistics and "
                                  "update their running ones, as usual) or frozen (they keep normalising with the "
                                  "pretrained running statistics; their scale and shift still train): lpft's phase 2 "
-                                 "then starts exactly from the head phase 1 fitted (features: always frozen)"),
+                                 "then starts exactly from the head phase 1 fitted (features: always frozen; "
+                                 "--weights none: train, there are no pretrained statistics)"),
     "unfreeze_every": ("--unfreeze-every", "--unfreeze gradual: epochs between unfreezing one more block"),
     "block_lr_decay": ("--block-lr-decay", "--unfreeze gradual: learning rate of each deeper backbone block = this x "
                                            "the one above it (the top block: lr x --backbone-lr-factor)"),

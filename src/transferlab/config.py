@@ -22,9 +22,9 @@ TTA_HELP = ("test-time augmentation: also score the mean probability over N view
 # Defaults that differ by strategy: the head alone on cached features trains in milliseconds per epoch,
 # so it can afford many epochs and a large learning rate; the whole network cannot. lpft's settings are those
 # of its phase 2, which starts from a trained head: a lower learning rate (Kumar et al. 2022).
-# features' lr and lpft's frozen BatchNorm statistics were chosen on validation: BENCHMARKS.md, "Recipes".
+# features' lr and the frozen BatchNorm statistics were chosen on validation: BENCHMARKS.md, "Recipes".
 STRATEGY_DEFAULTS = {
-    "finetune": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "patience": 3, "batchnorm": "train"},
+    "finetune": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "patience": 3, "batchnorm": "frozen"},
     "features": {"epochs": 30, "batch_size": 64, "lr": 3e-3, "patience": 8, "batchnorm": "frozen"},
     "lpft": {"epochs": 10, "batch_size": 32, "lr": 1e-4, "patience": 3, "batchnorm": "frozen"},
 }
@@ -46,7 +46,7 @@ class TrainConfig:
     probe_lr: float = STRATEGY_DEFAULTS["features"]["lr"]   # lpft phase 1: its learning rate (as features)
     unfreeze: str = "none"            # finetune, lpft: none | gradual (the head first, then blocks top-down)
     batchnorm: str | None = None      # train (batch statistics) | frozen (the pretrained ones, kept); None: the
-                                      # strategy's (features: always frozen, its backbone never trains)
+                                      # strategy's (frozen), but train with --weights none
     unfreeze_every: int = 1           # gradual: epochs between unfreezing one more backbone block
     block_lr_decay: float = 0.8       # gradual: each deeper block's lr = this x the lr of the block above
     weight_decay: float = 1e-4
@@ -87,6 +87,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise TransferlabError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
+        if self.batchnorm is None and self.weights == "none" and self.strategy != "features":
+            self.batchnorm = "train"   # random initialisation: no pretrained statistics to keep
         for name, value in STRATEGY_DEFAULTS[self.strategy].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
