@@ -54,7 +54,7 @@ VARIANTS = {
         ("augment 0", {"augment_strength": 0.0}), ("augment 2", {"augment_strength": 2.0}),
         ("label smoothing 0.1", {"label_smoothing": 0.1}),
         ("head dropout 0.3", {"head_dropout": 0.3}),
-        ("batchnorm frozen", {"batchnorm": "frozen"}),
+        ("batchnorm train", {"batchnorm": "train"}),
     ],
     "lpft": [   # phase 2's settings; the probe (phase 1) is the features recipe at --probe-lr
         ("default", {}),
