@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +101,16 @@ def chelsea_probs(model, spec):
     x = (img - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
     with torch.no_grad():
         return model.eval()(x).softmax(1)[0]
+
+
+def sigkill_when(marker: Path, command: list[str], log_path: Path, timeout: float = 240) -> None:
+    """Run `command`, kill it with SIGKILL as soon as it creates `marker`, and check that it was killed there."""
+    with open(log_path, "a") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert marker.exists(), log_path.read_text()[-3000:]
+    assert child.returncode == -signal.SIGKILL

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import make_xray_dataset
+from conftest import make_xray_dataset, sigkill_when
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -110,17 +107,9 @@ sys.exit(main(sys.argv[4:]))
 
 
 def _killed(tmp_path: Path, phase: str, epoch: int, args: list[str]) -> None:
-    marker = tmp_path / f"in-{phase}-{epoch}"
-    with open(tmp_path / "child.log", "a") as log:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(marker), phase, str(epoch), *args],
-                                 stdout=log, stderr=log)
-        deadline = time.monotonic() + 120
-        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    assert marker.exists(), (tmp_path / "child.log").read_text()[-3000:]
-    assert child.returncode == -signal.SIGKILL
+    sigkill_when(tmp_path / f"in-{phase}-{epoch}",
+                 [sys.executable, "-c", CHILD, str(tmp_path / f"in-{phase}-{epoch}"), phase, str(epoch), *args],
+                 tmp_path / "child.log", timeout=120)
 
 
 def test_lpft_killed_in_each_phase_resumes_to_the_same_result(lpft_run, tiny, tmp_path):

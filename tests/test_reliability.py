@@ -13,16 +13,14 @@ import pathlib
 import shutil
 import signal
 import struct
-import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_xray_dataset
+from conftest import make_xray_dataset, sigkill_when
 from PIL import Image
 
 from transferlab import cli, engine
@@ -292,15 +290,7 @@ sys.exit(main(sys.argv[2:]))
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference, xray_dir, tmp_path, capsys):
     out, marker = tmp_path / "run", tmp_path / "mid-epoch-3"
     args = ["train", "--data", str(xray_dir), "--out", str(out), *RESUMABLE]
-    with open(tmp_path / "child.log", "w") as log:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(marker), *args], stdout=log, stderr=log)
-        deadline = time.monotonic() + 240
-        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    assert marker.exists(), (tmp_path / "child.log").read_text()[-3000:]
-    assert child.returncode == -signal.SIGKILL
+    sigkill_when(marker, [sys.executable, "-c", CHILD, str(marker), *args], tmp_path / "child.log")
 
     assert not (out / "metrics.json").exists()
     ckpt = engine.load_checkpoint(out / "checkpoints" / "last.ckpt")   # epochs 1 and 2 done, saved atomically
