@@ -76,8 +76,9 @@ def run_variant(args, name: str, settings: dict, seed: int) -> dict:
     options.update(settings)
     run = tl.train(**options)   # a finished run is reused as it is: check it is this recipe
     saved, wanted = run.read_config()["settings"], tl.TrainConfig(**options).to_dict()
-    differ = [k for k in wanted if k in saved and k not in ("out", "resume", "progress", "threads")
-              and saved[k] != wanted[k]]
+    # features: the backbone's BatchNorm is frozen whatever `batchnorm` says (older runs recorded "train")
+    ignored = {"out", "resume", "progress", "threads"} | ({"batchnorm"} if args.strategy == "features" else set())
+    differ = [k for k in wanted if k in saved and k not in ignored and saved[k] != wanted[k]]
     if differ:
         sys.exit(f"error: {out} holds a run with other settings ({', '.join(differ)}); delete it or use another --out")
     metrics = run.read_metrics()
