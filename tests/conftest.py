@@ -114,3 +114,17 @@ def sigkill_when(marker: Path, command: list[str], log_path: Path, timeout: floa
         child.wait()
     assert marker.exists(), log_path.read_text()[-3000:]
     assert child.returncode == -signal.SIGKILL
+
+
+def interrupt_training(monkeypatch, epoch: int, batch: int = 0):
+    """Make training raise KeyboardInterrupt (Ctrl+C) at step `batch` of `epoch` (0-based); returns the undo."""
+    from transferlab import engine
+
+    step = engine.Classifier.training_step
+
+    def interrupted(self, batch_, batch_idx):
+        if self.current_epoch == epoch and batch_idx == batch:
+            raise KeyboardInterrupt
+        return step(self, batch_, batch_idx)
+    monkeypatch.setattr(engine.Classifier, "training_step", interrupted)
+    return lambda: monkeypatch.setattr(engine.Classifier, "training_step", step)

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+from conftest import interrupt_training
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -68,17 +69,9 @@ def test_tensorboard_and_csv_hold_history_config_and_metrics(xray_dir, tmp_path)
 
 
 def test_mlflow_resumed_run_logs_every_epoch_once(xray_dir, runs_dir, monkeypatch):
-    from transferlab import engine
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)   # the default store: beside the run
     settings = dict(data=str(xray_dir), epochs=4, patience=10, out=str(runs_dir / "a"), experiment="exp1", **FAST)
-    step = engine.Classifier.training_step
-
-    def interrupted(self, batch, batch_idx):
-        if self.current_epoch == 2:
-            raise KeyboardInterrupt
-        return step(self, batch, batch_idx)
-    monkeypatch.setattr(engine.Classifier, "training_step", interrupted)
+    uninterrupt = interrupt_training(monkeypatch, epoch=2)
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         train(**settings, logger=["mlflow", "tensorboard"])
     run = RunDir(settings["out"])
@@ -86,7 +79,7 @@ def test_mlflow_resumed_run_logs_every_epoch_once(xray_dir, runs_dir, monkeypatc
     (killed,) = client.search_runs([client.get_experiment_by_name("exp1").experiment_id])
     assert killed.info.status == "KILLED" and [m.step for m in client.get_metric_history(killed.info.run_id, "val_loss")] == [1, 2]
 
-    monkeypatch.setattr(engine.Classifier, "training_step", step)
+    uninterrupt()
     train(**settings, logger=["mlflow", "tensorboard", "csv"], resume=True)   # csv added: it gets epochs 1-2 too
     (logged,) = client.search_runs([client.get_experiment_by_name("exp1").experiment_id])
     assert logged.info.run_id == killed.info.run_id and logged.info.status == "FINISHED"

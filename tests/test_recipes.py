@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_xray_dataset, sigkill_when
+from conftest import interrupt_training, make_xray_dataset, sigkill_when
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -188,16 +188,10 @@ def test_gradual_unfreezing_blocks_learning_rates_and_resume(tiny, tmp_path, mon
 
     # interrupted in epoch 3, resumed: the same blocks train, the optimizer's groups come back, the same result
     seen.clear()
-    step = engine.Classifier.training_step
-
-    def interrupted(self, batch, batch_idx):
-        if self.current_epoch == 2:
-            raise KeyboardInterrupt
-        return step(self, batch, batch_idx)
-    monkeypatch.setattr(engine.Classifier, "training_step", interrupted)
+    uninterrupt = interrupt_training(monkeypatch, epoch=2)
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         tl.train(data=str(tiny), out=str(tmp_path / "run"), **GRADUAL)
-    monkeypatch.setattr(engine.Classifier, "training_step", step)
+    uninterrupt()
     seen.clear()
     resumed = tl.train(data=str(tiny), out=str(tmp_path / "run"), resume=True, **GRADUAL)
     assert [e for e, _, _ in seen] == [2]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_xray_dataset, sigkill_when
+from conftest import interrupt_training, make_xray_dataset, sigkill_when
 from PIL import Image
 
 from transferlab import cli, engine
@@ -307,18 +307,12 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference, xray_dir, tmp
 def test_ctrl_c_exits_130_and_resume_is_bit_identical(reference, xray_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     args = ["train", "--data", str(xray_dir), "--out", str(out), *RESUMABLE]
-    step = engine.Classifier.training_step
-
-    def interrupted_step(self, batch, batch_idx):
-        if self.current_epoch == 1 and batch_idx == 3:
-            raise KeyboardInterrupt
-        return step(self, batch, batch_idx)
-    monkeypatch.setattr(engine.Classifier, "training_step", interrupted_step)
+    uninterrupt = interrupt_training(monkeypatch, epoch=1, batch=3)
     handler = signal.getsignal(signal.SIGINT)
     code, err, _ = run_cli(capsys, *args)
     assert code == 130 and "--resume" in err[-1]
     assert signal.getsignal(signal.SIGINT) is handler   # Lightning had left Ctrl+C ignored
-    monkeypatch.setattr(engine.Classifier, "training_step", step)
+    uninterrupt()
     assert run_cli(capsys, *args, "--resume")[0] == 0
     assert _results(out) == reference
 

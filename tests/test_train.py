@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import interrupt_training
 from safetensors.torch import load_file
 
 from transferlab import cli
@@ -147,21 +148,13 @@ def test_features_epoch_is_minibatch_steps_with_the_cosine_schedule(xray_dir, tm
 
 
 def test_features_interrupted_and_resumed_is_bit_identical(xray_dir, tmp_path, monkeypatch, one_thread):
-    from transferlab import engine
-
     settings = dict(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=5, patience=10,
                     lr=0.01, seed=2, **FAST)
     reference = train(**settings, out=str(tmp_path / "reference"))
-    step = engine.Classifier.training_step
-
-    def interrupted(self, batch, batch_idx):
-        if self.current_epoch == 3:
-            raise KeyboardInterrupt
-        return step(self, batch, batch_idx)
-    monkeypatch.setattr(engine.Classifier, "training_step", interrupted)
+    uninterrupt = interrupt_training(monkeypatch, epoch=3)
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         train(**settings, out=str(tmp_path / "run"))
-    monkeypatch.setattr(engine.Classifier, "training_step", step)
+    uninterrupt()
     resumed = train(**settings, out=str(tmp_path / "run"), resume=True)
     assert resumed.weights.read_bytes() == reference.weights.read_bytes()
     history = [{k: v for k, v in row.items() if k != "seconds"} for row in read_csv(resumed.history)]
