@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="a finished run on its own split or on any other set of images, with "
                                         "label-free shift estimates",
                        description="Score a finished run. Without --data, the run's own --split (default test) is "
-                                   "rebuilt from its settings and seed, whole (a run trained with --max-images is scored on all of "
-                                   "that split's images). With another --data, every image is scored "
+                                   "rebuilt from its settings and seed, whole (a run trained with --max-images is "
+                                   "scored on all of that split's images). With another --data, every image is scored "
                                    "(no carving): ROOT/CLASS/*, ROOT/test/CLASS/*, ROOT/{train,val,test}/CLASS/*, "
                                    "--manifest, or a flat folder of images (unlabelled). The decision threshold is "
                                    "the one chosen on the run's validation split. Also estimates, without the "

@@ -72,8 +72,9 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     """Metrics of a finished run (labels permitting), the label-free shift estimates, and any adaptation.
 
     Without `data` (or with the run's own data and no manifest) the run's `split` (default "test") is rebuilt
-    from its saved settings and seed, whole (without the run's `max_images`). Any other `data` is scored whole: every image, no carving (`split`
-    then picks one split folder of it). The decision threshold is always the run's, chosen on validation.
+    from its saved settings and seed, whole (without the run's `max_images`). Any other `data` is scored whole:
+    every image, no carving (`split` then picks one split folder of it). The decision threshold is always the
+    run's, chosen on validation.
     `tta` > 1 also scores the mean probabilities over that many test-time views, beside the plain result."""
     from ..engine import resolve_device
     from ..evaluation import load_model
