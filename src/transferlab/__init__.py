@@ -28,7 +28,8 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _API = {
-    "train": "training", "lr_find": "training", "TrainConfig": "config", "evaluate": "analysis.external", "load_model": "evaluation",
+    "train": "training", "lr_find": "training", "TrainConfig": "config", "evaluate": "analysis.external",
+    "load_model": "evaluation",
     "create_model": "models.heads", "list_models": "models.registry", "get_spec": "models.registry",
     "catalog": "model_catalog", "run_study": "study", "StudyConfig": "study", "write_report": "report",
     "predict": "prediction", "export": "exporting", "run_demo": "demo", "check_data": "data.check",

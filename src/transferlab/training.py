@@ -293,8 +293,8 @@ def _stage(cfg: TrainConfig, model, strategy, data: Prepared, encode: dict, devi
     module = (RangeTest if finder else Classifier)(
         net, groups, class_weights=weights if cfg.balance == "weights" else None,
         epochs=epochs, weight_decay=cfg.weight_decay, seed=cfg.seed, channels_last=strategy.channels_last,
-        label_smoothing=cfg.label_smoothing, minibatch=cfg.batch_size if cached else None, sample_weights=weights if cfg.balance == "sampler" else None,
-        history=history, phase=phase)
+        label_smoothing=cfg.label_smoothing, minibatch=cfg.batch_size if cached else None,
+        sample_weights=weights if cfg.balance == "sampler" else None, history=history, phase=phase)
     if strategy.channels_last:
         net.to(memory_format=torch.channels_last)
     if cfg.compile and not finder and phase != "probe":

@@ -76,8 +76,8 @@ def tta_table(groups: dict[tuple[str, str], list[Run]], name: str = "test-tta") 
             for kind, entries in (("plain", results), ("tta", [r["tta"] for r in results])):
                 values = [{**e, **e.get("at_threshold", {})}.get(key) for e in entries]
                 row[f"{kind}_{key}"] = _mean_sd([v for v in values if v is not None])
-        row["plain_threshold"] = _mean_sd([r["threshold"] for r in results if r.get("threshold") is not None])
-        row["tta_threshold"] = _mean_sd([r["tta"]["threshold"] for r in results if r["tta"].get("threshold") is not None])
+        for kind, entries in (("plain", results), ("tta", [r["tta"] for r in results])):
+            row[f"{kind}_threshold"] = _mean_sd([e["threshold"] for e in entries if e.get("threshold") is not None])
         out.append(row)
     return out
 

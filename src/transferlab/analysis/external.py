@@ -12,7 +12,6 @@ Writes eval-<name>.json and predictions-<name>.csv into the run directory.
 from __future__ import annotations
 
 import hashlib
-
 import re
 import sys
 import time

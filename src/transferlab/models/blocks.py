@@ -4,7 +4,8 @@ One rule for torchvision, timm and EfficientNet-Lite models, from the module tre
     1. the backbone's top-level children that hold parameters, in registration order (input to output);
     2. a block made only of normalisation layers joins the block before it (ResNet's conv1 + bn1);
     3. while there are fewer than MIN_BLOCKS blocks, the largest one that is a Sequential or ModuleList (of two or
-       more children with parameters) is split into its children (torchvision's `features`, timm's `blocks` and `stages`, EfficientNet-Lite's `_blocks`).
+       more children with parameters) is split into its children (torchvision's `features`, timm's `blocks` and
+       `stages`, EfficientNet-Lite's `_blocks`).
 ResNet: stem, layer1..layer4; MobileNetV3: features.0..N and the pre-logits layer; EfficientNet-Lite0: stem,
 _blocks.0..15, head convolution; timm EfficientNet: stem, blocks.0..6, head convolution; ConvNeXt: stem,
 stages.0..3 (with the final norm).

@@ -138,8 +138,8 @@ def accuracy_vs_time(points: list[dict]) -> bytes:
     ax.set_xlabel("training time per run (s: feature extraction + epochs; mean ± sd over seeds)")
     ax.set_ylabel("test accuracy at the validation threshold")
     shown = {"finetune": "o fine-tune", "features": "□ frozen features", "lpft": "△ LP-FT"}
-    ax.set_title(f"accuracy vs training time ({', '.join(shown[s] for s in shown if any(p['strategy'] == s for p in points))})",
-                 fontsize=9)
+    legend = ", ".join(text for s, text in shown.items() if any(p["strategy"] == s for p in points))
+    ax.set_title(f"accuracy vs training time ({legend})", fontsize=9)
     ax.grid(alpha=0.3)
     return to_png(fig)
 
