@@ -368,8 +368,9 @@ def _ensemble_table(s: Section, e: dict) -> None:
     if t:
         better = ("the ensemble" if t["only_a_correct"] > t["only_b_correct"] else
                   t["run"] if t["only_b_correct"] > t["only_a_correct"] else "neither")
-        s.findings([f"Against the best single run on validation ({t['run']}): test accuracy {fmt(t['accuracy_ensemble'])} "
-                    f"vs {fmt(t['accuracy_run'])}; {t['only_a_correct']} test images only the ensemble got right, "
+        s.findings([f"Against the best single run on validation ({t['run']}): test accuracy "
+                    f"{fmt(t['accuracy_ensemble'])} vs {fmt(t['accuracy_run'])}; {t['only_a_correct']} test images "
+                    f"only the ensemble got right, "
                     f"{t['only_b_correct']} only the run (exact McNemar p={fmt(t['p_value'], '.3g')}"
                     + (f": {better} is better at p < 0.05)." if t["p_value"] < 0.05 else
                        ", no significant difference).")])
@@ -570,8 +571,11 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
     if ext["gallery"] or first["labelled"]:
         _error_gallery(s, ext["gallery"], f"{ext['best_run']} on {name}", name, first["positive_class"])
 SETTINGS_SHOWN = ("weights", "epochs", "batch_size", "lr", "backbone_lr_factor", "probe_epochs", "probe_lr",
-                  "unfreeze", "weight_decay", "patience", "monitor", "balance", "augment", "threshold_method",
-                  "val_fraction", "test_fraction", "max_images", "precision")
+                  "unfreeze", "batchnorm", "weight_decay", "patience", "monitor", "balance", "augment",
+                  "augment_strength", "label_smoothing", "head_dropout", "threshold_method", "val_fraction",
+                  "test_fraction", "max_images", "precision")
+NEWER_SETTINGS = ("probe_epochs", "probe_lr", "unfreeze", "batchnorm", "augment_strength", "label_smoothing",
+                  "head_dropout")   # a run older than these has none of them in its config.json
 NOT_APPLICABLE = "–"
 
 
@@ -581,8 +585,9 @@ def _setting(strategy: str, key: str, value, config: dict) -> str:
         return "no (frozen features)"
     if strategy == "features" and key == "backbone_lr_factor":
         return "– (backbone frozen)"
-    if (key in ("probe_epochs", "probe_lr") and strategy != "lpft") or (key == "unfreeze" and strategy == "features") \
-            or value is None and key in ("probe_epochs", "probe_lr", "unfreeze"):   # or a run older than the setting
+    if (key in ("probe_epochs", "probe_lr") and strategy != "lpft") \
+            or (key in ("unfreeze", "augment_strength") and strategy == "features") \
+            or (value is None and key in NEWER_SETTINGS):
         return NOT_APPLICABLE
     if key == "lr" and value == "auto" and config.get("lr_find"):
         return f"auto: {config['lr_find']['suggested_lr']:.3g} (LR finder)"
