@@ -235,6 +235,21 @@ def test_lr_find_command_writes_the_curve_and_a_suggestion(tiny, tmp_path, capsy
     assert "(default: 100)" in parser.format_help() and "--lr LR" not in parser.format_help()
 
 
+def test_lr_find_treats_batchnorm_statistics_as_training_does(tiny, monkeypatch):
+    from transferlab.lrfind import RangeTest
+
+    modes, start = [], RangeTest.on_train_batch_start
+
+    def record(self, batch, batch_idx):
+        modes.append({m.training for m in self.net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)})
+        return start(self, batch, batch_idx)
+    monkeypatch.setattr(RangeTest, "on_train_batch_start", record)
+    for batchnorm, training in (("frozen", False), ("train", True)):
+        modes.clear()
+        tl.lr_find(data=str(tiny), strategy="finetune", steps=20, batchnorm=batchnorm, **SMALL)
+        assert modes and all(seen == {training} for seen in modes), batchnorm
+
+
 def test_suggestion_is_the_steepest_descent_per_decade():
     import numpy as np
 

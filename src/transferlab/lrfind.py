@@ -63,6 +63,14 @@ class RangeTest(Classifier):
     def __init__(self, net, param_groups: list[dict], **kwargs):
         super().__init__(net, param_groups, **kwargs)
         self.ratios = [group["lr"] for group in param_groups]
+        self.epoch_callbacks = []
+
+    def on_train_epoch_start(self):
+        # Lightning's finder runs with its own callback in place of the trainer's: training's callbacks (frozen
+        # BatchNorm statistics) are called from here instead
+        super().on_train_epoch_start()
+        for callback in self.epoch_callbacks:
+            callback.on_train_epoch_start(self.trainer, self)
 
     def on_train_batch_start(self, batch, batch_idx):
         current = self.trainer.lr_scheduler_configs[0].scheduler.get_last_lr()
@@ -71,9 +79,10 @@ class RangeTest(Classifier):
 
 
 def find_lr(module: RangeTest, train_loader, *, device, precision: str, root: Path, min_lr: float = MIN_LR,
-            max_lr: float = MAX_LR, steps: int = STEPS, progress: bool = True) -> LRFinding:
+            max_lr: float = MAX_LR, steps: int = STEPS, progress: bool = True, callbacks: list = ()) -> LRFinding:
     """Lightning's range test of `module` on `train_loader` (as many epochs as `steps` needs); `root`: a folder
-    for Lightning's temporary checkpoint. The module is left trained: pass a copy of the model."""
+    for Lightning's temporary checkpoint; `callbacks`: training's own (frozen BatchNorm statistics). The module is
+    left trained: pass a copy of the model."""
     if steps < SKIP_BEGIN + 10:
         raise TransferlabError(f"--steps must be at least {SKIP_BEGIN + 10}: the suggestion skips the first "
                                f"{SKIP_BEGIN} steps")
@@ -82,6 +91,7 @@ def find_lr(module: RangeTest, train_loader, *, device, precision: str, root: Pa
     trainer = L.Trainer(max_epochs=-1, **_hardware(device, 1, 1), precision=precision, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, deterministic=device.type == "cpu", default_root_dir=root)
+    module.epoch_callbacks = list(callbacks)
     start = time.perf_counter()
     # Lightning's finder always draws a progress bar (on stderr, where the caller asked for none: swallowed)
     with contextlib.nullcontext() if show_bars(progress) else contextlib.redirect_stderr(io.StringIO()):

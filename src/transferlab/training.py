@@ -275,7 +275,7 @@ class Stage:
 def _stage(cfg: TrainConfig, model, strategy, data: Prepared, encode: dict, device: torch.device, *, lr: float,
            epochs: int, history: list[dict] = (), phase: str | None = None, finder: bool = False) -> Stage:
     """`strategy` on `model` with learning rate `lr`. finder: a RangeTest module on ordinary mini-batch loaders
-    (cached features too), without the unfreezing schedule."""
+    (cached features too), without the unfreezing schedule (BatchNorm statistics frozen or not, as in training)."""
     net = strategy.trainable(model)
     start = time.perf_counter()
     inputs = {name: strategy.dataset(model, data.pixels[name], data.labels(name), augment=False, **encode)
@@ -335,7 +335,8 @@ def _find_lr(cfg: TrainConfig, model, strategy, data: Prepared, encode: dict, de
     """The range test on a copy of `model`: training then starts from the model exactly as it was."""
     stage = _stage(cfg, copy.deepcopy(model), strategy, data, encode, device, lr=1.0, epochs=cfg.epochs, finder=True)
     return find_lr(stage.module, stage.loaders[0], device=device, precision=_precision(cfg.precision, device),
-                   root=root, min_lr=min_lr, max_lr=max_lr, steps=steps, progress=cfg.progress)
+                   root=root, min_lr=min_lr, max_lr=max_lr, steps=steps, progress=cfg.progress,
+                   callbacks=stage.callbacks)
 
 
 def _finder_title(cfg: TrainConfig) -> str:
