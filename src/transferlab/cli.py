@@ -26,6 +26,9 @@ TRAIN_OPTIONS = {
                              "or a torchvision weights name such as IMAGENET1K_V2"),
     "weights_dir": ("--weights-dir", "folder holding weight files for offline use: torchvision's files, timm's as "
                                      "DIR/timm/NAME.TAG/model.safetensors"),
+    "init": ("--init", "a finished run directory to continue from, e.g. on a few labelled images of a new hospital: "
+                       "its weights and head replace ImageNet's, its model and image size are used (features: the "
+                       "head re-fitted on the new data; finetune, lpft: a short fine-tune, set --epochs)"),
     "epochs": ("--epochs", "maximum epochs (lpft: of phase 2, fine-tuning)"),
     "batch_size": ("--batch-size", "batch size (features: of the head's optimizer steps on cached features)"),
     "lr": ("--lr", "learning rate of the new head (AdamW, cosine schedule; lpft: in phase 2), or auto: the "
@@ -91,6 +94,7 @@ DEFAULT_WORDS = {   # what a None default means
     "weights_dir": "none: $TRANSFERLAB_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints or, for timm, the Hugging "
                    "Face cache",
     "image_size": "the model's own, e.g. 224", "manifest": "none: class folders",
+    "init": "none: the ImageNet weights of --weights",
     "positive_class": "the class not called NORMAL", "split_seed": "--seed",
     "num_workers": "0 on CPU, where images are read from the memory-mapped cache; else up to 8",
     "threads": "torch's own count, reduced to the CPUs free when the run starts",
@@ -108,6 +112,19 @@ CHOICES = {"strategy": STRATEGIES, "monitor": ("val_loss", "val_auc", "val_balan
            "balance": ("weights", "sampler", "none"), "official_val": ("auto", "keep", "merge", "drop"),
            "threshold_method": ("youden", "f1"), "logger": tuple(LOGGERS), "unfreeze": UNFREEZE,
            "batchnorm": BATCHNORM}
+
+
+def _at_least_one(flag: str):
+    """An argparse type: a whole number >= 1, else a one-line usage error naming `flag` (before any work)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a whole number, not {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be at least 1, not {value}")
+        return value
+    return parse
 
 
 def _lr_arg(text: str) -> float | str:
@@ -236,7 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", help="label-free adaptation reported beside the plain result: prior (EM-corrected "
                                    "posteriors and threshold), bn (BatchNorm statistics re-estimated on the target), "
                                    "bn+prior; a comma list, or all (default: none)")
-    p.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP)
+    p.add_argument("--tta", type=_at_least_one("--tta"), default=1, metavar="N", help=TTA_HELP)
+    p.add_argument("--label-budget", type=_at_least_one("--label-budget"), metavar="K",
+                   help="choose the K images of --data whose labels tell most about the whole set (stratified by "
+                        "predicted class and confidence) and write RUN/to-label-NAME.csv with an empty label column "
+                        "to fill in (default: none)")
+    p.add_argument("--labels", metavar="FILE",
+                   help="that file (or any CSV of path,label) with labels filled in for some images: accuracy, "
+                        "balanced accuracy, sensitivity, specificity and AUC estimated for the whole set, with 95%% "
+                        "intervals valid for how the images were chosen")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="with --labels: re-choose the decision threshold (two classes) and the temperature on the "
+                        "labelled images, cross-fitted so that no image is scored by a rule its own label chose")
     p.add_argument("--unlabelled", action="store_true", help="treat --data as unlabelled images even if it has "
                                                              "sub-folders (e.g. one folder per patient)")
     p.add_argument("--no-shift", dest="shift", action="store_false", help="skip the shift estimates")
@@ -378,11 +406,13 @@ def run_ensemble(args) -> None:
 
 
 def run_evaluate(args) -> None:
-    from .analysis.external import evaluate, summary_lines
+    from .analysis.external import evaluate
+    from .analysis.external_text import summary_lines
 
     result = evaluate(args.run, data=args.data, split=args.split, manifest=args.manifest, name=args.name,
                       adapt=args.adapt, unlabelled=args.unlabelled, shift=args.shift, device=args.device,
-                      progress=args.progress, tta=args.tta)
+                      progress=args.progress, tta=args.tta, label_budget=args.label_budget, labels=args.labels,
+                      recalibrate=args.recalibrate)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return

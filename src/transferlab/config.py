@@ -38,6 +38,7 @@ class TrainConfig:
     out: str = ""
     weights: str = "default"          # "default" (ImageNet), "none" (random init), or a torchvision weights name
     weights_dir: str | None = None
+    init: str | None = None           # a finished run to start from: its weights and head; its model and image size
     epochs: int | None = None         # None: the strategy's default
     batch_size: int | None = None
     lr: float | str | None = None     # learning rate of the head; "auto": the LR finder's suggestion (lrfind.py)
@@ -134,12 +135,25 @@ class TrainConfig:
         self.logger = parse_loggers(self.logger)
         if self.threads is not None and self.threads < 1:
             raise TransferlabError(f"--threads must be at least 1, not {self.threads}")
+        if self.init:
+            self._take_model_from_init()
         # absolute paths: config.json must mean the same files whichever folder the run is used from
-        for name in ("data", "cache_dir", "weights_dir"):
+        for name in ("data", "cache_dir", "weights_dir", "init"):
             if getattr(self, name):
                 setattr(self, name, str(Path(getattr(self, name)).expanduser().resolve()))
         if self.manifest and Path(self.manifest).expanduser().is_file():   # else: a path inside --data
             self.manifest = str(Path(self.manifest).expanduser().resolve())
+
+    def _take_model_from_init(self) -> None:
+        """--init RUN: the model and image size are the finished run's (its weights replace ImageNet's)."""
+        run = Path(self.init).expanduser()
+        if not (run / "model.safetensors").is_file() or not (run / "config.json").is_file():
+            raise TransferlabError(f"--init {run}: not a finished run directory (no model.safetensors and config.json)")
+        model = json.loads((run / "config.json").read_text())["model"]
+        if self.image_size not in (None, model["image_size"]):
+            raise TransferlabError(f"--init {run} was trained at --image-size {model['image_size']}, not "
+                                   f"{self.image_size}: leave --image-size out")
+        self.model, self.image_size = model["name"], model["image_size"]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -333,6 +333,7 @@ def _collect(plan: StudyPlan, start: float) -> Path:
 def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[dict]:
     """Every run on every --external set (every image scored; shift estimates; --adapt beside). A result newer
     than the run's model and made with the same adaptations is kept."""
+    from .analysis.agreement import annotate
     from .analysis.external import default_name, evaluate, parse_adapt
 
     sets, adapt = [], parse_adapt(config.adapt)
@@ -347,6 +348,7 @@ def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[
             print(f"external {name}: run {i}/{len(runs)} {r['run']}", flush=True)
             evaluate(run.path, data=data, name=name, adapt=adapt, device=config.train.get("device", "auto"),
                      progress=config.train.get("progress", True))
+        annotate([out / r["run"] for r in runs], name)   # what the runs' agreement says about each one's accuracy
     return sets
 
 
