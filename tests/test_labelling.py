@@ -276,14 +276,14 @@ def test_prior_adaptation_survives_an_em_prior_of_one():
     """EM's prior reaching 1 made the re-chosen threshold a rounding artefact (accuracy 0.762 -> 0.258 on the
     harness's noise copy): with the prior floored, Youden's threshold keeps every decision, and the adapted
     probabilities do move towards the estimated prior."""
-    from transferlab.analysis.external import _prior_adapted
+    from transferlab.analysis.adaptation import _prior_step
     rng = np.random.default_rng(0)
     y = (rng.random(400) < 0.7).astype(int)
     s = np.clip(np.where(y == 1, rng.normal(0.8, 0.15, 400), rng.normal(0.3, 0.15, 400)), 0.01, 0.99)
     source = {"probs": np.c_[1 - s, s], "y": y}
     target = np.c_[np.full(300, 0.02), np.full(300, 0.98)] + np.r_[np.zeros(150), np.full(150, 0.01)][:, None] * [1, -1]
     config = {"data": {"classes": ["NORMAL", "PNEUMONIA"]}, "settings": {"threshold_method": "youden"}}
-    adapted, threshold, info = _prior_adapted(target, source, 1, 0.5, config)
+    adapted, threshold, info = _prior_step(target, 0.5, config=config, source={**source, "pos": 1})
     assert info["prior"]["PNEUMONIA"] > 0.99 and 0 < threshold < 1
     assert not np.allclose(adapted, target)
     plain_pred = (target[:, 1] >= 0.5)

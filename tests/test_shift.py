@@ -10,7 +10,8 @@ import pytest
 from conftest import make_xray_dataset
 from transferlab import cli
 from transferlab.analysis import shift as sh
-from transferlab.analysis.external import evaluate, parse_adapt
+from transferlab.analysis.adaptation import parse_adapt
+from transferlab.analysis.external import evaluate
 from transferlab.errors import TransferlabError
 from transferlab.rundir import read_csv
 from transferlab.training import train
@@ -181,26 +182,26 @@ def test_every_layout(run, external, tmp_path, layout):
     root = tmp_path / "set"
     if layout == "test-only":
         shutil.copytree(external, root / "test")
-        expect = dict(n=32, labelled=True, name="set")
+        expect = dict(n=32, has_labels=True, name="set")
     elif layout == "all-splits":
         for split in ("train", "val", "test"):
             shutil.copytree(external, root / split)
-        expect = dict(n=96, labelled=True, name="set")
+        expect = dict(n=96, has_labels=True, name="set")
     elif layout == "manifest":
         shutil.copytree(external, root)
         files = sorted(root.rglob("*.jpeg"))[::2]
         (root / "list.csv").write_text("path,label\n" + "".join(f"{f.relative_to(root)},{f.parent.name.lower()}\n"
                                                                  for f in files))
-        expect = dict(n=16, labelled=True, name="set")
+        expect = dict(n=16, has_labels=True, name="set")
     else:
         root.mkdir()
         for f in external.rglob("*.jpeg"):
             shutil.copy(f, root / f.name)
-        expect = dict(n=32, labelled=False, name="set")
+        expect = dict(n=32, has_labels=False, name="set")
     result = evaluate(run.path, data=root, manifest="list.csv" if layout == "manifest" else None, **_quick())
     assert {k: result[k] for k in expect} == expect
     assert "shift" in result and result["shift"]["n_target"] == expect["n"]
-    assert ("accuracy" in result) == expect["labelled"]
+    assert ("accuracy" in result) == expect["has_labels"]
 
 
 def test_no_estimate_reads_the_target_labels(run, external):

@@ -123,7 +123,7 @@ class StudyConfig:
         missing = [e for e in self.external if not Path(e).is_dir()]
         if missing:
             raise TransferlabError(f"--external {missing[0]}: no such folder")
-        from .analysis.external import parse_adapt
+        from .analysis.adaptation import parse_adapt
 
         self.adapt = ",".join(parse_adapt(self.adapt)) or None
         self.launch = LaunchSettings.from_dict(self.launch)
@@ -334,7 +334,8 @@ def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[
     """Every run on every --external set (every image scored; shift estimates; --adapt beside). A result newer
     than the run's model and made with the same adaptations is kept."""
     from .analysis.agreement import annotate
-    from .analysis.external import default_name, evaluate, parse_adapt
+    from .analysis.adaptation import parse_adapt
+    from .analysis.external import default_name, evaluate
 
     sets, adapt = [], parse_adapt(config.adapt)
     for data in config.external:

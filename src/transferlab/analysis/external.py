@@ -25,28 +25,9 @@ from ..evaluation import positive_index
 from ..metrics import choose_threshold
 from ..rundir import RunDir, read_csv, write_csv
 from . import shift as sh
+from .adaptation import ADAPT_HELP, adapted_probabilities, parse_adapt, run_threshold_method
 from .decision import verdict
 from .target_labels import labelled_blocks, plan_labels
-
-ADAPTATIONS = ("prior", "bn", "bn+prior")
-ADAPT_HELP = {"prior": "posteriors re-weighted to the class proportions EM estimates for the target (Saerens et al. "
-                       "2002), decision threshold re-chosen on validation for that prior",
-              "bn": "BatchNorm statistics re-estimated on the target's unlabelled images (AdaBN); weights and "
-                    "threshold unchanged",
-              "bn+prior": "both: BatchNorm first, then the prior"}
-
-
-def parse_adapt(value) -> list[str]:
-    """'prior', 'bn', 'bn+prior', a comma list of those, or 'all' -> the adaptations to report."""
-    if not value:
-        return []
-    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v and v.strip()]
-    items = list(ADAPTATIONS) if items == ["all"] else ["bn+prior" if v == "prior+bn" else v for v in items]
-    bad = [v for v in items if v not in ADAPTATIONS]
-    if bad:
-        raise TransferlabError(f"--adapt must be a comma list of {', '.join(ADAPTATIONS)} (or all), not {bad[0]!r}")
-    return list(dict.fromkeys(items))
-
 
 def _versus_init(started_from: str, target: Target, pred: np.ndarray, device, progress: bool, n_boot: int,
                  seed: int) -> dict:
@@ -160,7 +141,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     if labels:
         blocks = labelled_blocks(run.path, target.name, labels, files=target.files, root=target.root, classes=classes,
                                  probs=probs, pred=pred, pos=pos if len(classes) == 2 else None,
-                                 threshold_method=_run_threshold_method(config), recalibrate=recalibrate,
+                                 threshold_method=run_threshold_method(config), recalibrate=recalibrate,
                                  target_labels=target.labels if target.labelled else None, threshold=threshold,
                                  score_exact=lambda y, p, t: _metrics(y, p, pos, t, n_boot, seed, classes), seed=seed)
         if "_recalibrated_decision" in blocks:
@@ -169,7 +150,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     if adapt:
         result["adapted"] = {}
     for method, (a_probs, a_threshold, info) in adapted_probabilities(adapt, model, config, target.pixels, probs,
-                                                                      source, dev, progress, score).items():
+                                                                      source, score).items():
         a_pred = _decide(a_probs, pos, a_threshold)
         entry = {"how": ADAPT_HELP[method], **info, "threshold": a_threshold, "predicted_share": _shares(a_pred, classes)}
         if target.labelled:
@@ -350,76 +331,6 @@ def source_side(run: RunDir, config: dict, score) -> dict | None:
     return _SOURCES[key]
 
 
-def adapted_probabilities(adapt: list[str], model, config: dict, pixels: np.ndarray, probs: np.ndarray,
-                          source: dict | None, device, progress: bool, score=None) -> dict:
-    """{method: (target probabilities, decision threshold, what was done)} for each adaptation (none without the
-    run's validation images, which every adaptation compares with)."""
-    if source is None:
-        return {}
-    score = score or _Scorer(model, config, device, progress)
-    out, bn_probs = {}, None
-    for method in adapt:
-        info, a_probs, threshold = {}, probs, source["threshold"]
-        if method.startswith("bn"):
-            if bn_probs is None:
-                bn_probs, layers, bn_prior = _batchnorm_adapted(model, config, pixels, probs, source, device,
-                                                                progress, score)
-            a_probs = bn_probs
-            info["batchnorm_layers"] = layers
-            info["batchnorm_source_mixed_at"] = dict(zip(config["data"]["classes"], bn_prior.tolist()))
-        if method.endswith("prior"):
-            a_probs, threshold, prior_info = _prior_adapted(a_probs, source, source["pos"], threshold, config)
-            info.update(prior_info)
-        out[method] = (a_probs, threshold, info)
-    return out
-
-
-def _batchnorm_adapted(model, config, pixels: np.ndarray, probs: np.ndarray, source: dict, device, progress, score):
-    """Target probabilities from a copy of the model whose BatchNorm layers match the target to validation
-    (validation's classes mixed at the target's prior, estimated by EM from `probs`)."""
-    from ..engine import adapt_batchnorm, batchnorm_statistics
-
-    if len(pixels) < 8:
-        raise TransferlabError(f"--adapt bn needs at least 8 target images to estimate BatchNorm statistics "
-                               f"(got {len(pixels)})")
-    norm = dict(mean=config["model"]["mean"], std=config["model"]["std"], device=device, progress=progress)
-    k = source["probs"].shape[1]
-    if "batchnorm" not in source:
-        source["batchnorm"] = batchnorm_statistics(model, source["pixels"], source["y"], k, **norm)
-    # validation's classes mixed at the target's estimated prior: a change of prevalence alone changes nothing
-    prior = _em_prior(probs, source)
-    adapted, layers = adapt_batchnorm(model, pixels, source["batchnorm"], prior=prior, **norm)
-    return score(pixels, model=adapted)[0], layers, prior
-
-
-def _em_prior(probs: np.ndarray, source: dict) -> np.ndarray:
-    """EM estimate of the target's class prior, on probabilities calibrated on validation."""
-    calibration = sh.fit_calibration(source["probs"], source["y"])
-    k = probs.shape[1]
-    return sh.em_prior(sh.calibrate(probs, calibration), np.bincount(source["y"], minlength=k) / len(source["y"]))
-
-
-def _prior_adapted(probs: np.ndarray, source: dict, pos: int, threshold: float | None, config: dict):
-    """Posteriors calibrated on validation and re-weighted to the EM estimate of the target's prior; for a
-    binary run, the threshold re-chosen with the run's own method on validation reweighted to that prior."""
-    k = probs.shape[1]
-    calibration = sh.fit_calibration(source["probs"], source["y"])
-    source_prior = np.bincount(source["y"], minlength=k) / len(source["y"])
-    # EM's prior can reach 0 or 1 (a strong covariate shift): floored, so that the adapted posteriors keep their
-    # order and validation's reweighting keeps both classes (an empty class made the threshold a rounding artefact)
-    target_prior = np.clip(sh.em_prior(sh.calibrate(probs, calibration), source_prior), sh.PRIOR_FLOOR, None)
-    target_prior /= target_prior.sum()
-    adapted = sh.adapt_prior(sh.calibrate(probs, calibration), source_prior, target_prior)
-    info = {"prior": dict(zip(config["data"]["classes"], target_prior.tolist()))}
-    if threshold is not None and k == 2:
-        val_adapted = sh.adapt_prior(sh.calibrate(source["probs"], calibration), source_prior, target_prior)
-        weight = (target_prior / np.clip(source_prior, 1e-12, None))[source["y"]]
-        info["threshold_method"] = _run_threshold_method(config)
-        threshold = choose_threshold((source["y"] == pos).astype(int), val_adapted[:, pos], info["threshold_method"],
-                                     sample_weight=weight)
-    return adapted, threshold, info
-
-
 TTA_HELP = ("mean probability over the image and random views from the training augmentation (small affine, "
             "brightness/contrast; no flips)")
 
@@ -460,13 +371,9 @@ def _tta(views: int, model, config: dict, target: Target, source: dict | None, p
     else:
         info["threshold_chosen_on"] = "val, plain probabilities (the validation images could not be read)"
         return probs, threshold, info
-    threshold = choose_threshold((val_y == pos).astype(int), val_probs[:, pos], _run_threshold_method(config))
+    threshold = choose_threshold((val_y == pos).astype(int), val_probs[:, pos], run_threshold_method(config))
     info["threshold_chosen_on"] = f"val, {views}-view probabilities"
     return probs, threshold, info
-
-
-def _run_threshold_method(config: dict) -> str:
-    return config["settings"].get("threshold_method", "youden")
 
 
 # --- metrics and outputs -------------------------------------------------------------------------------------
