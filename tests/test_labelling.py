@@ -197,7 +197,7 @@ def test_label_budget_then_labels_then_recalibrate(run, external, capsys):
     assert cli.main(["evaluate", str(run.path), "--data", str(external), "--labels", str(to_label), "--recalibrate",
                      "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "from labels" in out and "recalibrated" in out and "decision:" in out
+    assert "from labels" in out and "recalibrated" in out and "what to do:" in out
     result = json.loads((run.path / "eval-hospital_c.json").read_text())
     block = result["labelled"]
     for key in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc"):
@@ -209,7 +209,7 @@ def test_label_budget_then_labels_then_recalibrate(run, external, capsys):
     assert 0 <= recal["threshold"] <= 1 and recal["temperature"] > 0 and recal["other_images"]["n"] == 40 - 16
     assert {"accuracy", "ci"} <= set(recal["other_images"]["recalibrated"])
     assert "predicted_recalibrated" in read_csv(run.path / "predictions-hospital_c.csv")[0]
-    assert result["decision"]["verdict"] in ("usable", "recalibrate", "retrain", "not_shown")
+    assert result["next_step"]["verdict"] in ("usable", "recalibrate", "retrain", "not_shown")
 
 
 def test_labels_for_an_unlabelled_folder_and_any_subset(run, external, tmp_path):
@@ -224,7 +224,7 @@ def test_labels_for_an_unlabelled_folder_and_any_subset(run, external, tmp_path)
     result = evaluate(run.path, data=flat, labels=labels, progress=False, n_boot=20)
     assert not result["has_labels"] and "not chosen by --label-budget" in result["labelled"]["how_sampled"]
     assert result["labelled"]["n_labels"] == len(sorted(names)[::3])
-    assert result["decision"]["verdict"] in ("usable", "recalibrate", "retrain", "not_shown")
+    assert result["next_step"]["verdict"] in ("usable", "recalibrate", "retrain", "not_shown")
 
 
 def test_choice_and_recalibration_read_no_folder_label(run, external, tmp_path):

@@ -62,7 +62,7 @@ def test_external_set_in_every_run_and_in_section_e(study):
         # the other 7 runs' agreement estimates this run's accuracy; the decision follows from the labels
         assert result["shift"]["accuracy"]["agreement_runs"] == 8 and 0 <= result["shift"]["accuracy"]["gde"] <= 1
         assert "aline_d" in result["shift"]["accuracy"] and "gde" in result["truth"]["accuracy_error"]
-        assert result["decision"]["verdict"] in ("usable", "recalibrate", "retrain", "not_shown")
+        assert result["next_step"]["verdict"] in ("usable", "recalibrate", "retrain", "not_shown")
     html = (study / "report.html").read_text()
     section_e = html[html.index('id="section-E"'):html.index('id="section-methods"')]
     assert "External set: hospital_b" in section_e

@@ -164,7 +164,7 @@ def external_section_data(loaded: list[Run], groups: dict, table: list[dict], se
             continue
         per_run = results[s["name"]]
         chosen = per_run.get(best.name) or next(iter(per_run.values()))
-        entry = {"data": s["data"], "results": per_run, "best_run": best.name, "decision": chosen.get("decision"),
+        entry = {"data": s["data"], "results": per_run, "best_run": best.name, "next_step": chosen.get("next_step"),
                  "findings": chosen.get("findings", []) + adaptation_findings(chosen), "gallery": []}
         if gradcam and chosen.get("has_labels"):
             errors = external_errors(best.path, s["name"])

@@ -165,7 +165,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
         if target.labelled:
             result["tta"].update(_metrics(target.labels, t_probs, pos, t_threshold, n_boot, seed, classes))
         columns["tta"] = (t_probs, t_pred)
-    result["decision"] = verdict(result, metrics_json.get("val", {}))
+    result["next_step"] = verdict(result, metrics_json.get("val", {}))
     result["seconds"] = time.perf_counter() - start
 
     from ..config import write_json
@@ -394,19 +394,23 @@ def _metrics(labels: np.ndarray, probs: np.ndarray, pos: int | None, threshold: 
     ranks = rankdata(probs[:, pos]) if k == 2 else None
     rng = np.random.default_rng(seed)
     values: dict[str, list] = {"accuracy": [], "balanced_accuracy": [], "roc_auc": []}
+    n_present = int((np.bincount(labels, minlength=k) > 0).sum())
     for _ in range(n_boot):
         i = rng.integers(0, len(labels), len(labels))
-        values["accuracy"].append(correct[i].mean())
         n_class = np.bincount(labels[i], minlength=k)
         present = n_class > 0
-        if present.sum() > 1:
-            recall = np.bincount(labels[i], weights=correct[i], minlength=k)[present] / n_class[present]
-            values["balanced_accuracy"].append(recall.mean())
-            if ranks is not None:   # Mann-Whitney AUC on the resample (ties: average ranks of the full set)
-                positive = labels[i] == pos
-                r = rankdata(ranks[i])
-                n1, n0 = positive.sum(), (~positive).sum()
-                values["roc_auc"].append((r[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+        if present.sum() < n_present:   # metrics.bootstrap_ci's rule: resamples that lose a class are left out
+            continue
+        values["accuracy"].append(correct[i].mean())
+        if n_present < 2:
+            continue
+        recall = np.bincount(labels[i], weights=correct[i], minlength=k)[present] / n_class[present]
+        values["balanced_accuracy"].append(recall.mean())
+        if ranks is not None:   # Mann-Whitney AUC on the resample (ties: average ranks of the full set)
+            positive = labels[i] == pos
+            r = rankdata(ranks[i])
+            n1, n0 = positive.sum(), (~positive).sum()
+            values["roc_auc"].append((r[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
     out["ci"] = {k: [float(q) for q in np.quantile(v, [0.025, 0.975])] for k, v in values.items() if v}
     out["ci_n_boot"] = n_boot
     return out

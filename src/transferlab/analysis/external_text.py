@@ -14,8 +14,8 @@ def summary_lines(result: dict) -> list[str]:
     out = [f"{result['name']}: {result['n']} images from {result['data']} ({result['layout']}); scored "
            f"{result['scored']}" + (f"; {result['n_unreadable']} unreadable skipped" if result["n_unreadable"] else "")]
     out += [f"note: {n}" for n in result["notes"]]
-    if "decision" in result:
-        out.append("decision: " + verdict_text(result["decision"], result["name"]))
+    if "next_step" in result:
+        out.append("what to do: " + verdict_text(result["next_step"], result["name"]))
     rows = [("as trained", result)] + [(f"adapt {m}", r) for m, r in result.get("adapted", {}).items()]
     rows += [(f"TTA x{result['tta']['views']}", result["tta"])] if "tta" in result else []
     for label, r in rows:

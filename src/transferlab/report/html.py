@@ -581,7 +581,7 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
                   "the range the estimators could mean, or only an upper end where the model has not been shown to "
                   "work. Estimators: ATC (Garg et al. 2022), DoC, EM prior × validation recall, and the runs' "
                   "agreement with each other (GDE, Jiang et al. 2022)."))
-    decision = ext.get("decision")
+    decision = ext.get("next_step")
     if decision:
         s.p(f"What to do ({ext['best_run']}, the run chosen on validation) — {verdict_text(decision, name)}")
     s.findings([f"{ext['best_run']} (chosen on validation): {f}" if i == 0 else f
