@@ -232,9 +232,12 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "env": env, "results": results, "scores": scored,
                                                "split_sizes": n}, indent=2, default=str))
-    if not args.work_dir:
+    ok = all("failed" not in r for r in results.values())
+    if not args.work_dir and ok:
         shutil.rmtree(work, ignore_errors=True)
-    return 0 if all("failed" not in r for r in results.values()) else 1
+    elif not ok:
+        print(f"(kept {work}: the failed contenders' logs are there)")
+    return 0 if ok else 1
 
 
 def machine(with_fastai: bool) -> dict:
