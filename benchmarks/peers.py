@@ -2,7 +2,7 @@
 """transferlab side by side with the tools a user would pick instead: fastai and the torchvision tutorial loop.
 
     pip install -e '.[peers]'        # fastai 2.8: a benchmark dependency only; src/transferlab never imports it
-    python benchmarks/peers.py --data ../shared/data/chest_xray --max-images 600 --epochs 3 [--test DIR]
+    python benchmarks/peers.py --data ../shared/data/chest_xray --max-images 300 --epochs 3 [--test DIR]
 
 Every contender gets the same things:
   - the files: transferlab's patient-disjoint train / val / test split of --data (its own split code, seed
@@ -11,7 +11,7 @@ Every contender gets the same things:
   - the weights: EfficientNet-Lite0's genuine ImageNet weights (the offline package) with a new 2-class head,
     `transferlab.create_model(--model, 2)` after the same seeding;
   - the image size (--image-size, default the model's) and the model's normalisation (mean/std of its registry
-    entry); every contender squashes the whole image to a square (no crop) except the tutorial's own recipe;
+    entry); every contender squashes the whole image to a square (no crop), except --baseline-recipe tutorial;
   - the epochs budget (--epochs): passes over the training images through the backbone. fastai's `fine_tune`
     runs 1 frozen epoch + (--epochs - 1) unfrozen; transferlab finetune --epochs; lpft phase 2 --epochs (after its
     default 30 head epochs on cached features); the tutorial loop --epochs. `features` runs the backbone once and
@@ -30,18 +30,19 @@ Contenders (--contenders, in this order; each in a child process of its own, one
   tl_finetune     transferlab.train(strategy="finetune", epochs=--epochs) with its defaults
   tl_lpft         transferlab.train(strategy="lpft", epochs=--epochs) with its defaults
   tutorial        the torchvision tutorial's train_model loop, imported from benchmarks/transfer_speed.py
-                  (run_baseline "finetune", --baseline-recipe, batch 32, --baseline-workers DataLoader workers;
-                  on the CPU only, as run_baseline is written)
+                  (run_baseline "finetune", batch 32, --baseline-workers DataLoader workers; on the CPU only, as
+                  run_baseline is written). --baseline-recipe ours (default, as transfer_speed.py): transferlab's
+                  augmentation, AdamW + cosine, learning rates and class weights, so that only the engineering
+                  differs (BatchNorm statistics are updated, as model.train() does); tutorial: the tutorial's own.
 On a CUDA machine fastai (with to_fp16) and transferlab (its 16-mixed default) train on the GPU.
 
 For each: wall time (building the data pipeline and model, training, and the validation and test probabilities;
 not the process start and imports, printed apart), the time until validation AUC first reaches 0.99 and 0.995
 (measured at the end of each epoch's validation pass, from the contender's start), peak RSS of the process (and
-of its largest child: decode or DataLoader workers), CPU seconds (user + system, the process and its workers,
-imports and --test scoring included: the cost that does not depend on how busy the machine was), validation and
-test AUC, accuracy at 0.5 and at the threshold
-chosen on validation (transferlab.metrics.choose_threshold, Youden), a 95% bootstrap interval of the test AUC,
-and per epoch its time, images/s and validation AUC. --test DIR scores a folder of class folders with every
+of its largest child: decode or DataLoader workers), CPU seconds (user + system of the process and its workers,
+imports and --test scoring included; other load inflates them too, though less than wall time), validation and test
+AUC, accuracy at 0.5 and at the threshold chosen on validation (transferlab.metrics.choose_threshold, Youden), a 95%
+bootstrap interval of the test AUC, and per epoch its time, images/s and validation AUC. --test DIR scores a folder of class folders with every
 trained model (threshold from validation). os.getloadavg() is printed before and after each contender.
 
 Validation AUC per epoch: fastai, from the validation pass's own predictions (a callback); transferlab, the rows
@@ -86,8 +87,8 @@ def parse_args(argv=None):
                                        "contender runs and how the SUMMARY ratios are defined.")
     p.add_argument("--data", default="../shared/data/chest_xray", help="dataset folder (class folders)")
     p.add_argument("--model", default="efficientnet_lite0")
-    p.add_argument("--max-images", type=int, default=600, help="at most this many images per split (train, val, "
-                                                               "test), class-stratified; 0 = all (default 600)")
+    p.add_argument("--max-images", type=int, default=300, help="at most this many images per split (train, val, "
+                                                               "test), class-stratified; 0 = all (default 300)")
     p.add_argument("--image-size", type=int, help="image size of every contender (default: the model's, 224)")
     p.add_argument("--epochs", type=int, default=3, help="epochs budget: passes over the training images through "
                                                          "the backbone (fastai: 1 frozen + N-1 unfrozen; at least 2)")
@@ -617,8 +618,9 @@ def run_transferlab(name: str, job: dict, t_import: float) -> dict:
              f"{cfg.batch_size}, BatchNorm {cfg.batchnorm}")
     if strategy == "features":
         notes += f"; one backbone pass: {n_all / max(sec['prepare'], 1e-9):.1f} img/s"
-    desc = {"features": f"{epochs or TrainConfig(strategy='features').epochs} head",
-            "finetune": str(epochs), "lpft": f"{cfg.probe_epochs} head + {epochs}"}[strategy]
+    run_epochs = metrics["epochs_run"]   # early stopping may end a run before its epochs
+    desc = {"features": f"{run_epochs} head", "finetune": str(run_epochs),
+            "lpft": f"{cfg.probe_epochs} head + {run_epochs - cfg.probe_epochs}"}[strategy]
     return {"wall": wall, "import_s": import_s, "history": history, "probs": probs, "external_s": external_s,
             "run": str(run.path), "epochs_desc": desc, "notes": notes}
 
