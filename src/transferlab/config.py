@@ -14,6 +14,7 @@ from .errors import TransferlabError
 STRATEGIES = ("finetune", "features", "lpft")
 UNFREEZE = ("none", "gradual")
 BATCHNORM = ("train", "frozen")
+MODEL_BUDGET_S = 60.0   # `models --measure`: seconds of measuring per model (model_catalog.catalog(model_budget_s))
 LR_FIND_RANGE = (1e-7, 1.0, 100)   # the LR finder's defaults: first and last learning rate, steps (lrfind.py)
 TTA_HELP = ("test-time augmentation: also score the mean probability over N views of each image (the image and "
             "N-1 random views from the training augmentation, no flips), beside the plain result; a binary run's "
