@@ -12,6 +12,7 @@ from .config import (BATCHNORM, LR_FIND_RANGE, STRATEGIES, STRATEGY_DEFAULTS, TT
                      read_settings)
 from .distributed import is_global_zero
 from .errors import TransferlabError
+from .formatting import fmt
 from .loggers import LOGGERS
 from .models.spec import SOURCES
 
@@ -334,17 +335,16 @@ def print_scores(run) -> None:
     test_split = run.read_config()["data"]["splits"].get("test", "")
     if test_split.startswith("carved"):   # the data has no test/ folder
         print(f"test split {test_split} (the data has no test/ folder; --test-fraction 0 for none)")
-    nan = float("nan")
     for split in ("val", "test"):
         if split not in metrics:
             continue
         m = metrics[split]
         at = m.get("at_threshold", m)
-        line = f"{split:>5}: accuracy {at['accuracy']:.3f}  balanced {at['balanced_accuracy'] or nan:.3f}  "
+        line = f"{split:>5}: accuracy {at['accuracy']:.3f}  balanced {fmt(at['balanced_accuracy'])}  "
         if metrics["threshold"] is None:   # three or more classes: the most probable class, no threshold
-            print(line + f"macro F1 {m['f1']:.3f}  macro AUC {m['roc_auc'] or nan:.3f}  (n={m['n']}, argmax)")
+            print(line + f"macro F1 {m['f1']:.3f}  macro AUC {fmt(m['roc_auc'])}  (n={m['n']}, argmax)")
         else:
-            print(line + f"AUC {m['roc_auc'] or nan:.3f}  (n={m['n']}, threshold {metrics['threshold']:.3f} chosen on val)")
+            print(line + f"AUC {fmt(m['roc_auc'])}  (n={m['n']}, threshold {metrics['threshold']:.3f} chosen on val)")
 
 
 def run_lr_find(args) -> None:
@@ -369,7 +369,7 @@ def run_ensemble(args) -> None:
     config, metrics = run.read_config(), run.read_metrics()
     print(f"ensemble of the {args.k} runs best on validation (of {config['ensemble']['candidates']}): {run.path}")
     for m in config["ensemble"]["members"]:
-        print(f"  {m['run']}  val AUC {m['val_roc_auc'] or float('nan'):.3f}")
+        print(f"  {m['run']}  val AUC {fmt(m['val_roc_auc'])}")
     print_scores(run)
     if "vs_best_run" in metrics:
         t = metrics["vs_best_run"]["test_mcnemar"]
