@@ -118,9 +118,11 @@ def test_distributed_options_are_checked_in_one_line():
     from transferlab.config import TrainConfig
     from transferlab.errors import TransferlabError
 
-    with pytest.raises(TransferlabError, match="--devices and --num-nodes must be at least 1"):
+    with pytest.raises(TransferlabError, match="^devices= must be at least 1, not 0$"):
         TrainConfig(devices=0)
-    with pytest.raises(TransferlabError, match="--device cuda:1 names one GPU"):
+    with pytest.raises(TransferlabError, match="^num_nodes= must be at least 1, not 0$"):
+        TrainConfig(num_nodes=0)
+    with pytest.raises(TransferlabError, match="^device='cuda:1' names one GPU; with devices=2 use device="):
         TrainConfig(device="cuda:1", devices=2)
 
 

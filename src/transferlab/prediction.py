@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import TTA_HELP
 from .errors import TransferlabError
+from .settings import at_least
 
 # torch, Lightning and friends are imported inside the functions, so that the command line stays fast to start
 
@@ -204,7 +205,7 @@ def add_predict_arguments(subparsers) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning instead of stopping")
     p.add_argument("--adapt", help="also predict with label-free adaptation to these images (they are the target; "
                                    "the run's validation images the source): prior, bn, bn+prior, a comma list or all")
-    p.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP.replace("score", "predict with"))
+    p.add_argument("--tta", type=at_least(1), default=1, metavar="N", help=TTA_HELP.replace("score", "predict with"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import Subset
 
-from .config import TrainConfig, write_json
+from .config import TrainConfig
 from .data.discover import DatasetIndex, Sample, discover
 from .data.images import load_images, unreadable_error
 from .data.split import Splits, how_made, leakage_warning, make_splits, split_leakage
@@ -42,7 +42,8 @@ from .lrfind import MAX_LR, MIN_LR, STEPS, LRFinding, RangeTest, find_lr, write_
 from .metrics import choose_threshold
 from .models.heads import create_model
 from .models.registry import get_spec
-from .rundir import RunDir, environment, peak_rss_mb, write_csv
+from .rundir import RunDir, environment, peak_rss_mb, write_csv, write_json
+from .settings import changed_settings, in_callers_words
 from .strategies import get_strategy
 from .unfreezing import FrozenBatchNorm, GradualUnfreezing, param_groups as block_param_groups
 
@@ -113,6 +114,7 @@ def _subsample(samples: list[Sample], n: int | None, seed: int) -> list[Sample]:
     return [samples[i] for i in sorted(keep)]
 
 
+@in_callers_words
 def train(config: TrainConfig | None = None, **settings) -> RunDir:
     """Train one model with one strategy; returns the run directory (see README for its layout).
 
@@ -123,13 +125,17 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
         raise TransferlabError("--out is required: the run directory to write")
     run = RunDir(cfg.out)
     check_available(cfg.logger)
+    if cfg.overwrite and (run.config.exists() or run.resumable()):   # a run directory: gone, then made afresh
+        shutil.rmtree(run.path)
     if run.finished():
         if cfg.resume:
             ExperimentLogs(run, cfg.logger, cfg.experiment).log_finished_run()
             return run
-        raise TransferlabError(f"{run.path} already holds a finished run; choose another --out")
+        raise TransferlabError(f"{run.path} already holds a finished run; choose another --out, or add --overwrite "
+                               f"to replace it")
     if run.resumable() and not cfg.resume:
-        raise TransferlabError(f"{run.path} holds an unfinished run; add --resume to continue it, or choose another --out")
+        raise TransferlabError(f"{run.path} holds an unfinished run; add --resume to continue it or --overwrite to "
+                               f"start again, or choose another --out")
     device = launch(resolve_device(cfg.device), cfg.devices, cfg.num_nodes)   # DDP: from here on, every process
     created = _first_missing(run.path)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -355,6 +361,7 @@ def _record_lr_find(run: RunDir, cfg: TrainConfig, finding: LRFinding) -> dict:
     return config["lr_find"]
 
 
+@in_callers_words
 def lr_find(config: TrainConfig | None = None, *, min_lr: float = MIN_LR, max_lr: float = MAX_LR,
             steps: int = STEPS, **settings) -> LRFinding:
     """Lightning's learning-rate range test for these training settings, from the model as `train` would start
@@ -409,16 +416,10 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-# Settings that may differ when a run is resumed. The data is compared by its fingerprint, not by its path.
-RESUME_MAY_CHANGE = {"data", "manifest", "resume", "progress", "device", "num_workers", "threads", "cache_dir",
-                     "weights_dir", "devices", "num_nodes", "compile", "logger", "experiment"}
-
-
 def _check_same_run(started: dict, run: RunDir, cfg: TrainConfig, data: Prepared) -> None:
-    """--resume continues a run only with the settings and the data it was started with (`started`: its
-    config.json; settings it does not have, newer than the run, are not compared)."""
-    changed = [f"{k} {started['settings'].get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items()
-               if k not in RESUME_MAY_CHANGE and k in started["settings"] and started["settings"][k] != v]
+    """--resume continues a run only with the settings that change results and the data it was started with
+    (`started`: its config.json; the data is compared by its fingerprint, not by its path)."""
+    changed = changed_settings(started["settings"], cfg.to_dict())
     if started["data"]["fingerprint"] != data.index.fingerprint():
         changed.append("the data's files differ")
     if changed:

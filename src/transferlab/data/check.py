@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..console import show_bars
+from ..errors import DataError
 from .discover import DEFAULT_PATIENT_PATTERN, discover
 from .images import ImageError, decode_image, read_bytes
 from .split import leakage_warning, patient_overlap, shared_with_train
@@ -81,10 +82,13 @@ class DataReport:
 
 
 def check_data(root, *, manifest=None, patient_pattern: str = DEFAULT_PATIENT_PATTERN,
-               progress: bool = True) -> DataReport:
-    """Discover the dataset, then decode every image (in threads) to find unreadable files, sizes and duplicates."""
+               progress: bool = True, threads: int | None = None) -> DataReport:
+    """Discover the dataset, then decode every image (in `threads` threads, default one per CPU up to 8) to find
+    unreadable files, sizes and duplicates."""
+    if threads is not None and threads < 1:
+        raise DataError(f"--threads must be at least 1, not {threads}")
     index = discover(root, patient_pattern=patient_pattern, manifest=manifest)
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
         results = list(tqdm(pool.map(_inspect, [s.path for s in index.samples]), total=len(index.samples),
                             desc="check", disable=not show_bars(progress)))
 

@@ -15,9 +15,10 @@ from jinja2 import Environment, FileSystemLoader
 
 from ..analysis import Run, analyze_study
 from ..analysis.splits import SHIFT_FEATURES
-from ..config import write_json
 from ..errors import TransferlabError
 from ..formatting import MISSING, fmt
+from ..rundir import write_json
+from ..settings import SETTINGS
 from . import plots
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -565,25 +566,22 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
                 for i, f in enumerate(ext["findings"])])
     if ext["gallery"] or first["labelled"]:
         _error_gallery(s, ext["gallery"], f"{ext['best_run']} on {name}", name, first["positive_class"])
-SETTINGS_SHOWN = ("weights", "epochs", "batch_size", "lr", "backbone_lr_factor", "probe_epochs", "probe_lr",
-                  "unfreeze", "batchnorm", "weight_decay", "patience", "monitor", "balance", "augment",
-                  "augment_strength", "label_smoothing", "head_dropout", "threshold_method", "val_fraction",
-                  "test_fraction", "max_images", "precision")
-NEWER_SETTINGS = ("probe_epochs", "probe_lr", "unfreeze", "batchnorm", "augment_strength", "label_smoothing",
-                  "head_dropout")   # a run older than these has none of them in its config.json
+SETTINGS_SHOWN = [s.name for s in SETTINGS.values() if s.report]
 NOT_APPLICABLE = MISSING
 
 
-def _setting(strategy: str, key: str, value, config: dict) -> str:
+def _setting(strategy: str, key: str, config: dict) -> str:
     """A training setting as the methods table shows it: what the strategy really did."""
+    settings = config["settings"]
     if strategy == "features" and key == "augment":
         return "no (frozen features)"
     if strategy == "features" and key == "backbone_lr_factor":
         return f"{MISSING} (backbone frozen)"
     if (key in ("probe_epochs", "probe_lr") and strategy != "lpft") \
             or (key in ("unfreeze", "augment_strength") and strategy == "features") \
-            or (value is None and key in NEWER_SETTINGS):
+            or key not in settings:   # a run older than the setting
         return NOT_APPLICABLE
+    value = settings[key]
     if key == "lr" and value == "auto" and config.get("lr_find"):
         return f"auto: {config['lr_find']['suggested_lr']:.3g} (LR finder)"
     return str(value)
@@ -615,8 +613,7 @@ def methods_section(a: dict, info: dict) -> Section:
            if any(st == "lpft" for _, st in a["groups"]) else ""))
     s.p(f"Seeds: {', '.join(map(str, c['seeds']))} (initialisation of the new head, data order, augmentation); "
         f"results are reported as mean ± sd over seeds.")
-    groups = {f"{m} {st}": {**{k: _setting(st, k, runs[0].config["settings"].get(k), runs[0].config)
-                               for k in SETTINGS_SHOWN},
+    groups = {f"{m} {st}": {**{k: _setting(st, k, runs[0].config) for k in SETTINGS_SHOWN},
                             "image_size": str(runs[0].config["model"]["image_size"])}
               for (m, st), runs in a["groups"].items()}
     unused = [k for k in SETTINGS_SHOWN if all(g[k] == NOT_APPLICABLE for g in groups.values())]
