@@ -29,6 +29,7 @@ class RunDir:
     bad_files = property(lambda self: self.path / "bad_files.csv")       # files skipped with --skip-bad
     checkpoints = property(lambda self: self.path / "checkpoints")       # Lightning last.ckpt / best.ckpt (+ probe/)
     logs = property(lambda self: self.path / "logs")                     # --logger: experiment logs, loggers.json
+    ranks = property(lambda self: self.path / "ranks.json")              # each process: images trained on, predicted
 
     def __fspath__(self) -> str:
         return str(self.path)

@@ -30,7 +30,7 @@ from .config import TrainConfig
 from .data.discover import DatasetIndex, Sample, discover
 from .data.images import load_images, unreadable_error
 from .data.split import Splits, how_made, leakage_warning, make_splits, split_leakage
-from .distributed import barrier, gather_shards, is_global_zero, launch, rank_zero_first
+from .distributed import barrier, every_rank, gather_shards, is_global_zero, launch, rank_zero_first
 from .engine import (Classifier, FollowHistory, choose_threads, class_weights_for, cpu_threads, fit,
                      load_best_weights, make_loader, predict_probs, resolve_device, reuse_freed_memory, seed_all,
                      whole_epoch_loader, with_index)
@@ -218,11 +218,17 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
 
     # 5. evaluate: the threshold comes from validation predictions only. DDP: each rank predicts its shard
     eval_start = time.perf_counter()
-    probs = {name: gather_shards(lambda part: torch.from_numpy(predict_probs(
-                 net, _part(inputs[name], part), batch_size=cfg.batch_size, device=device,
-                 channels_last=strategy.channels_last, progress=cfg.progress, desc=f"predict {name}")),
-                 len(inputs[name])).numpy()
-             for name in inputs}
+    predicted = {}   # split -> images this process predicted
+
+    def predict_part(name: str, part: slice) -> torch.Tensor:
+        shard_probs = predict_probs(net, _part(inputs[name], part), batch_size=cfg.batch_size, device=device,
+                                    channels_last=strategy.channels_last, progress=cfg.progress,
+                                    desc=f"predict {name}")
+        predicted[name] = len(shard_probs)
+        return torch.from_numpy(shard_probs)
+
+    probs = {name: gather_shards(lambda part: predict_part(name, part), len(inputs[name])).numpy() for name in inputs}
+    ranks = every_rank({"images_trained": module.images_trained, "images_predicted": predicted})
     if not is_global_zero():
         barrier()   # returns once rank 0 has written the results: every process returns a finished run
         return
@@ -252,6 +258,7 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
         "total_params": sum(p.numel() for p in model.parameters()),
         **metrics,
     }
+    write_json(run.ranks, {"world_size": len(ranks), "ranks": [{"rank": r, **done} for r, done in enumerate(ranks)]})
     write_json(run.metrics, summary)
     logs.update(module.history, summary)
     logs.close()
