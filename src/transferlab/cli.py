@@ -15,6 +15,7 @@ from .formatting import fmt
 from .models.spec import SOURCES
 from .settings import SETTINGS, add_options, at_least, command_line
 
+
 class DefaultsFormatter(argparse.HelpFormatter):
     """Adds "(default: X)" to every option that has a default and does not state it already."""
 

@@ -10,7 +10,7 @@ import yaml
 
 from .errors import TransferlabError
 from .rundir import write_json  # noqa: F401  (analysis/external.py imports it from here)
-from .settings import SETTINGS, STRATEGIES, in_callers_words, strategy_defaults
+from .settings import SETTINGS, STRATEGIES, in_callers_words, strategy_defaults  # noqa: F401  (STRATEGIES: also from here)
 
 LR_FIND_RANGE = (1e-7, 1.0, 100)   # the LR finder's defaults: first and last learning rate, steps (lrfind.py)
 TTA_HELP = ("test-time augmentation: also score the mean probability over N views of each image (the image and "

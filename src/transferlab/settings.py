@@ -11,7 +11,12 @@ Who reads SETTINGS:
 Adding a setting is one Setting(...) below, placed where its --help line should appear, plus its use (cfg.NAME).
 Declare what its values may be (choices, a range, or parse), changes_results=False when a run made with another
 value is still the same run (paths, speed, logging), report=True for the Methods table. The flag is --NAME with
-dashes; a bool's is --NAME, or --no-NAME when it defaults to True.
+dashes; a bool's is --NAME, or --no-NAME when it defaults to True. For example:
+
+    Setting("head_dropout", float, 0.0, "dropout on the new head's input while training", at_least=0, below=1,
+            report=True)
+
+A rule between settings (features cannot train BatchNorm) goes into TrainConfig._check_together (config.py).
 
 Errors name settings by their flags (--val-fraction); called from Python (in_callers_words), the same message
 names keywords instead (val_fraction=).
@@ -58,6 +63,7 @@ def parse_lr(value) -> float | str:
 
 @dataclass(frozen=True)
 class Setting:
+    """One training setting: a TrainConfig field, a command-line option, a checked value."""
     name: str
     type: type                       # of a value: bool, int, float, str, list (of names), dict
     default: Any = None              # None: unset (none_means says what that means); PerStrategy: by strategy

@@ -58,11 +58,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import STRATEGIES, TrainConfig, read_settings
+from .config import TrainConfig, read_settings
 from .errors import TransferlabError
 from .launchers import LAUNCHERS, Job, LaunchSettings, launch
 from .rundir import RunDir, flatten_metrics, flatten_split, read_csv, write_csv, write_json
-from .settings import SETTINGS, add_options, changed_settings, in_callers_words
+from .settings import SETTINGS, STRATEGIES, add_options, changed_settings, in_callers_words
 
 # a study's strategies unless it names them (lpft, the third, only when asked for)
 DEFAULT_STRATEGIES = ("finetune", "features")
