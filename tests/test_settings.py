@@ -110,6 +110,13 @@ def test_tta_below_one_fails_while_the_arguments_are_parsed(command, capsys):
     assert exit_.value.code == 2 and "--tta: must be at least 1, not 0" in capsys.readouterr().err
 
 
+def test_predict_checks_its_keywords_before_it_reads_anything():
+    with pytest.raises(TransferlabError, match=r"^tta= must be at least 1 \(1 = no augmentation\), not 0$"):
+        tl.predict("no-such-run", "image.png", tta=0)
+    with pytest.raises(TransferlabError, match="^Grad-CAM overlays are written beside the CSV: give out= as well$"):
+        tl.predict("no-such-run", "image.png", cam=True)
+
+
 def test_every_command_takes_threads_and_applies_them(monkeypatch, xray_dir):
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices

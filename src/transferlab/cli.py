@@ -13,7 +13,7 @@ from .distributed import is_global_zero
 from .errors import TransferlabError
 from .formatting import fmt
 from .models.spec import SOURCES
-from .settings import SETTINGS, add_options, at_least, command_line
+from .settings import add_options, at_least, command_line
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -155,11 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .prediction import add_predict_arguments
     for add_arguments in (add_demo_arguments, add_predict_arguments, add_export_arguments):
         add_arguments(sub)
-    threads = SETTINGS["threads"]
     for command in sub.choices.values():
         command.formatter_class = DefaultsFormatter
         if not any(action.dest == "threads" for action in command._actions):   # main() sets them
-            command.add_argument("--threads", type=at_least(1), help=f"{threads.help} (default: {threads.none_means})")
+            command.add_argument("--threads", type=at_least(1), help="CPU threads for torch (default: torch's own "
+                                                                      "count)")
             command.set_defaults(torch_threads=True)
     return parser
 
@@ -308,12 +308,12 @@ COMMANDS = {"lr-find": run_lr_find, "demo": run_demo, "predict": run_predict, "e
 
 
 def _torch_threads(args) -> contextlib.AbstractContextManager:
-    """--threads of a command whose function does not take it: torch's CPU threads while it runs, as `train` sets them."""
-    if not getattr(args, "torch_threads", False):
+    """--threads N of a command whose function does not take it: torch's CPU threads while it runs."""
+    if not (getattr(args, "torch_threads", False) and args.threads):
         return contextlib.nullcontext()
-    from .engine import choose_threads, cpu_threads
+    from .engine import cpu_threads
 
-    return cpu_threads(choose_threads(args.threads))
+    return cpu_threads(args.threads)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,9 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     from .rundir import RunDir, write_csv
 
     if cam and out is None:
-        raise TransferlabError("Grad-CAM overlays are written beside the CSV: give out= (--out) as well")
+        raise TransferlabError("Grad-CAM overlays are written beside the CSV: give --out as well")
+    if tta < 1:
+        raise TransferlabError(f"--tta must be at least 1 (1 = no augmentation), not {tta}")
     run = RunDir(run_dir)
     if is_ensemble(run):
         if cam or adapt or tta != 1:
