@@ -452,3 +452,30 @@ def test_real_chest_xray_sample(tmp_path):
     loaded = load_images([s.path for s in splits.train], 64, progress=False)
     assert loaded.pixels.shape == (len(splits.train), 1, 64, 64)   # R=G=B JPEGs load as 1 channel
     assert check_data(tmp_path, progress=False).formats == {"JPEG RGB (R=G=B)": 40}
+
+
+def test_no_patient_ids_means_overlap_could_not_be_checked(tmp_path):
+    """An MRI-like set whose files are image(N).jpg in every folder: equal names in two splits are not patients
+    shared between them; every place that speaks of patients says it could not check."""
+    from transferlab.analysis.splits import data_findings, leakage
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in ("glioma", "meningioma"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"image({i}).jpg")
+    report = check_data(tmp_path, progress=False)
+    assert report.patient_overlap == {"train/test": None} and report.exit_code() == 0
+    assert "could not be checked" in report.to_text()
+    index = discover(tmp_path)
+    assert not any(s.patient_known for s in index.samples)
+    shared = shared_with_train(index.split("train"), index.split("test"))
+    assert shared["patients"] is None and "could not be checked" in leakage_warning("test", shared, "as given")
+    rows = [{"split": s.source_split, "file": index.relative(s), "label": "x", "patient": ""} for s in index.samples]
+    leak = leakage(tmp_path, rows)
+    assert leak["patient_overlap"]["train/test"] is None
+    same = {"runs": 1, "different": [], "same_test_images": True, "n_test": 8}
+    findings = " ".join(data_findings({}, leak, {}, same, None))
+    assert "could not be checked" in findings and "LEAKAGE: patients" not in findings

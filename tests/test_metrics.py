@@ -144,7 +144,9 @@ def test_bootstrap_ci_any_number_of_classes():
     wrong_last = np.eye(3)[[0, 1, 0]]
     assert bootstrap_ci(np.array([0, 1, 2]), wrong_last, BOOTSTRAP_METRICS["accuracy"], n_boot=200) == \
         pytest.approx((2 / 3, 2 / 3))
-    assert all(math.isnan(v) for v in bootstrap_ci(np.zeros(5), np.ones(5), BOOTSTRAP_METRICS["accuracy"]))
+    # one class: accuracy still has its interval (every image wrong here); AUC, undefined, has none
+    assert bootstrap_ci(np.zeros(5), np.ones(5), BOOTSTRAP_METRICS["accuracy"]) == (0.0, 0.0)
+    assert all(math.isnan(v) for v in bootstrap_ci(np.zeros(5), np.ones(5), BOOTSTRAP_METRICS["roc_auc"]))
     # binary F1 at a threshold, macro F1 for (N, C) probabilities
     assert BOOTSTRAP_METRICS["f1"](np.array([0, 1, 1]), np.array([0.2, 0.6, 0.4]), 0.5) == pytest.approx(2 / 3)
     assert BOOTSTRAP_METRICS["f1"](Y3, P3, 0.5) == pytest.approx(np.mean([1 / 2, 0.8, 2 / 3]))

@@ -172,3 +172,31 @@ def test_three_class_study_report(manifest, tmp_path):
     a = {r["file"]: r["predicted"] == r["label"] for r in rows}
     assert test["only_a_correct"] == sum(a[f] and not b[f] for f in a)
     assert test["only_b_correct"] == sum(b[f] and not a[f] for f in a)
+
+
+def test_label_budget_labels_and_recalibration_for_three_classes(run, manifest, tmp_path):
+    """The sample's test images as an unlabelled folder: 30 chosen, labelled from the manifest, then whole-set
+    estimates per class and a recalibrated rule (temperature and class biases: the argmax moves)."""
+    import shutil
+
+    truth = {Path(r["path"]).name: r["label"] for r in read_csv(manifest) if r["split"] == "test"}
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in (sample_path() / "test").rglob("*.jpeg"):
+        shutil.copy(f, flat / f.name)
+    first = evaluate(run.path, data=flat, label_budget=30, progress=False, n_boot=20, shift=False)
+    to_label = Path(first["label_budget"]["file"])
+    rows = read_csv(to_label)
+    assert len(rows) == 30
+    for r in rows:
+        r["label"] = truth[Path(r["path"]).name]
+    write_csv(to_label, rows)
+    result = evaluate(run.path, data=flat, labels=to_label, recalibrate=True, progress=False, n_boot=20, shift=False)
+    block = result["labelled"]
+    assert set(block["class_share"]) == set(CLASSES) and "sensitivity" not in block
+    lo, hi = block["accuracy"]["ci"]
+    measured = np.mean([truth[Path(r["file"]).name] == r["predicted"]
+                        for r in read_csv(run.path / "predictions-flat.csv")])
+    assert lo - 0.05 <= measured <= hi + 0.05
+    assert result["recalibrated"]["threshold"] is None and len(result["recalibrated"]["bias"]) == 3
+    assert result["next_step"]["verdict"] in ("usable", "recalibrate", "retrain", "not_shown")

@@ -107,7 +107,7 @@ def test_tta_below_one_fails_while_the_arguments_are_parsed(command, capsys):
     extra = ["image.png"] if command == "predict" else []
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "no-such-run", *extra, "--tta", "0"])
-    assert exit_.value.code == 2 and "--tta: must be at least 1, not 0" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --tta: --tta must be at least 1, not 0" in capsys.readouterr().err
 
 
 def test_predict_checks_its_keywords_before_it_reads_anything():
@@ -129,7 +129,7 @@ def test_every_command_takes_threads_and_applies_them(monkeypatch, xray_dir):
         return {"run": "r", "name": "n"}
 
     monkeypatch.setattr("transferlab.analysis.external.evaluate", evaluate)
-    monkeypatch.setattr("transferlab.analysis.external.summary_lines", lambda result: [])
+    monkeypatch.setattr("transferlab.analysis.external_text.summary_lines", lambda result: [])
     assert cli.main(["evaluate", "some-run", "--threads", str(wanted)]) == 0
     assert seen["threads"] == wanted and torch.get_num_threads() == before
     assert cli.main(["check-data", "--data", str(xray_dir), "--threads", "1"]) == 0

@@ -10,7 +10,8 @@ import pytest
 from conftest import make_xray_dataset
 from transferlab import cli
 from transferlab.analysis import shift as sh
-from transferlab.analysis.external import evaluate, parse_adapt
+from transferlab.analysis.adaptation import parse_adapt
+from transferlab.analysis.external import evaluate
 from transferlab.errors import TransferlabError
 from transferlab.rundir import read_csv
 from transferlab.training import train
@@ -63,11 +64,45 @@ def test_prevalence_and_accuracy_under_pure_label_shift(source, target_prior):
     assert not est["domain"]["distinguishable"] and est["reliability"]["reliable"]
 
 
-def test_covariate_shift_is_flagged_and_estimates_called_unreliable(source):
+def test_covariate_shift_is_flagged_and_no_accuracy_is_given_as_the_answer(source):
     est, _ = _estimate(source, (0.3, 0.5, 0.2), offset=0.4)
     assert est["domain"]["distinguishable"] and est["domain"]["auc"] > 0.7 and est["domain"]["p_value"] < 0.02
     assert est["reliability"]["reliable"] is False
-    assert "unreliable" in " ".join(sh.shift_findings(est))
+    h = est["headline"]
+    assert h["kind"] in ("range", "not_shown") and "accuracy" not in h and h["label_budget"] >= 50
+    findings = sh.shift_findings(est)
+    assert "cannot be estimated without labels" in findings[0] or "not been shown to work" in findings[0]
+    assert f"--label-budget {h['label_budget']}" in findings[0]
+
+
+def test_unflagged_target_gets_atc_as_its_headline(source):
+    est, truth = _estimate(source, (0.6, 0.2, 0.2))
+    assert est["headline"] == {"kind": "estimate", "accuracy": est["accuracy"]["atc"], "method": "atc",
+                               "domain_auc": est["domain"]["auc"]}
+    assert sh.shift_findings(est)[0].startswith("Expected accuracy on the target: ")
+
+
+def _flagged(auc, values=(0.95, 0.97)):
+    acc = dict(zip(sh.ACCURACY_ESTIMATORS, [values[0], values[1], values[1], values[1]]))
+    return {"classes": ["a", "b"], "accuracy": acc, "domain": {"auc": auc, "distinguishable": True}}
+
+
+def test_the_range_widens_with_the_distance_from_validation():
+    near, far = sh.accuracy_headline(_flagged(0.65)), sh.accuracy_headline(_flagged(0.85))
+    assert near["kind"] == far["kind"] == "range"
+    assert near["low"] == pytest.approx(0.95 - sh.RANGE_WIDEN * 0.3) and near["high"] == 1.0
+    assert far["low"] < near["low"] and far["low"] == pytest.approx(0.95 - sh.RANGE_WIDEN * 0.7)
+    gone = sh.accuracy_headline(_flagged(sh.NOT_SHOWN_AUC))
+    assert gone["kind"] == "not_shown" and gone["low"] is None
+    assert "has not been shown to work" in sh.headline_text(gone)
+    no_domain = sh.accuracy_headline({**_flagged(0.9), "domain": None})
+    assert no_domain["kind"] == "not_shown"
+
+
+def test_doc_follows_the_target_confidence():
+    val_conf, val_correct = np.array([0.9, 0.9, 0.8, 0.8]), np.array([1, 1, 1, 0.0])
+    assert sh.doc(val_conf, val_correct, np.array([0.85, 0.85])) == pytest.approx(0.75)
+    assert sh.doc(val_conf, val_correct, np.array([0.65, 0.65])) == pytest.approx(0.55)
 
 
 def test_bbse_inverts_the_confusion_matrix_exactly():
@@ -130,7 +165,7 @@ def _quick(**kw):
 def test_class_folders_scored_whole_with_files_written(run, external):
     result = evaluate(run.path, data=external, **_quick())
     n = sum(1 for _ in external.rglob("*.jpeg"))
-    assert result["n"] == n == 32 and result["scored"] == "every image (no carving)" and result["labelled"]
+    assert result["n"] == n == 32 and result["scored"] == "every image (no carving)" and result["has_labels"]
     assert result["layout"] == "class folders" and result["name"] == "hospital_b"
     saved = json.loads((run.path / "eval-hospital_b.json").read_text())
     assert saved["n"] == n and "shift" in saved and saved["at_threshold"]["threshold"] == run.read_metrics()["threshold"]
@@ -147,26 +182,26 @@ def test_every_layout(run, external, tmp_path, layout):
     root = tmp_path / "set"
     if layout == "test-only":
         shutil.copytree(external, root / "test")
-        expect = dict(n=32, labelled=True, name="set")
+        expect = dict(n=32, has_labels=True, name="set")
     elif layout == "all-splits":
         for split in ("train", "val", "test"):
             shutil.copytree(external, root / split)
-        expect = dict(n=96, labelled=True, name="set")
+        expect = dict(n=96, has_labels=True, name="set")
     elif layout == "manifest":
         shutil.copytree(external, root)
         files = sorted(root.rglob("*.jpeg"))[::2]
         (root / "list.csv").write_text("path,label\n" + "".join(f"{f.relative_to(root)},{f.parent.name.lower()}\n"
                                                                  for f in files))
-        expect = dict(n=16, labelled=True, name="set")
+        expect = dict(n=16, has_labels=True, name="set")
     else:
         root.mkdir()
         for f in external.rglob("*.jpeg"):
             shutil.copy(f, root / f.name)
-        expect = dict(n=32, labelled=False, name="set")
+        expect = dict(n=32, has_labels=False, name="set")
     result = evaluate(run.path, data=root, manifest="list.csv" if layout == "manifest" else None, **_quick())
     assert {k: result[k] for k in expect} == expect
     assert "shift" in result and result["shift"]["n_target"] == expect["n"]
-    assert ("accuracy" in result) == expect["labelled"]
+    assert ("accuracy" in result) == expect["has_labels"]
 
 
 def test_no_estimate_reads_the_target_labels(run, external):
@@ -214,7 +249,7 @@ def test_unknown_classes_are_scored_as_unlabelled(run, external, tmp_path):
     shutil.copytree(external / "NORMAL", other / "NORMAL")
     shutil.copytree(external / "PNEUMONIA", other / "COVID")
     result = evaluate(run.path, data=other, **_quick())
-    assert not result["labelled"] and "COVID" in result["notes"][0] and "accuracy" not in result
+    assert not result["has_labels"] and "COVID" in result["notes"][0] and "accuracy" not in result
 
 
 def test_missing_split_folder_is_one_line(run, external, capsys):

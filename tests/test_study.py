@@ -59,12 +59,17 @@ def test_external_set_in_every_run_and_in_section_e(study):
     for run in runs:
         result = json.loads((run.path / "eval-hospital_b.json").read_text())
         assert result["n"] == 20 and set(result["adapted"]) == {"prior", "bn"} and "shift" in result
+        # the other 7 runs' agreement estimates this run's accuracy; the decision follows from the labels
+        assert result["shift"]["accuracy"]["agreement_runs"] == 8 and 0 <= result["shift"]["accuracy"]["gde"] <= 1
+        assert "aline_d" in result["shift"]["accuracy"] and "gde" in result["truth"]["accuracy_error"]
+        assert result["next_step"]["verdict"] in ("usable", "recalibrate", "retrain", "not_shown")
     html = (study / "report.html").read_text()
     section_e = html[html.index('id="section-E"'):html.index('id="section-methods"')]
     assert "External set: hospital_b" in section_e
     table = section_e[section_e.index("External set: hospital_b"):]
     assert all(run.path.name in table for run in runs)            # one row per run
     assert "adapt bn: acc. / bal. acc." in table and "PNEUMONIA share: true / EM" in table
+    assert "What to do (" in table and "accuracy without labels" in table
     analysis_json = json.loads((study / "analysis.json").read_text())
     assert set(analysis_json["external_results"]["hospital_b"]) == {run.path.name for run in runs}
     assert json.loads((study / "study.json").read_text())["external"][0]["name"] == "hospital_b"

@@ -75,7 +75,8 @@ def test_zero_views_fail_while_the_arguments_are_parsed(run, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["evaluate", str(run.path), "--tta", "0", "--no-shift", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_.value.code == 2 and err[-1] == "transferlab evaluate: error: argument --tta: must be at least 1, not 0"
+    assert exit_.value.code == 2
+    assert err[-1] == "transferlab evaluate: error: argument --tta: --tta must be at least 1, not 0"
     assert sorted(run.path.iterdir()) == before   # nothing scored, nothing written
 
 

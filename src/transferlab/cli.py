@@ -94,7 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", help="label-free adaptation reported beside the plain result: prior (EM-corrected "
                                    "posteriors and threshold), bn (BatchNorm statistics re-estimated on the target), "
                                    "bn+prior; a comma list, or all (default: none)")
-    p.add_argument("--tta", type=at_least(1), default=1, metavar="N", help=TTA_HELP)
+    p.add_argument("--tta", type=at_least(1, "--tta"), default=1, metavar="N", help=TTA_HELP)
+    p.add_argument("--label-budget", type=at_least(1, "--label-budget"), metavar="K",
+                   help="choose the K images of --data whose labels tell most about the whole set (stratified by "
+                        "predicted class and confidence) and write RUN/to-label-NAME.csv with an empty label column "
+                        "to fill in (default: none)")
+    p.add_argument("--labels", metavar="FILE",
+                   help="that file (or any CSV of path,label) with labels filled in for some images: accuracy, "
+                        "balanced accuracy, sensitivity, specificity and AUC estimated for the whole set, with 95%% "
+                        "intervals valid for how the images were chosen")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="with --labels: re-choose the decision threshold (two classes) and the temperature on the "
+                        "labelled images, cross-fitted so that no image is scored by a rule its own label chose")
     p.add_argument("--unlabelled", action="store_true", help="treat --data as unlabelled images even if it has "
                                                              "sub-folders (e.g. one folder per patient)")
     p.add_argument("--no-shift", dest="shift", action="store_false", help="skip the shift estimates")
@@ -148,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder: ROOT/{train,val,test}/CLASS/* or ROOT/CLASS/*")
     p.add_argument("--manifest", help="CSV of path,label[,patient_id][,split] instead of class folders")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--threads", type=at_least(1), help="threads reading the images (default: one per CPU, up to 8)")
+    p.add_argument("--threads", type=at_least(1, "--threads"),
+                   help="threads reading the images (default: one per CPU, up to 8)")
 
     from .demo import add_demo_arguments
     from .exporting import add_export_arguments
@@ -158,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():
         command.formatter_class = DefaultsFormatter
         if not any(action.dest == "threads" for action in command._actions):   # main() sets them
-            command.add_argument("--threads", type=at_least(1), help="CPU threads for torch (default: torch's own "
-                                                                      "count)")
+            command.add_argument("--threads", type=at_least(1, "--threads"),
+                                 help="CPU threads for torch (default: torch's own count)")
             command.set_defaults(torch_threads=True)
     return parser
 
@@ -240,11 +252,13 @@ def run_ensemble(args) -> None:
 
 
 def run_evaluate(args) -> None:
-    from .analysis.external import evaluate, summary_lines
+    from .analysis.external import evaluate
+    from .analysis.external_text import summary_lines
 
     result = evaluate(args.run, data=args.data, split=args.split, manifest=args.manifest, name=args.name,
                       adapt=args.adapt, unlabelled=args.unlabelled, shift=args.shift, device=args.device,
-                      progress=args.progress, tta=args.tta)
+                      progress=args.progress, tta=args.tta, label_budget=args.label_budget, labels=args.labels,
+                      recalibrate=args.recalibrate)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return

@@ -34,8 +34,10 @@ class _TrainConfig:
             if getattr(self, name) is None:
                 setattr(self, name, value)
         self._check_together()
+        if self.init:
+            self._take_model_from_init()
         # absolute paths: config.json must mean the same files whichever folder the run is used from
-        for name in ("data", "cache_dir", "weights_dir"):
+        for name in ("data", "cache_dir", "weights_dir", "init"):
             if getattr(self, name):
                 setattr(self, name, str(Path(getattr(self, name)).expanduser().resolve()))
         if self.manifest and Path(self.manifest).expanduser().is_file():   # else: a path inside --data
@@ -60,6 +62,17 @@ class _TrainConfig:
                                    f"cuda (the first {self.devices} GPUs; CUDA_VISIBLE_DEVICES chooses others) or cpu")
         if self.resume and self.overwrite:
             raise TransferlabError("--resume continues what --out holds and --overwrite deletes it: choose one")
+
+    def _take_model_from_init(self) -> None:
+        """--init RUN: the model and image size are the finished run's (its weights replace ImageNet's)."""
+        run = Path(self.init).expanduser()
+        if not (run / "model.safetensors").is_file() or not (run / "config.json").is_file():
+            raise TransferlabError(f"--init {run}: not a finished run directory (no model.safetensors and config.json)")
+        model = json.loads((run / "config.json").read_text())["model"]
+        if self.image_size not in (None, model["image_size"]):
+            raise TransferlabError(f"--init {run} was trained at --image-size {model['image_size']}, not "
+                                   f"{self.image_size}: leave --image-size out")
+        self.model, self.image_size = model["name"], model["image_size"]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

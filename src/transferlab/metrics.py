@@ -136,16 +136,21 @@ def bootstrap_ci(y_true, prob, metric, *, threshold: float = 0.5, n_boot: int = 
     """Percentile bootstrap CI of `metric(y_true, prob, threshold)` over resampled test images.
 
     `prob` is the positive class's probability (binary) or the (N, C) probabilities (any number of classes).
-    Resamples that lose a class of y_true are left out (AUC and balanced accuracy need every class)."""
+    The one rule of every bootstrap CI here (analysis.external's too): resamples that lose a class of y_true are
+    left out (AUC and balanced accuracy need every class); a metric undefined on a resample (AUC of one class) is
+    left out of that resample."""
     y_true, prob = np.asarray(y_true), np.asarray(prob)
     n_classes = len(np.unique(y_true))
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(y_true), len(y_true))
-        if n_classes < 2 or len(np.unique(y_true[idx])) < n_classes:
+        if len(np.unique(y_true[idx])) < n_classes:
             continue
-        values.append(metric(y_true[idx], prob[idx], threshold))
+        try:
+            values.append(metric(y_true[idx], prob[idx], threshold))
+        except ValueError:   # e.g. ROC AUC with one class present
+            continue
     if not values:
         return (float("nan"), float("nan"))
     lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])

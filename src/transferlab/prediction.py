@@ -126,7 +126,8 @@ def _predict_ensemble(run, paths, **kwargs) -> list[dict]:
 def _add_adapted(rows, adapt, run, model, config, pixels, probs, pos, device, progress) -> None:
     """prob_<class>_<method> and predicted_<method> columns for each label-free adaptation (--adapt): these
     images are the target; the run's validation images are the source."""
-    from .analysis.external import _Scorer, adapted_probabilities, parse_adapt, source_side
+    from .analysis.adaptation import adapted_probabilities, parse_adapt
+    from .analysis.external import _Scorer, source_side
     from .evaluation import decide
 
     adapt = parse_adapt(adapt)
@@ -139,7 +140,7 @@ def _add_adapted(rows, adapt, run, model, config, pixels, probs, pos, device, pr
                                f"{config['data']['root']}")
     classes = config["data"]["classes"]
     for method, (a_probs, a_threshold, _) in adapted_probabilities(adapt, model, config, pixels, probs, source,
-                                                                   device, progress, scorer).items():
+                                                                   scorer).items():
         for row, p, k in zip(rows, a_probs, decide(a_probs, pos, a_threshold)):
             row.update({f"prob_{c}_{method}": float(v) for c, v in zip(classes, p)})
             row[f"predicted_{method}"] = classes[k]
@@ -207,7 +208,8 @@ def add_predict_arguments(subparsers) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning instead of stopping")
     p.add_argument("--adapt", help="also predict with label-free adaptation to these images (they are the target; "
                                    "the run's validation images the source): prior, bn, bn+prior, a comma list or all")
-    p.add_argument("--tta", type=at_least(1), default=1, metavar="N", help=TTA_HELP.replace("score", "predict with"))
+    p.add_argument("--tta", type=at_least(1, "--tta"), default=1, metavar="N",
+                   help=TTA_HELP.replace("score", "predict with"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 

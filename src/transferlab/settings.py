@@ -173,6 +173,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
                                 "DIR/timm/NAME.TAG/model.safetensors",
       none_means="none: $TRANSFERLAB_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints or, for timm, the Hugging Face "
                  "cache", changes_results=False),
+    S("init", str, None, "a finished run directory to continue from, e.g. on a few labelled images of a new hospital: "
+                         "its weights and head replace ImageNet's, its model and image size are used (features: the "
+                         "head re-fitted on the new data; finetune, lpft: a short fine-tune, set --epochs)",
+      none_means="none: the ImageNet weights of --weights"),   # TrainConfig takes the run's model and image size
     # Defaults that differ by strategy: the head alone on cached features trains in milliseconds per epoch, so it
     # can afford many epochs and a large learning rate; the whole network cannot. lpft's settings are those of its
     # phase 2, which starts from a trained head: a lower learning rate (Kumar et al. 2022).
@@ -315,16 +319,17 @@ def add_options(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (),
                             default=argparse.SUPPRESS, help=s.help)
 
 
-def at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least `low` (e.g. --tta), refused while the arguments are parsed."""
+def at_least(low: int, flag: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `low` (e.g. --tta), refused while the arguments are parsed,
+    before any work, with a usage error naming `flag`."""
 
     def whole(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+            raise argparse.ArgumentTypeError(f"{flag} takes a whole number, not {text!r}") from None
         if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+            raise argparse.ArgumentTypeError(f"{flag} must be at least {low}, not {value}")
         return value
 
     whole.__name__ = "int"

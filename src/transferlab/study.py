@@ -115,7 +115,7 @@ class StudyConfig:
         missing = [e for e in self.external if not Path(e).is_dir()]
         if missing:
             raise TransferlabError(f"--external {missing[0]}: no such folder")
-        from .analysis.external import parse_adapt
+        from .analysis.adaptation import parse_adapt
 
         self.adapt = ",".join(parse_adapt(self.adapt)) or None
         self.launch = LaunchSettings.from_dict(self.launch)
@@ -340,7 +340,9 @@ def _collect(plan: StudyPlan, start: float) -> Path:
 def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[dict]:
     """Every run on every --external set (every image scored; shift estimates; --adapt beside). A result newer
     than the run's model and made with the same adaptations is kept."""
-    from .analysis.external import default_name, evaluate, parse_adapt
+    from .analysis.agreement import annotate
+    from .analysis.adaptation import parse_adapt
+    from .analysis.external import default_name, evaluate
 
     sets, adapt = [], parse_adapt(config.adapt)
     for data in config.external:
@@ -354,6 +356,7 @@ def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[
             print(f"external {name}: run {i}/{len(runs)} {r['run']}", flush=True)
             evaluate(run.path, data=data, name=name, adapt=adapt, device=config.train.get("device", "auto"),
                      progress=config.train.get("progress", True))
+        annotate([out / r["run"] for r in runs], name)   # what the runs' agreement says about each one's accuracy
     return sets
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import Subset
 
 from .config import TrainConfig
@@ -176,6 +176,8 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
         _check_same_run(started, run, cfg, data)
     found = (started or {}).get("lr_find")   # --lr auto: the finder's result, kept when the run resumes
     classes = data.index.classes
+    if cfg.init:
+        _check_init_classes(cfg.init, classes)
     pos = positive_index(classes, cfg.positive_class)
     if is_global_zero():   # only rank 0 writes the run directory and warns
         _write_run_start(run, cfg, data, spec, size, pos, device, lr_find=found)
@@ -265,11 +267,21 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
     barrier()
 
 
+def _check_init_classes(init: str, classes: list[str]) -> None:
+    started_from = RunDir(init).read_config()["data"]["classes"]
+    if classes != started_from:
+        raise TransferlabError(f"--init {init} was trained on the classes {', '.join(started_from)}; the data has "
+                               f"{', '.join(classes)}")
+
+
 def _model_and_strategy(cfg: TrainConfig, spec, num_classes: int, device: torch.device) -> tuple:
-    """The seeded model with its new head, the strategy, and how images are encoded for it."""
+    """The seeded model with its new head (or, with --init, the finished run's model and head), the strategy,
+    and how images are encoded for it."""
     seed_all(cfg.seed)
-    model = create_model(cfg.model, num_classes, weights=cfg.weights, weights_dir=cfg.weights_dir,
-                         head_dropout=cfg.head_dropout)
+    model = create_model(cfg.model, num_classes, weights="none" if cfg.init else cfg.weights,
+                         weights_dir=cfg.weights_dir, head_dropout=cfg.head_dropout)
+    if cfg.init:
+        model.load_state_dict(load_file(str(RunDir(cfg.init).weights)))
     encode = dict(mean=spec.mean, std=spec.std, device=device, progress=cfg.progress, cache_dir=cache_dir(cfg))
     return model, get_strategy(cfg.strategy), encode
 
@@ -462,7 +474,7 @@ def _write_run_start(run: RunDir, cfg: TrainConfig, data: Prepared, spec, size: 
         **({"lr_find": lr_find} if lr_find else {}),
     })
     write_csv(run.splits, [{"split": name, "file": str(s.path.relative_to(root)) if s.path.is_relative_to(root) else str(s.path),
-                            "label": data.index.classes[s.label], "patient": s.patient}
+                            "label": data.index.classes[s.label], "patient": s.patient if s.patient_known else ""}
                            for name, ss in data.samples.items() for s in ss])
     if data.bad:
         write_csv(run.bad_files, [{"file": f, "reason": r} for f, r in data.bad])

@@ -22,7 +22,7 @@ from .calibration import _calibration_sentence, _threshold_sentence, calibration
 from .comparison import (best_on_validation, comparison_findings, comparison_table, ensemble_comparison,
                          mcnemar_tests, tta_table)
 from .errors import confused_pairs, error_overlays, top_errors
-from .external import adaptation_findings, external_errors, external_results
+from .external_text import adaptation_findings, external_errors, external_results
 from .gap import _fitting_sentence, class_mix_effect, fitting, prevalence_effect, split_balance, val_test_gap
 from .runs import Run, group_runs, load_run, load_study_runs
 from .splits import data_findings, distribution_shift, image_statistics, leakage, same_splits, splits_table
@@ -165,9 +165,9 @@ def external_section_data(loaded: list[Run], groups: dict, table: list[dict], se
             continue
         per_run = results[s["name"]]
         chosen = per_run.get(best.name) or next(iter(per_run.values()))
-        entry = {"data": s["data"], "results": per_run, "best_run": best.name,
+        entry = {"data": s["data"], "results": per_run, "best_run": best.name, "next_step": chosen.get("next_step"),
                  "findings": chosen.get("findings", []) + adaptation_findings(chosen), "gallery": []}
-        if gradcam and chosen.get("labelled"):
+        if gradcam and chosen.get("has_labels"):
             errors = external_errors(best.path, s["name"])
             try:
                 entry["gallery"] = list(zip(errors, error_overlays(best, [e["file"] for e in errors],

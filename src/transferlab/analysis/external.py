@@ -25,25 +25,37 @@ from ..evaluation import positive_index
 from ..metrics import choose_threshold
 from ..rundir import RunDir, read_csv, write_csv
 from . import shift as sh
+from .adaptation import ADAPT_HELP, adapted_probabilities, parse_adapt, run_threshold_method
+from .decision import verdict
+from .target_labels import labelled_blocks, plan_labels
 
-ADAPTATIONS = ("prior", "bn", "bn+prior")
-ADAPT_HELP = {"prior": "posteriors re-weighted to the class proportions EM estimates for the target (Saerens et al. "
-                       "2002), decision threshold re-chosen on validation for that prior",
-              "bn": "BatchNorm statistics re-estimated on the target's unlabelled images (AdaBN); weights and "
-                    "threshold unchanged",
-              "bn+prior": "both: BatchNorm first, then the prior"}
+def _versus_init(started_from: str, target: Target, pred: np.ndarray, device, progress: bool, n_boot: int,
+                 seed: int) -> dict:
+    """A --init run's starting point scored on the same images: its metrics, and McNemar against the new run."""
+    from ..evaluation import load_model
+    from ..metrics import mcnemar
+
+    model, config = load_model(started_from)
+    metrics = RunDir(started_from).read_metrics()
+    classes = config["data"]["classes"]
+    pos = positive_index(classes, metrics["positive_class"])
+    probs, _ = _Scorer(model, config, device, progress)(target.pixels)
+    before = _decide(probs, pos, metrics.get("threshold"))
+    return {"run": started_from, **_metrics(target.labels, probs, pos, metrics.get("threshold"), n_boot, seed, classes),
+            "mcnemar": mcnemar(target.labels, pred, before)}
 
 
-def parse_adapt(value) -> list[str]:
-    """'prior', 'bn', 'bn+prior', a comma list of those, or 'all' -> the adaptations to report."""
-    if not value:
-        return []
-    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v and v.strip()]
-    items = list(ADAPTATIONS) if items == ["all"] else ["bn+prior" if v == "prior+bn" else v for v in items]
-    bad = [v for v in items if v not in ADAPTATIONS]
-    if bad:
-        raise TransferlabError(f"--adapt must be a comma list of {', '.join(ADAPTATIONS)} (or all), not {bad[0]!r}")
-    return list(dict.fromkeys(items))
+def check_options(*, tta: int = 1, label_budget=None, labels=None, recalibrate: bool = False) -> None:
+    """evaluate's options that can be wrong, checked before any work (one line each)."""
+    if not isinstance(tta, int) or tta < 1:
+        raise TransferlabError(f"--tta must be at least 1 (1 = no augmentation), not {tta}")
+    if label_budget is not None and (not isinstance(label_budget, int) or label_budget < 1):
+        raise TransferlabError(f"--label-budget must be a whole number of images, at least 1, not {label_budget}")
+    if labels is not None and not Path(labels).expanduser().is_file():
+        raise TransferlabError(f"--labels {labels}: no such file")
+    if recalibrate and labels is None:
+        raise TransferlabError("--recalibrate needs --labels FILE: labels of some of the set's images "
+                               "(--label-budget K chooses which and writes the file to fill in)")
 
 
 @dataclass
@@ -67,17 +79,22 @@ class Target:
 def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str | None = None,
              manifest: str | None = None, name: str | None = None, adapt=None, unlabelled: bool = False,
              shift: bool = True, device: str = "auto", progress: bool = True, n_boot: int = 1000,
-             seed: int = 0, tta: int = 1) -> dict:
+             seed: int = 0, tta: int = 1, label_budget: int | None = None, labels: str | Path | None = None,
+             recalibrate: bool = False) -> dict:
     """Metrics of a finished run (labels permitting), the label-free shift estimates, and any adaptation.
 
     Without `data` (or with the run's own data and no manifest) the run's `split` (default "test") is rebuilt
     from its saved settings and seed, whole (without the run's `max_images`). Any other `data` is scored whole:
     every image, no carving (`split` then picks one split folder of it). The decision threshold is always the
     run's, chosen on validation.
-    `tta` > 1 also scores the mean probabilities over that many test-time views, beside the plain result."""
+    `tta` > 1 also scores the mean probabilities over that many test-time views, beside the plain result.
+    `label_budget` K: choose the K images whose labels tell most and write to-label-NAME.csv; `labels`: that file
+    (or any path,label CSV) filled in: whole-set estimates from those labels; `recalibrate`: the threshold and
+    temperature re-chosen on them (analysis.target_labels). The result's `decision` says what to do next."""
     from ..engine import resolve_device
     from ..evaluation import load_model
 
+    check_options(tta=tta, label_budget=label_budget, labels=labels, recalibrate=recalibrate)
     start = time.perf_counter()
     run = RunDir(run_dir)
     model, config = load_model(run)
@@ -96,11 +113,14 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
               "scored": (f"the run's own {target.own_split} split (rebuilt from its settings and seed)"
                          if target.own_split else "every image (no carving)"),
               "n": len(target.files), "n_unreadable": len(target.bad), "unreadable": target.bad[:20],
-              "labelled": target.labelled, "classes": classes, "positive_class": metrics_json["positive_class"],
+              "has_labels": target.labelled, "classes": classes, "positive_class": metrics_json["positive_class"],
               "threshold": threshold, "threshold_chosen_on": "val" if threshold is not None else None,
               "notes": target.notes, "adapt": adapt, "predicted_share": _shares(pred, classes)}
     if target.labelled:
         result.update(_metrics(target.labels, probs, pos, threshold, n_boot, seed, classes))
+        started_from = config["settings"].get("init")
+        if started_from and (Path(started_from) / "model.safetensors").exists():
+            result["versus_init"] = _versus_init(started_from, target, pred, dev, progress, n_boot, seed)
 
     compare = shift or adapt or tta != 1
     source = source_side(run, config, score) if compare and target.own_split != "val" else None
@@ -114,12 +134,23 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
         estimate["image_statistics"] = _image_statistics(source["files"], target.files)
         truth = sh.compare_with_truth(estimate, target.labels if target.labelled else None, pred)
         result["shift"], result["truth"] = estimate, truth
-        result["findings"] = sh.shift_findings(estimate, truth, name=f"The {target.name} set")
+        result["findings"] = sh.shift_findings(estimate, truth, name=f"the {target.name} set")
     columns = {"": (probs, pred)}
+    if label_budget:
+        result["label_budget"] = plan_labels(run.path, target.name, target.files, probs, pred, label_budget, seed)
+    if labels:
+        blocks = labelled_blocks(run.path, target.name, labels, files=target.files, root=target.root, classes=classes,
+                                 probs=probs, pred=pred, pos=pos if len(classes) == 2 else None,
+                                 threshold_method=run_threshold_method(config), recalibrate=recalibrate,
+                                 target_labels=target.labels if target.labelled else None, threshold=threshold,
+                                 score_exact=lambda y, p, t: _metrics(y, p, pos, t, n_boot, seed, classes), seed=seed)
+        if "_recalibrated_decision" in blocks:
+            columns["recalibrated"] = (blocks.pop("_recalibrated_probs"), blocks.pop("_recalibrated_decision"))
+        result.update(blocks)
     if adapt:
         result["adapted"] = {}
     for method, (a_probs, a_threshold, info) in adapted_probabilities(adapt, model, config, target.pixels, probs,
-                                                                      source, dev, progress, score).items():
+                                                                      source, score).items():
         a_pred = _decide(a_probs, pos, a_threshold)
         entry = {"how": ADAPT_HELP[method], **info, "threshold": a_threshold, "predicted_share": _shares(a_pred, classes)}
         if target.labelled:
@@ -134,6 +165,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
         if target.labelled:
             result["tta"].update(_metrics(target.labels, t_probs, pos, t_threshold, n_boot, seed, classes))
         columns["tta"] = (t_probs, t_pred)
+    result["next_step"] = verdict(result, metrics_json.get("val", {}))
     result["seconds"] = time.perf_counter() - start
 
     from ..config import write_json
@@ -182,6 +214,15 @@ def load_target(run: RunDir, config: dict, *, data=None, split=None, manifest=No
         if not samples:
             raise TransferlabError(f"{index.root} has no {split}/ folder (it has {', '.join(index.source_splits)})")
     notes = []
+    fitted_on = _fitted_on(run, own_root)
+    kept = [s for s in samples if not fitted_on(s.path)]
+    if len(kept) < len(samples):
+        notes.append(f"left out {len(samples) - len(kept)} image(s) the run was trained or validated on (the same "
+                     f"file or the same bytes; its splits.csv): only the other images are scored")
+        print(f"note: {notes[-1]}", file=sys.stderr)
+        if not kept:
+            raise TransferlabError(f"{index.root}: every image is one the run was trained or validated on")
+    samples = kept
     run_classes = config["data"]["classes"]
     lookup = {c.lower(): i for i, c in enumerate(run_classes)}
     unknown = [c for c in index.classes if c.lower() not in lookup]
@@ -200,6 +241,35 @@ def load_target(run: RunDir, config: dict, *, data=None, split=None, manifest=No
     return Target(name or default_name(index.root, split), index.root, layout,
                   [samples[i].path for i in loaded.kept], labels[loaded.kept], loaded.pixels, bad=loaded.bad,
                   notes=notes)
+
+
+def _fitted_on(run: RunDir, root: Path):
+    """A test: was this file one of the run's train or val images (the same path, or the same bytes, e.g. the
+    labelled target images of a --init run copied elsewhere)? Only files of a size found there are hashed."""
+    from ..data.split import file_digest
+
+    if not run.splits.exists():
+        return lambda path: False
+    fitted = [(Path(r["file"]) if Path(r["file"]).is_absolute() else root / r["file"]).resolve()
+              for r in read_csv(run.splits) if r["split"] in ("train", "val")]
+    by_size: dict[int, list[Path]] = {}
+    for f in fitted:
+        if f.exists():
+            by_size.setdefault(f.stat().st_size, []).append(f)
+    paths, digests = set(fitted), {}
+
+    def seen(path: Path) -> bool:
+        path = path.resolve()
+        if path in paths:
+            return True
+        same_size = by_size.get(path.stat().st_size) if path.exists() else None
+        if not same_size:
+            return False
+        for f in same_size:
+            if f not in digests:
+                digests[f] = file_digest(f)
+        return file_digest(path) in {digests[f] for f in same_size}
+    return seen
 
 
 def default_name(root: Path, split: str | None = None) -> str:
@@ -261,73 +331,6 @@ def source_side(run: RunDir, config: dict, score) -> dict | None:
     return _SOURCES[key]
 
 
-def adapted_probabilities(adapt: list[str], model, config: dict, pixels: np.ndarray, probs: np.ndarray,
-                          source: dict | None, device, progress: bool, score=None) -> dict:
-    """{method: (target probabilities, decision threshold, what was done)} for each adaptation (none without the
-    run's validation images, which every adaptation compares with)."""
-    if source is None:
-        return {}
-    score = score or _Scorer(model, config, device, progress)
-    out, bn_probs = {}, None
-    for method in adapt:
-        info, a_probs, threshold = {}, probs, source["threshold"]
-        if method.startswith("bn"):
-            if bn_probs is None:
-                bn_probs, layers, bn_prior = _batchnorm_adapted(model, config, pixels, probs, source, device,
-                                                                progress, score)
-            a_probs = bn_probs
-            info["batchnorm_layers"] = layers
-            info["batchnorm_source_mixed_at"] = dict(zip(config["data"]["classes"], bn_prior.tolist()))
-        if method.endswith("prior"):
-            a_probs, threshold, prior_info = _prior_adapted(a_probs, source, source["pos"], threshold, config)
-            info.update(prior_info)
-        out[method] = (a_probs, threshold, info)
-    return out
-
-
-def _batchnorm_adapted(model, config, pixels: np.ndarray, probs: np.ndarray, source: dict, device, progress, score):
-    """Target probabilities from a copy of the model whose BatchNorm layers match the target to validation
-    (validation's classes mixed at the target's prior, estimated by EM from `probs`)."""
-    from ..engine import adapt_batchnorm, batchnorm_statistics
-
-    if len(pixels) < 8:
-        raise TransferlabError(f"--adapt bn needs at least 8 target images to estimate BatchNorm statistics "
-                               f"(got {len(pixels)})")
-    norm = dict(mean=config["model"]["mean"], std=config["model"]["std"], device=device, progress=progress)
-    k = source["probs"].shape[1]
-    if "batchnorm" not in source:
-        source["batchnorm"] = batchnorm_statistics(model, source["pixels"], source["y"], k, **norm)
-    # validation's classes mixed at the target's estimated prior: a change of prevalence alone changes nothing
-    prior = _em_prior(probs, source)
-    adapted, layers = adapt_batchnorm(model, pixels, source["batchnorm"], prior=prior, **norm)
-    return score(pixels, model=adapted)[0], layers, prior
-
-
-def _em_prior(probs: np.ndarray, source: dict) -> np.ndarray:
-    """EM estimate of the target's class prior, on probabilities calibrated on validation."""
-    calibration = sh.fit_calibration(source["probs"], source["y"])
-    k = probs.shape[1]
-    return sh.em_prior(sh.calibrate(probs, calibration), np.bincount(source["y"], minlength=k) / len(source["y"]))
-
-
-def _prior_adapted(probs: np.ndarray, source: dict, pos: int, threshold: float | None, config: dict):
-    """Posteriors calibrated on validation and re-weighted to the EM estimate of the target's prior; for a
-    binary run, the threshold re-chosen with the run's own method on validation reweighted to that prior."""
-    k = probs.shape[1]
-    calibration = sh.fit_calibration(source["probs"], source["y"])
-    source_prior = np.bincount(source["y"], minlength=k) / len(source["y"])
-    target_prior = sh.em_prior(sh.calibrate(probs, calibration), source_prior)
-    adapted = sh.adapt_prior(sh.calibrate(probs, calibration), source_prior, target_prior)
-    info = {"prior": dict(zip(config["data"]["classes"], target_prior.tolist()))}
-    if threshold is not None and k == 2:
-        val_adapted = sh.adapt_prior(sh.calibrate(source["probs"], calibration), source_prior, target_prior)
-        weight = (target_prior / np.clip(source_prior, 1e-12, None))[source["y"]]
-        info["threshold_method"] = _run_threshold_method(config)
-        threshold = choose_threshold((source["y"] == pos).astype(int), val_adapted[:, pos], info["threshold_method"],
-                                     sample_weight=weight)
-    return adapted, threshold, info
-
-
 TTA_HELP = ("mean probability over the image and random views from the training augmentation (small affine, "
             "brightness/contrast; no flips)")
 
@@ -368,13 +371,9 @@ def _tta(views: int, model, config: dict, target: Target, source: dict | None, p
     else:
         info["threshold_chosen_on"] = "val, plain probabilities (the validation images could not be read)"
         return probs, threshold, info
-    threshold = choose_threshold((val_y == pos).astype(int), val_probs[:, pos], _run_threshold_method(config))
+    threshold = choose_threshold((val_y == pos).astype(int), val_probs[:, pos], run_threshold_method(config))
     info["threshold_chosen_on"] = f"val, {views}-view probabilities"
     return probs, threshold, info
-
-
-def _run_threshold_method(config: dict) -> str:
-    return config["settings"].get("threshold_method", "youden")
 
 
 # --- metrics and outputs -------------------------------------------------------------------------------------
@@ -395,19 +394,23 @@ def _metrics(labels: np.ndarray, probs: np.ndarray, pos: int | None, threshold: 
     ranks = rankdata(probs[:, pos]) if k == 2 else None
     rng = np.random.default_rng(seed)
     values: dict[str, list] = {"accuracy": [], "balanced_accuracy": [], "roc_auc": []}
+    n_present = int((np.bincount(labels, minlength=k) > 0).sum())
     for _ in range(n_boot):
         i = rng.integers(0, len(labels), len(labels))
-        values["accuracy"].append(correct[i].mean())
         n_class = np.bincount(labels[i], minlength=k)
         present = n_class > 0
-        if present.sum() > 1:
-            recall = np.bincount(labels[i], weights=correct[i], minlength=k)[present] / n_class[present]
-            values["balanced_accuracy"].append(recall.mean())
-            if ranks is not None:   # Mann-Whitney AUC on the resample (ties: average ranks of the full set)
-                positive = labels[i] == pos
-                r = rankdata(ranks[i])
-                n1, n0 = positive.sum(), (~positive).sum()
-                values["roc_auc"].append((r[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+        if present.sum() < n_present:   # metrics.bootstrap_ci's rule: resamples that lose a class are left out
+            continue
+        values["accuracy"].append(correct[i].mean())
+        if n_present < 2:
+            continue
+        recall = np.bincount(labels[i], weights=correct[i], minlength=k)[present] / n_class[present]
+        values["balanced_accuracy"].append(recall.mean())
+        if ranks is not None:   # Mann-Whitney AUC on the resample (ties: average ranks of the full set)
+            positive = labels[i] == pos
+            r = rankdata(ranks[i])
+            n1, n0 = positive.sum(), (~positive).sum()
+            values["roc_auc"].append((r[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
     out["ci"] = {k: [float(q) for q in np.quantile(v, [0.025, 0.975])] for k, v in values.items() if v}
     out["ci_n_boot"] = n_boot
     return out
@@ -436,78 +439,3 @@ def _image_statistics(source_files: list[Path], target_files: list[Path]) -> dic
     from .splits import SHIFT_FEATURES, file_statistics
 
     return sh.statistics_shift(file_statistics(source_files), file_statistics(target_files), SHIFT_FEATURES)
-
-
-def summary_lines(result: dict) -> list[str]:
-    """What `transferlab evaluate` prints: a few lines, then where the JSON is."""
-    out = [f"{result['name']}: {result['n']} images from {result['data']} ({result['layout']}); scored "
-           f"{result['scored']}" + (f"; {result['n_unreadable']} unreadable skipped" if result["n_unreadable"] else "")]
-    out += [f"note: {n}" for n in result["notes"]]
-    rows = [("as trained", result)] + [(f"adapt {m}", r) for m, r in result.get("adapted", {}).items()]
-    rows += [(f"TTA x{result['tta']['views']}", result["tta"])] if "tta" in result else []
-    for label, r in rows:
-        if "accuracy" not in r:
-            shares = ", ".join(f"{c} {v:.1%}" for c, v in r["predicted_share"].items())
-            out.append(f"{label:>16}: predicted {shares} (no labels)")
-            continue
-        at = r.get("at_threshold", r)
-        ci = r.get("ci", {})
-        t = at.get("threshold")
-        out.append(f"{label:>16}: accuracy {at['accuracy']:.3f} {_ci(ci.get('accuracy'))}  balanced "
-                   f"{_num(at.get('balanced_accuracy'))}  AUC {_num(r.get('roc_auc'))} {_ci(ci.get('roc_auc'))}"
-                   + (f"  (threshold {t:.3f}, chosen on validation)" if t is not None and "at_threshold" in r else ""))
-    out += result.get("findings", [])
-    return out
-
-
-def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _ci(ci) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-
-
-# --- a study's runs on its external sets (report section E) -------------------------------------------------------
-
-def external_results(run_dirs: list[Path], sets: list[dict]) -> dict[str, dict[str, dict]]:
-    """{set name: {run name: eval-<name>.json}} for the study's --external sets."""
-    import json
-
-    out = {}
-    for s in sets:
-        found = {Path(p).name: json.loads((Path(p) / f"eval-{s['name']}.json").read_text()) for p in run_dirs
-                 if (Path(p) / f"eval-{s['name']}.json").exists()}
-        if found:
-            out[s["name"]] = found
-    return out
-
-
-def external_errors(run_dir: Path, name: str, k: int = 8) -> list[dict]:
-    """The k labelled images of an external set the run got most confidently wrong (predictions-<name>.csv)."""
-    rows = [r for r in read_csv(Path(run_dir) / f"predictions-{name}.csv") if r["label"] and r["predicted"] != r["label"]]
-    for r in rows:
-        r["confidence"] = float(r[f"prob_{r['predicted']}"])
-    return sorted(rows, key=lambda r: -r["confidence"])[:k]
-
-
-def adaptation_findings(result: dict) -> list[str]:
-    """One sentence per adaptation: what it changed, measured with the labels where there are any."""
-    out = []
-    for method, r in result.get("adapted", {}).items():
-        if "accuracy" in r and "accuracy" in result:
-            before, after = result.get("at_threshold", result), r.get("at_threshold", r)
-            delta = after["balanced_accuracy"] - before["balanced_accuracy"] if after.get("balanced_accuracy") is not None \
-                and before.get("balanced_accuracy") is not None else None
-            verdict = ("no change" if delta is None or abs(delta) < 0.005 else "helps" if delta > 0 else "hurts")
-            domain = (result.get("shift") or {}).get("domain") or {}
-            if method.endswith("prior") and domain.get("distinguishable"):
-                verdict += (" (the prior correction assumes pure label shift, which the domain classifier rejects "
-                            "for this set)")
-            out.append(f"--adapt {method}: accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, balanced "
-                       f"accuracy {_num(before.get('balanced_accuracy'))} -> {_num(after.get('balanced_accuracy'))}, AUC "
-                       f"{_num(result.get('roc_auc'))} -> {_num(r.get('roc_auc'))}: {verdict} here.")
-        else:
-            shares = ", ".join(f"{c} {v:.0%}" for c, v in r["predicted_share"].items())
-            out.append(f"--adapt {method}: predicted {shares} (no labels to measure the effect).")
-    return out

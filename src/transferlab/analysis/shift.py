@@ -29,6 +29,12 @@ N_PERMUTATIONS = 100      # label permutations for the domain classifier's p-val
 DOMAIN_AUC_FLAG = 0.6     # a target is "distinguishable" at this cross-validated AUC and p < DOMAIN_P_FLAG
 DOMAIN_P_FLAG = 0.01
 EPS = 1e-12
+# What the accuracy estimators may mean on a flagged set (decided on benchmarks/shift.py; BENCHMARKS.md "Shift"):
+# the range is the estimators' own spread widened by RANGE_WIDEN x (domain AUC - 0.5) / 0.5 on each side; at
+# NOT_SHOWN_AUC and above the images are told from validation almost perfectly and no lower bound is given.
+RANGE_WIDEN = 0.3
+NOT_SHOWN_AUC = 0.95
+PRIOR_FLOOR = 1e-3        # --adapt prior: no class is given a prior below this (EM can reach 0 or 1)
 
 LABEL_SHIFT_ASSUMPTION = ("pure label shift: the images of each class look the same in the target as in "
                           "validation, only the class proportions differ")
@@ -38,19 +44,22 @@ ACCURACY_ASSUMPTION = ("the model's confidence relates to its correctness on the
 
 # --- calibration on validation --------------------------------------------------------------------------------
 
-def fit_calibration(probs: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+def fit_calibration(probs: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """Bias-corrected temperature scaling fitted on validation: (T, b) minimising the NLL of
     softmax(log p / T + b). Afterwards the probabilities match the validation class proportions, which EM needs
-    (a class-weighted loss trains the model towards equal priors instead)."""
+    (a class-weighted loss trains the model towards equal priors instead). `sample_weight`: e.g. a label
+    budget's design weights, when fitted on labelled target images."""
     logp = np.log(np.clip(probs, EPS, 1))
     onehot = np.eye(probs.shape[1])[y]
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    w = (w / w.sum())[:, None]
 
     def nll_and_grad(params):
         t = np.exp(params[0])
         z = logp / t + params[1:]
         logq = log_softmax(z, axis=1)
-        dz = (np.exp(logq) - onehot) / len(y)
-        return -(logq * onehot).sum() / len(y), np.r_[(dz * -logp / t).sum(), dz.sum(0)]
+        dz = (np.exp(logq) - onehot) * w
+        return -(logq * onehot * w).sum(), np.r_[(dz * -logp / t).sum(), dz.sum(0)]
 
     result = minimize(nll_and_grad, np.zeros(probs.shape[1] + 1), jac=True, method="L-BFGS-B")
     return float(np.exp(result.x[0])), result.x[1:]
@@ -225,7 +234,7 @@ def estimate_shift(*, classes: list[str], val_y: np.ndarray, val_probs: np.ndarr
                                    n_permutations=n_permutations, seed=seed)
     disagreement = float(np.abs(point["em"] - point["bbse"]).max())
     distinguishable = bool(domain and domain.get("distinguishable"))
-    return {
+    result = {
         "classes": classes, "n_val": int(len(val_y)), "n_target": int(len(target_pred)),
         "prevalence": prevalence, "accuracy": accuracy, "domain": domain,
         "calibration": {"temperature": calibration[0], "bias": calibration[1].tolist()},
@@ -235,10 +244,57 @@ def estimate_shift(*, classes: list[str], val_y: np.ndarray, val_probs: np.ndarr
             "reliable": None if domain is None or domain.get("auc") is None else not distinguishable,
         },
     }
+    result["headline"] = accuracy_headline(result)
+    return result
+
+
+def accuracy_headline(shift: dict, label_budget: int | None = None) -> dict:
+    """What to say about the target's accuracy without labels: a point estimate only where nothing says its
+    assumption fails; otherwise a range and the number of labels that would settle it.
+
+    kind "estimate": the domain classifier cannot tell the images from validation (beyond the class mix): ATC.
+    kind "range": it can; the estimators' spread widened by how far the images are from validation.
+    kind "not_shown": it tells them apart almost perfectly (AUC >= NOT_SHOWN_AUC): only an upper end; the model
+    has not been shown to work on these images. Also where no domain classifier could run (no validation)."""
+    from .labelling import DEFAULT_BUDGET
+
+    acc, domain = shift["accuracy"], shift.get("domain") or {}
+    methods = [m for m in (*ACCURACY_ESTIMATORS, *AGREEMENT_ESTIMATORS) if acc.get(m) is not None]
+    values = [acc[m] for m in methods]
+    budget = label_budget or max(DEFAULT_BUDGET, 20 * len(shift["classes"]))
+    auc = domain.get("auc")
+    if auc is not None and not domain.get("distinguishable"):
+        return {"kind": "estimate", "accuracy": acc["atc"], "method": "atc", "domain_auc": auc}
+    if auc is None:
+        return {"kind": "not_shown", "low": None, "high": max(values), "label_budget": budget, "domain_auc": None,
+                "why": "no validation images to compare with, so nothing checks the estimators' assumption"}
+    widen = RANGE_WIDEN * max(auc - 0.5, 0) / 0.5
+    high = float(min(1.0, max(values) + widen))
+    if auc >= NOT_SHOWN_AUC:
+        return {"kind": "not_shown", "low": None, "high": high, "label_budget": budget, "domain_auc": auc,
+                "why": f"a domain classifier tells these images from validation almost perfectly (AUC {auc:.2f})"}
+    return {"kind": "range", "low": float(max(0.0, min(values) - widen)), "high": high, "label_budget": budget,
+            "domain_auc": auc, "methods": methods,
+            "why": f"the images differ from validation (domain AUC {auc:.2f}), which the estimators assume they do not"}
+
+
+def headline_text(h: dict, name: str = "these images") -> str:
+    """The headline as one sentence (the CLI summary, findings, the report)."""
+    if h["kind"] == "estimate":
+        return (f"Expected accuracy on {name}: {h['accuracy']:.3f} (ATC; the images look like validation's, beyond "
+                f"their class mix).")
+    settle = f"label {h['label_budget']} images (--label-budget {h['label_budget']}) to measure it"
+    if h["kind"] == "range":
+        return (f"Accuracy on {name} cannot be estimated without labels: {h['why']}; it could be anywhere from "
+                f"{h['low']:.2f} to {h['high']:.2f}. To know, {settle}.")
+    return (f"The model has not been shown to work on {name}: {h['why']}. Accuracy could be anything up to "
+            f"{h['high']:.2f}, with no lower bound; check it with labels before use: {settle}.")
 
 
 ACCURACY_ESTIMATORS = ("atc", "doc", "average_confidence", "label_shift")
+AGREEMENT_ESTIMATORS = ("gde", "aline_d")   # added from a study's other runs (analysis.agreement)
 ESTIMATOR_NAMES = {"atc": "ATC", "doc": "DoC", "average_confidence": "average confidence",
+                   "gde": "disagreement between runs (GDE)", "aline_d": "agreement-on-the-line (ALine-D)",
                    "label_shift": "label-shift (EM prior x validation recall)", "em": "EM", "bbse": "BBSE"}
 
 
@@ -254,42 +310,49 @@ def compare_with_truth(shift: dict, target_y: np.ndarray | None, target_pred: np
         "prevalence_error": {m: float(max(abs(shift["prevalence"][m][c]["estimate"] - true_prior[i])
                                           for i, c in enumerate(classes))) for m in ("em", "bbse")},
         "accuracy": true_acc,
-        "accuracy_error": {m: float(shift["accuracy"][m] - true_acc) for m in ACCURACY_ESTIMATORS},
+        "accuracy_error": {m: float(shift["accuracy"][m] - true_acc) for m in (*ACCURACY_ESTIMATORS, *AGREEMENT_ESTIMATORS)
+                           if shift["accuracy"].get(m) is not None},
     }
 
 
 def shift_findings(shift: dict, truth: dict | None = None, *, name: str = "the target") -> list[str]:
-    """Plain sentences, one per finding, from the measured numbers of `estimate_shift`."""
-    classes, prev, acc, rel = shift["classes"], shift["prevalence"], shift["accuracy"], shift["reliability"]
+    """Plain sentences, one per finding, from the measured numbers of `estimate_shift`. The accuracy headline
+    comes first; on a set the domain classifier flags, no estimate is stated as the answer."""
+    classes, prev, acc = shift["classes"], shift["prevalence"], shift["accuracy"]
+    h = shift.get("headline") or accuracy_headline(shift)
     truth = truth or {}
-    out = []
+    out = [headline_text(h, name)]
+    if truth:
+        out[-1] += f" Measured with the labels: {truth['accuracy']:.3f}."
     moved = max(classes, key=lambda c: abs(prev["em"][c]["estimate"] - prev["source"][c]))
     e = prev["em"][moved]
     change = e["estimate"] - prev["source"][moved]
-    text = (f"{name} is estimated to hold {e['estimate']:.0%} {moved} images (EM, 95% CI {e['ci'][0]:.0%}-"
-            f"{e['ci'][1]:.0%}; BBSE {prev['bbse'][moved]['estimate']:.0%}), {abs(change) * 100:.0f} points "
-            f"{'more' if change >= 0 else 'fewer'} than validation ({prev['source'][moved]:.0%})")
+    d = shift.get("domain") or {}
+    if h["kind"] == "estimate":
+        text = (f"{name} is estimated to hold {e['estimate']:.0%} {moved} images (EM, 95% CI {e['ci'][0]:.0%}-"
+                f"{e['ci'][1]:.0%}; BBSE {prev['bbse'][moved]['estimate']:.0%}), {abs(change) * 100:.0f} points "
+                f"{'more' if change >= 0 else 'fewer'} than validation ({prev['source'][moved]:.0%})")
+    else:
+        text = (f"The class mix of {name} cannot be estimated without labels either: EM ({e['estimate']:.0%} {moved}) "
+                f"and BBSE ({prev['bbse'][moved]['estimate']:.0%}) assume the images of each class look as in "
+                f"validation (validation: {prev['source'][moved]:.0%})")
     if truth:
         text += f"; the labels say {truth['prevalence'][moved]:.0%}"
     out.append(text + ".")
-    d = shift.get("domain")
-    if d and d.get("auc") is not None:
+    if d.get("auc") is not None:
         if d["distinguishable"]:
             out.append(f"The images differ from validation beyond their class mix: a domain classifier on the "
                        f"backbone's features tells them apart with AUC {d['auc']:.2f} (p={d['p_value']:.2g}; 0.5 = "
-                       f"indistinguishable). The prevalence and accuracy estimates assume they do not, so treat them as "
-                       f"unreliable: they disagree by up to {rel['prevalence_disagreement']:.0%} (prevalence, EM vs "
-                       f"BBSE) and {rel['accuracy_spread']:.0%} (accuracy, {len(ACCURACY_ESTIMATORS)} estimators).")
+                       f"indistinguishable).")
         else:
             out.append(f"Once validation is reweighted to the estimated class mix, a domain classifier on the backbone's "
                        f"features cannot tell the images apart (AUC {d['auc']:.2f}, p={d['p_value']:.2g}): consistent "
-                       f"with a pure label shift, the assumption of the prevalence estimates.")
+                       f"with a pure label shift, the assumption of the prevalence and accuracy estimates.")
     else:
         out.append("The domain classifier could not run (no validation images to compare with), so nothing checks "
-                   "the pure-label-shift assumption of these estimates.")
-    parts = ", ".join(f"{ESTIMATOR_NAMES[m]} {acc[m]:.3f}" for m in ACCURACY_ESTIMATORS)
-    text = f"Estimated accuracy without labels: {parts} (validation {acc['val_accuracy']:.3f})"
-    if truth:
-        text += f"; measured with the labels: {truth['accuracy']:.3f}"
-    out.append(text + ".")
+                   "the assumption of these estimates.")
+    methods = [m for m in (*ACCURACY_ESTIMATORS, *AGREEMENT_ESTIMATORS) if acc.get(m) is not None]
+    parts = ", ".join(f"{ESTIMATOR_NAMES[m]} {acc[m]:.3f}" for m in methods)
+    lead = "Each estimator, for the record" if h["kind"] != "estimate" else "Every label-free estimate of accuracy"
+    out.append(f"{lead}: {parts} (validation {acc['val_accuracy']:.3f}).")
     return out

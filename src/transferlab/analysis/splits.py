@@ -41,13 +41,16 @@ def leakage(root: str | Path, rows: list[dict]) -> dict:
             by_hash[digest].append(row)
     groups = [g for g in by_hash.values() if len(g) > 1]
     across = [g for g in groups if len({r["split"] for r in g}) > 1]
-    patients = {s: {r["patient"] for r in rows if r["split"] == s} for s in SPLITS}
-    overlap = {f"{a}/{b}": sorted(patients[a] & patients[b]) for a, b in itertools.combinations(SPLITS, 2)}
+    # splits.csv leaves the patient empty where the file name carries no id: no claim is made about those
+    patients = {s: {r["patient"] for r in rows if r["split"] == s and r.get("patient")} for s in SPLITS}
+    present = {s for s in SPLITS if any(r["split"] == s for r in rows)}
+    overlap = {f"{a}/{b}": sorted(patients[a] & patients[b]) if patients[a] and patients[b] else None
+               for a, b in itertools.combinations(SPLITS, 2) if a in present and b in present}
     return {"files_hashed": sum(d is not None for d in digests), "duplicate_groups": len(groups),
             "duplicate_groups_across_splits": len(across),
             "examples_across_splits": [[f"{r['file']} ({r['split']})" for r in g] for g in across[:5]],
             "patients": {s: len(p) for s, p in patients.items()},
-            "patient_overlap": {k: len(v) for k, v in overlap.items()},
+            "patient_overlap": {k: None if v is None else len(v) for k, v in overlap.items()},
             "patient_overlap_examples": {k: v[:5] for k, v in overlap.items() if v}}
 
 
@@ -160,8 +163,12 @@ def data_findings(balance: dict, leak: dict, shift: dict, same: dict, positive: 
         out.append(f"No byte-identical file appears in two splits ({leak['files_hashed']} files hashed with SHA-1; "
                    f"{leak['duplicate_groups']} duplicate groups within a split).")
     overlapping = {k: v for k, v in leak["patient_overlap"].items() if v}
+    unchecked = [k for k, v in leak["patient_overlap"].items() if v is None]
     patients = ", ".join(f"{s} {n}" for s, n in leak["patients"].items() if n)
-    if overlapping:
+    if unchecked and not overlapping:
+        out.append(f"Whether a patient appears in two splits could not be checked ({', '.join(unchecked)}): the file "
+                   f"names carry no patient id (--patient-pattern, or a manifest's patient_id column, gives one).")
+    elif overlapping:
         out.append("LEAKAGE: patients in two splits: " + ", ".join(f"{k} {v}" for k, v in overlapping.items())
                    + f" (patients per split: {patients}).")
     else:

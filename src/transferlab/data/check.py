@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..console import show_bars
 from ..errors import DataError
+from .. import formatting
 from .discover import DEFAULT_PATIENT_PATTERN, discover
 from .images import ImageError, decode_image, read_bytes
 from .split import leakage_warning, patient_overlap, shared_with_train
@@ -35,7 +36,7 @@ class DataReport:
     duplicates: list[list[str]]                # groups of byte-identical files (relative paths)
     duplicates_across_splits: int              # groups whose files sit in more than one source split
     duplicates_across_classes: int             # groups whose files carry more than one class
-    patient_overlap: dict[str, list[str]]      # "train/val" -> patients found in both source splits
+    patient_overlap: dict[str, list[str] | None]   # "train/val" -> patients in both source splits (None: no ids)
     shared_with_train: dict[str, dict]         # "val"/"test" folder -> patients, images, identical it shares with train
     notes: list[str] = field(default_factory=list)
 
@@ -56,7 +57,7 @@ class DataReport:
                  f"{'split':<8}" + "".join(f"{c:>{width}}" for c in self.classes) + f"{'total':>8}{'patients':>10}"]
         for split, counts in self.counts.items():
             lines.append(f"{split:<8}" + "".join(f"{counts[c]:>{width}}" for c in self.classes)
-                         + f"{sum(counts.values()):>8}{self.patients[split]:>10}")
+                         + f"{sum(counts.values()):>8}{formatting.fmt(self.patients[split], ''):>10}")
         lines.append("")
         if self.sizes:
             lines.append("image size (min/median/max): " + ", ".join(
@@ -74,6 +75,10 @@ class DataReport:
         if len(self.duplicates) > 5:
             lines.append(f"  ... and {len(self.duplicates) - 5} more groups")
         for pair, patients in self.patient_overlap.items():
+            if patients is None:
+                lines.append(f"patients in both {pair}: could not be checked (no patient id in the file names; "
+                             f"--patient-pattern or a manifest's patient_id column gives one)")
+                continue
             lines.append(f"patients in both {pair}: {len(patients)}"
                          + (f" (e.g. {', '.join(patients[:5])})" if patients else ""))
         if self.notes:
@@ -114,13 +119,13 @@ def check_data(root, *, manifest=None, patient_pattern: str = DEFAULT_PATIENT_PA
                  for name, col in (("width", hw[:, 1]), ("height", hw[:, 0]))}
     report = DataReport(
         root=str(index.root), fingerprint=index.fingerprint(), classes=index.classes, counts=counts,
-        patients={sp: len({s.patient for s in index.split(sp)}) for sp in splits},
+        patients={sp: len({s.patient for s in index.split(sp) if s.patient_known}) or None for sp in splits},
         skipped=index.skipped, bad=bad, sizes=sizes, formats=dict(formats.most_common()),
         duplicates=[[index.relative(s) for s in g] for g in groups],
         duplicates_across_splits=sum(len({s.source_split for s in g}) > 1 for g in groups),
         duplicates_across_classes=sum(len({s.label for s in g}) > 1 for g in groups),
-        patient_overlap={f"{a}/{b}": sorted(patient_overlap(index.split(a), index.split(b)))
-                         for a, b in itertools.combinations(splits, 2)},
+        patient_overlap={f"{a}/{b}": None if (found := patient_overlap(index.split(a), index.split(b))) is None
+                         else sorted(found) for a, b in itertools.combinations(splits, 2)},
         shared_with_train=_shared(index, digests.get))
     report.notes = _notes(report)
     return report

@@ -26,6 +26,7 @@ class Sample:
     label: int          # index into DatasetIndex.classes
     patient: str        # patient/group id: images of one patient never straddle two carved splits
     source_split: str   # "train" / "val" / "test" as found on disk; "all" without split folders
+    patient_known: bool = True   # False: no patient id in the name (or manifest), so `patient` is the file stem
 
 
 @dataclass
@@ -78,6 +79,13 @@ def patient_id(filename: str, pattern: str = DEFAULT_PATIENT_PATTERN) -> str:
     return match.group("patient") if match and match.group("patient") else PurePosixPath(filename).stem
 
 
+def has_patient_id(filename: str, pattern: str = DEFAULT_PATIENT_PATTERN) -> bool:
+    """Whether `pattern` finds a patient id in `filename`; without one, equal file names in two folders say
+    nothing about patients (image(12).jpg in every class folder), so no patient claim is made about it."""
+    match = _compile(pattern).search(filename)
+    return bool(match and match.group("patient"))
+
+
 def discover(root, *, patient_pattern: str = DEFAULT_PATIENT_PATTERN, manifest: str | Path | None = None,
              require_train: bool = True, min_classes: int = 2) -> DatasetIndex:
     """Index ROOT/{train,val,test}/CLASS/*, ROOT/CLASS/* or a manifest CSV (path,label[,patient_id][,split]).
@@ -115,7 +123,8 @@ def discover(root, *, patient_pattern: str = DEFAULT_PATIENT_PATTERN, manifest: 
             class_dir = folders[split] / name
             for path in classes[name]:
                 rel = path.relative_to(class_dir).as_posix()
-                samples.append(Sample(path, label, patient_id(rel, patient_pattern), split))
+                samples.append(Sample(path, label, patient_id(rel, patient_pattern), split,
+                                      has_patient_id(rel, patient_pattern)))
     samples.sort(key=lambda s: s.path)
     return DatasetIndex(root, reference, samples, skipped)
 
@@ -125,7 +134,7 @@ def discover_unlabelled(root) -> DatasetIndex:
     measure shift on."""
     root = _root(root)
     skipped: list[tuple[str, str]] = []
-    samples = [Sample(path, -1, path.stem, "all") for path in _images_in(root, root, skipped)]
+    samples = [Sample(path, -1, path.stem, "all", False) for path in _images_in(root, root, skipped)]
     if not samples:
         raise DataError(f"{root}: no images found")
     return DatasetIndex(root, [], samples, skipped)
@@ -251,13 +260,14 @@ def _from_manifest(root: Path, manifest: Path, pattern: str, min_classes: int = 
         if not file.is_file():
             missing.append(raw)
         rel_posix = file.relative_to(root).as_posix()
-        entries.append((file, value["label"], value.get("patient_id") or patient_id(rel_posix, pattern), split))
+        entries.append((file, value["label"], value.get("patient_id") or patient_id(rel_posix, pattern), split,
+                        bool(value.get("patient_id")) or has_patient_id(rel_posix, pattern)))
     if missing:
         raise DataError(f"{path}: {len(missing)} of {len(entries)} listed files do not exist under {root}, "
                         f"e.g. {', '.join(missing[:3])}")
 
     by_split: dict[str, set[str]] = {}
-    for _, label, _, split in entries:
+    for _, label, _, split, _ in entries:
         by_split.setdefault(split, set()).add(label)
     if by_split and "all" not in by_split and "train" not in by_split and require_train:
         raise DataError(f"{path}: the split column names no train rows")
@@ -267,6 +277,6 @@ def _from_manifest(root: Path, manifest: Path, pattern: str, min_classes: int = 
             raise DataError(f"{path}: split {split} lacks class{'es' * (len(set(classes) - labels) > 1)} "
                             f"{', '.join(sorted(set(classes) - labels))} that other splits have")
     _check_classes(root, classes, path, min_classes)
-    samples = sorted((Sample(f, classes.index(label), patient, split) for f, label, patient, split in entries),
+    samples = sorted((Sample(f, classes.index(label), patient, split, known) for f, label, patient, split, known in entries),
                      key=lambda s: s.path)
     return DatasetIndex(root, classes, samples, [])

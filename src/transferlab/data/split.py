@@ -23,8 +23,16 @@ class Splits:
     method: dict   # JSON-able: how each split was made, counts per split and class, patients per split
 
 
-def patient_overlap(a: list[Sample], b: list[Sample]) -> set[str]:
-    return {s.patient for s in a} & {s.patient for s in b}
+def patient_overlap(a: list[Sample], b: list[Sample]) -> set[str] | None:
+    """Patients found in both lists; None when either side has no patient id to compare (could not check)."""
+    known_a, known_b = {s.patient for s in a if s.patient_known}, {s.patient for s in b if s.patient_known}
+    if not known_a or not known_b:
+        return None
+    return known_a & known_b
+
+
+def _count(found: set | None) -> int | None:
+    return None if found is None else len(found)
 
 
 def file_digest(path: Path) -> str | None:
@@ -41,6 +49,8 @@ def shared_with_train(train: list[Sample], other: list[Sample], digest=file_dige
     of `other` whose bytes equal one of `train`). Only files whose size matches a file on the other side are
     hashed; `digest(path)` may give known hashes (check-data)."""
     patients = patient_overlap(train, other)
+    unchecked = patients is None
+    patients = set() if unchecked else patients
 
     def size(sample: Sample) -> int:
         try:
@@ -51,13 +61,17 @@ def shared_with_train(train: list[Sample], other: list[Sample], digest=file_dige
     common = (set(train_sizes.values()) & set(other_sizes.values())) - {-1, 0}
     train_hashes = {digest(p) for p, n in train_sizes.items() if n in common} - {None}
     identical = sum(n in common and digest(p) in train_hashes for p, n in other_sizes.items())
-    return {"against": against, "patients": len(patients), "images": sum(s.patient in patients for s in other),
-            "identical": identical, "of": len(other)}
+    return {"against": against, "patients": None if unchecked else len(patients),
+            "images": sum(s.patient_known and s.patient in patients for s in other), "identical": identical,
+            "of": len(other)}
 
 
 def leakage_warning(split: str, shared: dict, how: str) -> str | None:
     """One line about a split that shares patients or identical images with train (None when it shares none);
     `how` says how the split was made, e.g. "the official test/ folder, used as given"."""
+    if shared["patients"] is None and not shared["identical"]:
+        return (f"{split} ({how}): whether it shares patients with {shared['against']} could not be checked: the file "
+                f"names carry no patient id (give --patient-pattern, or a manifest with a patient_id column)")
     if not shared["patients"] and not shared["identical"]:
         return None
     parts = []
@@ -135,7 +149,7 @@ def make_splits(index: DatasetIndex, *, val_fraction: float = 0.15, test_fractio
     method["counts"] = {name: {c: sum(s.label == i for s in ss) for i, c in enumerate(index.classes)}
                         for name, ss in splits.items()}
     method["patients"] = {name: len({s.patient for s in ss}) for name, ss in splits.items()}
-    method["patient_overlap"] = {f"{a}/{b}": len(patient_overlap(splits[a], splits[b]))
+    method["patient_overlap"] = {f"{a}/{b}": _count(patient_overlap(splits[a], splits[b]))
                                  for a, b in (("train", "val"), ("train", "test"), ("val", "test"))}
     return Splits(pool, val, test, method)
 

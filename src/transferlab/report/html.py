@@ -14,6 +14,7 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader
 
 from ..analysis import Run, analyze_study
+from ..analysis.decision import verdict_text
 from ..analysis.splits import SHIFT_FEATURES
 from ..errors import TransferlabError
 from ..formatting import MISSING, fmt
@@ -518,6 +519,16 @@ def _error_gallery(s: Section, items: list, title: str, where: str, positive: st
                if flat else "."))
 
 
+def _headline_cell(h: dict | None) -> str:
+    if not h:
+        return NOT_APPLICABLE
+    if h["kind"] == "estimate":
+        return f"{h['accuracy']:.3f}"
+    if h["kind"] == "range":
+        return f"{h['low']:.2f}–{h['high']:.2f} (label {h['label_budget']})"
+    return f"≤ {h['high']:.2f}, not shown to work (label {h['label_budget']})"
+
+
 def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
     """One external set: every run's result with the label-free estimates beside the truth, findings, errors."""
     results = ext["results"]
@@ -525,14 +536,14 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
     classes = first["classes"]
     s.h3(f"External set: {name}")
     s.p(f"{first['n']} images from {first['data']} ({first['layout']}); every image scored, no carving"
-        + ("; labelled, so each label-free estimate stands beside the truth." if first["labelled"]
+        + ("; labelled, so each label-free estimate stands beside the truth." if first.get("has_labels", first.get("labelled") is True)
            else "; unlabelled: predictions and label-free estimates only.")
         + (f" {first['n_unreadable']} unreadable files skipped." if first["n_unreadable"] else ""))
     shown = [first["positive_class"]] if len(classes) == 2 else classes
     adapt = list(first.get("adapted", {}))
     columns = ["run", "accuracy [95% CI]", "balanced acc.", "AUC"]
     columns += [f"{c} share: true / EM [CI] / BBSE" for c in shown]
-    columns += ["domain AUC (p)", "accuracy est.: ATC / DoC / label-shift"]
+    columns += ["domain AUC (p)", "accuracy without labels", "estimators: ATC / DoC / label-shift / runs' agreement"]
     columns += [f"adapt {m}: acc. / bal. acc." for m in adapt]
     rows = []
     for run_name, r in results.items():
@@ -550,7 +561,8 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
         d = (sh_ or {}).get("domain") or {}
         row.append(f"{fmt(d.get('auc'), '.2f')} ({fmt(d.get('p_value'), '.2g')})" if d.get("auc") is not None else MISSING)
         acc = (sh_ or {}).get("accuracy", {})
-        row.append(" / ".join(fmt(acc.get(m)) for m in ("atc", "doc", "label_shift")))
+        row.append(_headline_cell((sh_ or {}).get("headline")))
+        row.append(" / ".join(fmt(acc.get(m)) for m in ("atc", "doc", "label_shift", "gde")))
         for m in adapt:
             x = r["adapted"].get(m, {})
             xa = x.get("at_threshold", x)
@@ -560,11 +572,17 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
                   "Metrics at each run's validation-chosen decision rule. Shares: the truth (from the labels, when "
                   "there are any) beside two estimates made without them, EM (Saerens et al. 2002) and BBSE (Lipton "
                   "et al. 2018), both assuming pure label shift. Domain AUC: a classifier on backbone features "
-                  "telling these images from the validation images (0.5 = indistinguishable). Accuracy estimates: "
-                  "ATC (Garg et al. 2022), DoC, and EM prior × validation recall."))
+                  "telling these images from the validation images (0.5 = indistinguishable). Accuracy without labels: "
+                  "a number only where the domain classifier cannot tell the images from validation's (ATC); else "
+                  "the range the estimators could mean, or only an upper end where the model has not been shown to "
+                  "work. Estimators: ATC (Garg et al. 2022), DoC, EM prior × validation recall, and the runs' "
+                  "agreement with each other (GDE, Jiang et al. 2022)."))
+    decision = ext.get("next_step")
+    if decision:
+        s.p(f"What to do ({ext['best_run']}, the run chosen on validation) — {verdict_text(decision, name)}")
     s.findings([f"{ext['best_run']} (chosen on validation): {f}" if i == 0 else f
                 for i, f in enumerate(ext["findings"])])
-    if ext["gallery"] or first["labelled"]:
+    if ext["gallery"] or first.get("has_labels", first.get("labelled") is True):
         _error_gallery(s, ext["gallery"], f"{ext['best_run']} on {name}", name, first["positive_class"])
 SETTINGS_SHOWN = [s.name for s in SETTINGS.values() if s.report]
 NOT_APPLICABLE = MISSING
