@@ -280,10 +280,17 @@ def baseline_transforms(recipe: str, size: int, mean, std):
             T.Compose([T.Resize((size, size)), *norm]))
 
 
-def run_baseline(mode: str, args, samples, n_classes: int, pos: int, *, epochs: int, batch_size: int) -> dict:
-    """The torchvision tutorial's train_model loop; mode 'features' (frozen backbone) or 'finetune'."""
+def run_baseline(mode: str, args, samples, n_classes: int, pos: int, *, epochs: int, batch_size: int,
+                 image_size: int | None = None, keep_model: bool = False) -> dict:
+    """The torchvision tutorial's train_model loop; mode 'features' (frozen backbone) or 'finetune'.
+
+    image_size: of the transforms (default: the model's input size). The result's `history` has one row per
+    epoch: its validation loss and AUC and `t`, the seconds from the call's start to the end of that epoch.
+    keep_model: as the tutorial, the best epoch's weights (on validation loss) are kept and loaded at the end; the
+    result then also holds `model`, `val_transform` and that epoch's validation probabilities (`val_prob`, `val_y`)
+    for scoring other images (benchmarks/peers.py)."""
     spec = get_spec(args.model)
-    size = spec.input_size
+    size = image_size or spec.input_size
     start = time.perf_counter()
     seed_all(args.seed)   # the same initialisation as transferlab's train(): seed_all, then create_model
     model = create_model(args.model, n_classes, weights=args.weights)
@@ -317,7 +324,7 @@ def run_baseline(mode: str, args, samples, n_classes: int, pos: int, *, epochs: 
 
     phases = dict.fromkeys(["decode + transforms (data wait)", "backbone forward", "head / train step",
                             "evaluation (val forward + metrics)"], 0.0)
-    epoch_times, best = [], None
+    epoch_times, best, history, best_state = [], None, [], None
     with PeakRSS() as mem:
         for epoch in range(epochs):
             t_epoch = time.perf_counter()
@@ -359,13 +366,23 @@ def run_baseline(mode: str, args, samples, n_classes: int, pos: int, *, epochs: 
                     val_loss = loss_sum / len(y)
                     if best is None or val_loss < best[0]:
                         best = (val_loss, epoch + 1, prob, y)
+                        if keep_model:
+                            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    history.append({"epoch": epoch + 1, "val_loss": val_loss,
+                                    "val_auc": float(roc_auc_score((y == pos).astype(int), prob))
+                                    if len(np.unique(y)) > 1 else float("nan")})
                     phases["evaluation (val forward + metrics)"] += time.perf_counter() - t0
             epoch_times.append(time.perf_counter() - t_epoch)
+            history[-1].update(t=time.perf_counter() - start, seconds=epoch_times[-1])
     wall = time.perf_counter() - start
     phases["other (model build)"] = wall - sum(phases.values())
-    return {"wall": wall, "build": build, "peak_gb": mem.gb, "phases": phases, "epochs": epoch_times,
-            "best_epoch": best[1], "val": val_scores(best[3], best[2], pos),
-            "n_train": len(samples["train"]), "n_val": len(samples["val"])}
+    result = {"wall": wall, "build": build, "peak_gb": mem.gb, "phases": phases, "epochs": epoch_times,
+              "best_epoch": best[1], "val": val_scores(best[3], best[2], pos), "history": history,
+              "n_train": len(samples["train"]), "n_val": len(samples["val"])}
+    if keep_model:
+        model.load_state_dict(best_state)
+        result.update(model=model.eval(), val_transform=val_tf, val_prob=best[2], val_y=best[3])
+    return result
 
 
 # ------------------------------------------------------------------------------------------- the lower bound

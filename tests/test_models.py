@@ -223,6 +223,42 @@ def test_catalog_measure_and_write(tmp_path):
     assert paths[0].read_text().splitlines()[0].startswith("name,")
 
 
+def test_catalog_measure_stops_at_the_model_budget(monkeypatch, capsys):
+    """`models --measure --budget-s`: a spent budget leaves the remaining timings unmeasured and says so. A budget
+    of 10 ms: the latency rounds stop after the first (1 call each), and building the model for the steps already
+    spends the rest, so throughput and both training steps are skipped (deterministic: no timing race)."""
+    from transferlab import cli
+    from transferlab.formatting import MISSING
+
+    entries = catalog(["resnet18", "mobilenet_v3_small"], measure=True, repeats=50, warmup=1, batch_size=2,
+                      image_size=64, progress=False, device="cpu", isolate=False, model_budget_s=0.01)
+    for e in entries:
+        assert e.error is None and e.latency_ms is not None and e.latency_ms > 0
+        assert e.throughput_ips is None and e.train_step_ms_finetune is None and e.train_ips_features is None
+        assert e.budget_note == ("0.01 s budget spent: latency from 1 call; throughput, finetune step, features step "
+                                 "not measured")
+    text = format_table(entries)
+    assert "resnet18: 0.01 s budget spent: latency from 1 call; throughput, finetune step, features step not " \
+           "measured (--budget-s)" in text
+    row = next(line.split() for line in text.splitlines() if line.startswith("mobilenet_v3_small "))
+    assert row[-6:-1] == [MISSING] * 5 and row[-1] != MISSING   # inf img/s .. feat img/s blank; peak MB measured
+    # no limit: every timing has its calls, no note
+    free = catalog(["mobilenet_v3_small"], measure=True, repeats=2, warmup=1, batch_size=2, image_size=64,
+                   progress=False, device="cpu", isolate=False, model_budget_s=None)[0]
+    assert free.budget_note is None and free.train_ips_features > 0
+    # the CLI passes --budget-s (0: no limit) as model_budget_s, 60 s by default
+    seen = []
+    monkeypatch.setattr("transferlab.model_catalog.catalog", lambda names, **kw: seen.append(kw) or [])
+    monkeypatch.setattr("transferlab.model_catalog.recommend", lambda entries, **kw: [])
+    monkeypatch.setattr("transferlab.model_catalog.format_table", lambda entries: "")
+    for argv, budget in ((["models", "resnet18", "--measure"], 60.0),
+                         (["models", "resnet18", "--measure", "--budget-s", "5"], 5.0),
+                         (["models", "resnet18", "--measure", "--budget-s", "0"], None)):
+        cli.main(argv)
+        assert seen[-1]["model_budget_s"] == budget
+    capsys.readouterr()
+
+
 def test_catalog_static_pareto_and_budget():
     entries = catalog(["resnet18", "resnet50", "mobilenet_v3_large", "vgg16"], progress=False)
     assert all(e.latency_ms is None and e.gflops > 0 for e in entries)

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import LR_FIND_RANGE, TTA_HELP, TrainConfig, read_settings
+from .config import LR_FIND_RANGE, MODEL_BUDGET_S, TTA_HELP, TrainConfig, read_settings
 from .distributed import is_global_zero
 from .errors import TransferlabError
 from .formatting import fmt
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "the median and 90th percentile as its spread; throughput "
                                                            "and training steps: the median)")
     p.add_argument("--threads", type=int, help="torch CPU threads for every measurement (default: torch's own count)")
+    p.add_argument("--budget-s", dest="model_budget_s", type=float, default=MODEL_BUDGET_S,
+                   help="--measure: seconds to spend measuring each model, warm-up included; when they are spent "
+                        "its remaining timings are skipped and the table says which (0 = no limit)")
     p.add_argument("--image-size", type=int, help="resolution (default: each model's own)")
     p.add_argument("--max-latency-ms", type=float, help="keep models with batch-1 latency at most this")
     p.add_argument("--max-params", type=float, help="keep models with at most this many parameters (e.g. 3e7)")
@@ -282,7 +285,7 @@ def run_models(args) -> None:
         raise TransferlabError(f"no model matches --filter {args.filter!r}")
     entries = cat.catalog(names, measure=args.measure, device=args.device, batch_size=args.batch_size,
                           repeats=args.repeats, image_size=args.image_size, progress=args.progress,
-                          threads=args.threads, num_classes=args.classes)
+                          threads=args.threads, num_classes=args.classes, model_budget_s=args.model_budget_s or None)
     budget = dict(max_latency_ms=args.max_latency_ms, max_params=args.max_params)
     shown = cat.sort_entries(cat.filter_entries(entries, **budget), args.sort)
     print(cat.format_table(shown))

@@ -34,6 +34,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from .config import MODEL_BUDGET_S   # measuring one model: at most about this many seconds (model_budget_s)
 from .console import show_bars
 from .machine import BUSY_SHARE, OtherLoad
 from .errors import TransferlabError
@@ -44,6 +45,7 @@ from .models.registry import build_model, get_spec, list_models
 NUM_CLASSES = 2                 # default classes of the new head (NORMAL vs PNEUMONIA); catalog(num_classes=...)
 FLOPS_NAMES_LIMIT = 20          # count FLOPs without `measure` only for this many models or fewer (~0.3 s each)
 MIN_REPEATS = 3                 # a timing phase stops after `budget_s` once it has this many samples
+LATENCY_SHARE = 0.25            # ... of which its share of the batch-1 latency rounds; the rest: throughput + steps
 LATENCY_GROUP_PARAMS = 400e6    # models timed together (interleaved) in one process: at most this many parameters
 HIGHER_IS_BETTER = {"acc1", "acc5", "throughput_ips", "train_ips_finetune", "train_ips_features"}
 
@@ -78,6 +80,7 @@ class CatalogEntry:
     other_load_cpus: float | None = None     # CPUs other processes kept busy while the catalogue was measured
     busy: bool | None = None                 # other_load_cpus > BUSY_SHARE of the CPUs: latencies are unreliable
     error: str | None = None                 # why measuring this model failed (e.g. out of memory)
+    budget_note: str | None = None           # what its time budget (model_budget_s) left unmeasured or cut short
     num_classes: int = NUM_CLASSES           # classes of the new head the trainable counts and timings assume
     metrics_source: str | None = None        # where acc1/acc5 come from (or why they are blank)
 
@@ -128,7 +131,8 @@ def _static_entry(name: str, *, flops: bool, image_size: int | None, num_classes
 def catalog(names: list[str] | None = None, *, measure: bool = False, device: str = "auto", batch_size: int = 32,
             repeats: int = 10, warmup: int = 3, image_size: int | dict | None = None, progress: bool = True,
             count_flops: bool | None = None, isolate: bool = True, budget_s: float = 30.0,
-            threads: int | None = None, num_classes: int = NUM_CLASSES) -> list[CatalogEntry]:
+            threads: int | None = None, num_classes: int = NUM_CLASSES,
+            model_budget_s: float | None = MODEL_BUDGET_S) -> list[CatalogEntry]:
     """One CatalogEntry per model (all registered models when `names` is None), each with a new head for
     `num_classes` classes (the trainable-parameter counts and the training-step timings depend on it).
 
@@ -138,9 +142,16 @@ def catalog(names: list[str] | None = None, *, measure: bool = False, device: st
     at least MIN_REPEATS samples, so big models at batch 32 on a small CPU still finish. isolate=False measures
     in this process (no ~3 s interpreter start per model; CPU peak memory then relies on resetting the peak-RSS
     mark). threads: torch CPU threads for every measurement (default: this process's count).
+    model_budget_s: wall-clock seconds for measuring one model, warm-up included (LATENCY_SHARE of it for its
+    share of the latency rounds, the rest for throughput and the two training steps; the process start is not
+    counted); None: no limit. When it is spent, the model's timing stops after the call in progress (a measurement
+    that has started gets at least one timed call), what is left is not measured (None), and `budget_note` says
+    which numbers are missing or rest on fewer than MIN_REPEATS calls.
     """
     if num_classes < 2:
         raise TransferlabError(f"--classes must be at least 2, not {num_classes}")
+    if model_budget_s is not None and not model_budget_s > 0:
+        raise TransferlabError(f"--budget-s must be positive, not {model_budget_s}")
     names = list_models() if names is None else list(names)
     for name in names:
         get_spec(name)          # unknown names fail before any work
@@ -153,7 +164,7 @@ def catalog(names: list[str] | None = None, *, measure: bool = False, device: st
     from .engine import resolve_device
 
     settings = dict(device=str(resolve_device(device)), repeats=repeats, warmup=warmup, budget_s=budget_s,
-                    threads=threads or torch.get_num_threads())
+                    threads=threads or torch.get_num_threads(), model_budget_s=model_budget_s)
     with OtherLoad() as load:
         for group in _latency_groups(entries):
             for entry, result in zip(group, _run_latencies(group, isolate=isolate, **settings)):
@@ -211,6 +222,11 @@ def _run_latencies(group: list[CatalogEntry], *, isolate: bool, **settings) -> l
 
 def _apply_measurement(entry: CatalogEntry, result: dict) -> None:
     for key, value in result.items():
+        if key == "budget_note":   # the latency rounds' note, then the steps': one "N s budget spent: ..." line
+            if not value:
+                continue
+            if entry.budget_note:
+                value = f"{entry.budget_note}; {value.split(': ', 1)[1]}"
         setattr(entry, key, value)
 
 
@@ -248,27 +264,38 @@ def _read(path: str) -> str:
         return ""
 
 
-def _warm_up(fn, *, warmup: int, budget_s: float, sync) -> None:
+def _warm_up(fn, *, warmup: int, budget_s: float, sync, deadline: float = math.inf) -> None:
     start = time.perf_counter()
     for _ in range(max(warmup, 1)):
         fn()
         sync()
-        if time.perf_counter() - start > budget_s / 2:
+        now = time.perf_counter()
+        if now - start > budget_s / 2 or now > deadline:
             break
 
 
-def _timeit(fn, *, repeats: int, warmup: int, budget_s: float, sync) -> list[float]:
-    """Seconds per call of `fn` after warm-up; see `catalog` for how `budget_s` bounds the work."""
-    _warm_up(fn, warmup=warmup, budget_s=budget_s, sync=sync)
+def _timeit(fn, *, repeats: int, warmup: int, budget_s: float, sync, deadline: float = math.inf) -> list[float]:
+    """Seconds per call of `fn` after warm-up; see `catalog` for how `budget_s` bounds the work. Past `deadline`
+    (time.perf_counter(); the model's budget) it stops after the call in progress: at least one timed call."""
+    _warm_up(fn, warmup=warmup, budget_s=budget_s, sync=sync, deadline=deadline)
     times, start = [], time.perf_counter()
     for _ in range(max(repeats, 1)):
         t = time.perf_counter()
         fn()
         sync()
-        times.append(time.perf_counter() - t)
-        if len(times) >= min(MIN_REPEATS, repeats) and time.perf_counter() - start > budget_s:
+        now = time.perf_counter()
+        times.append(now - t)
+        if (len(times) >= min(MIN_REPEATS, repeats) and now - start > budget_s) or now > deadline:
             break
     return times
+
+
+def _budget_note(budget: float, short: list[str], skipped: list[str]) -> str | None:
+    """What a model's time budget cut: measurements from fewer than MIN_REPEATS calls, and those not made."""
+    if not short and not skipped:
+        return None
+    parts = short + ([f"{', '.join(skipped)} not measured"] if skipped else [])
+    return f"{budget:g} s budget spent: {'; '.join(parts)}"
 
 
 def _sync(dev: torch.device):
@@ -289,11 +316,15 @@ class _Threads:
 
 
 def _latencies(items: list[tuple[str, int]], *, device: str, repeats: int, warmup: int, budget_s: float,
-               threads: int) -> dict[str, dict]:
+               threads: int, model_budget_s: float | None = None) -> dict[str, dict]:
     """Batch-1 inference latency of several models (random weights), timed in turn, round after round (each
-    round starts one model later); per model the fastest call, the median and the 90th percentile, in ms."""
+    round starts one model later); per model the fastest call, the median and the 90th percentile, in ms.
+    model_budget_s: LATENCY_SHARE of it per model bounds the rounds (after the first), warm-ups included."""
     dev = torch.device(device)
     sync = _sync(dev)
+    share = math.inf if model_budget_s is None else LATENCY_SHARE * model_budget_s
+    budget_s = min(budget_s, share)
+    begin = time.perf_counter()
     with _Threads(threads), torch.inference_mode():
         models = {}
         for name, size in items:
@@ -311,10 +342,15 @@ def _latencies(items: list[tuple[str, int]], *, device: str, repeats: int, warmu
                 model(x)
                 sync()
                 times[name].append(time.perf_counter() - t)
-            if r + 1 >= MIN_REPEATS and time.perf_counter() - start > budget_s * len(names):
+            now = time.perf_counter()
+            if (r + 1 >= MIN_REPEATS and now - start > budget_s * len(names)) or now - begin > share * len(names):
                 break
+    short = {name: [f"latency from {len(t)} call{'s' * (len(t) > 1)}"] if len(t) < MIN_REPEATS else []
+             for name, t in times.items()}
     return {name: dict(latency_ms=min(t) * 1e3, latency_ms_median=statistics.median(t) * 1e3,
-                       latency_ms_p90=_percentile(t, 90) * 1e3) for name, t in times.items()}
+                       latency_ms_p90=_percentile(t, 90) * 1e3,
+                       **({"budget_note": _budget_note(model_budget_s, short[name], [])} if short[name] else {}))
+            for name, t in times.items()}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -325,15 +361,20 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _measure(name: str, size: int, *, device: str, batch_size: int, repeats: int, warmup: int,
-             budget_s: float, threads: int, num_classes: int = NUM_CLASSES) -> dict:
+             budget_s: float, threads: int, num_classes: int = NUM_CLASSES,
+             model_budget_s: float | None = None) -> dict:
     """Throughput, training steps and peak memory of one model (random weights) on `device`; CatalogEntry fields."""
     with _Threads(threads):
         return _measure_steps(name, size, device=device, batch_size=batch_size, repeats=repeats, warmup=warmup,
-                              budget_s=budget_s, num_classes=num_classes)
+                              budget_s=budget_s, num_classes=num_classes, model_budget_s=model_budget_s)
 
 
 def _measure_steps(name: str, size: int, *, device: str, batch_size: int, repeats: int, warmup: int,
-                   budget_s: float, num_classes: int = NUM_CLASSES) -> dict:
+                   budget_s: float, num_classes: int = NUM_CLASSES, model_budget_s: float | None = None) -> dict:
+    """model_budget_s: (1 - LATENCY_SHARE) of it bounds everything here, building the model included; each of the
+    three timings gets at most an equal share of what is left when it starts (and `budget_s`)."""
+    start = time.perf_counter()
+    deadline = math.inf if model_budget_s is None else start + (1 - LATENCY_SHARE) * model_budget_s
     dev = torch.device(device)
     sync = _sync(dev)
     if dev.type == "cuda":
@@ -343,11 +384,24 @@ def _measure_steps(name: str, size: int, *, device: str, batch_size: int, repeat
     model = create_model(name, num_classes, weights="none").to(dev)
     batch = torch.randn(batch_size, 3, size, size, device=dev)
     labels = torch.randint(0, num_classes, (batch_size,), device=dev)
-    timing = dict(repeats=repeats, warmup=warmup, budget_s=budget_s, sync=sync)
+    short, skipped = [], []
+
+    def timed(what: str, fn, left: int) -> list[float] | None:
+        """`fn` timed within the model's budget (None: the budget was spent before it started); left: the
+        timings still to run, this one included."""
+        now = time.perf_counter()
+        if now >= deadline:
+            skipped.append(what)
+            return None
+        times = _timeit(fn, repeats=repeats, warmup=warmup, budget_s=min(budget_s, (deadline - now) / left),
+                        sync=sync, deadline=deadline)
+        if len(times) < min(MIN_REPEATS, repeats):
+            short.append(f"{what} from {len(times)} call{'s' * (len(times) > 1)}")
+        return times
 
     model.eval()
     with torch.inference_mode():
-        infer = _timeit(lambda: model(batch), **timing)
+        infer = timed("throughput", lambda: model(batch), 3)
 
     def finetune_step():
         model.zero_grad(set_to_none=True)
@@ -360,17 +414,26 @@ def _measure_steps(name: str, size: int, *, device: str, batch_size: int, repeat
         F.cross_entropy(model.head(feats), labels).backward()
 
     model.train()
-    finetune = _timeit(finetune_step, **timing)
+    finetune = timed("finetune step", finetune_step, 2)
     model.backbone.requires_grad_(False).eval()
-    features = _timeit(features_step, **timing)
+    features = timed("features step", features_step, 1)
 
-    step = {k: statistics.median(v) for k, v in (("infer", infer), ("ft", finetune), ("feat", features))}
+    step = {k: statistics.median(v) if v else None for k, v in (("infer", infer), ("ft", finetune),
+                                                                ("feat", features))}
     peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
             else _peak_rss_mb() - rss_before)
-    return dict(throughput_ips=batch_size / step["infer"],
-                train_step_ms_finetune=step["ft"] * 1e3, train_ips_finetune=batch_size / step["ft"],
-                train_step_ms_features=step["feat"] * 1e3, train_ips_features=batch_size / step["feat"],
-                peak_mem_mb=peak, batch_size=batch_size, device=_device_label(dev), threads=torch.get_num_threads())
+
+    def per_image(seconds):
+        return None if seconds is None else batch_size / seconds
+
+    def ms(seconds):
+        return None if seconds is None else seconds * 1e3
+
+    return dict(throughput_ips=per_image(step["infer"]),
+                train_step_ms_finetune=ms(step["ft"]), train_ips_finetune=per_image(step["ft"]),
+                train_step_ms_features=ms(step["feat"]), train_ips_features=per_image(step["feat"]),
+                peak_mem_mb=peak, batch_size=batch_size, device=_device_label(dev), threads=torch.get_num_threads(),
+                budget_note=_budget_note(model_budget_s, short, skipped) if model_budget_s is not None else None)
 
 
 # --- analysis ----------------------------------------------------------------------------------------------
@@ -632,6 +695,7 @@ def format_table(entries: list[CatalogEntry]) -> str:
                      f"their median and 90th percentile (the spread); inference throughput and training steps at "
                      f"batch {e.batch_size}; ft = fine-tune, feat = frozen features (only the new head trains)")
         notes += [busy_note(entries)] if busy_note(entries) else []
+        notes += [f"{e.name}: {e.budget_note} (--budget-s)" for e in entries if e.budget_note]
     counted = {e.resolution for e in entries if e.gflops is not None}
     at = f" at {counted.pop()}px" if len(counted) == 1 else ""
     notes += blank_accuracy_notes(entries)

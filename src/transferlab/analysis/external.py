@@ -3,6 +3,8 @@
     evaluate("runs/lite0", split="test")                       the run's own test split, rebuilt from its seed
     evaluate("runs/lite0", data="hospital_b/")                 every image of another set (no carving)
     evaluate("runs/lite0", data="scans/", adapt=["prior", "bn"])   ... and label-free adaptation beside it
+    evaluate("runs/lite0", data="scans/", label_budget=50)        which 50 images to label (to-label-scans.csv)
+    evaluate("runs/lite0", data="scans/", labels="to-label-scans.csv", recalibrate=True)   what those labels say
 
 Another set may be laid out as ROOT/CLASS/*, ROOT/test/CLASS/*, ROOT/{train,val,test}/CLASS/*, a manifest CSV,
 or a flat folder of images (unlabelled: predictions and shift only). Its class folders are matched to the run's
@@ -28,21 +30,6 @@ from . import shift as sh
 from .adaptation import ADAPT_HELP, adapted_probabilities, parse_adapt, run_threshold_method
 from .decision import verdict
 from .target_labels import labelled_blocks, plan_labels
-
-def _versus_init(started_from: str, target: Target, pred: np.ndarray, device, progress: bool, n_boot: int,
-                 seed: int) -> dict:
-    """A --init run's starting point scored on the same images: its metrics, and McNemar against the new run."""
-    from ..evaluation import load_model
-    from ..metrics import mcnemar
-
-    model, config = load_model(started_from)
-    metrics = RunDir(started_from).read_metrics()
-    classes = config["data"]["classes"]
-    pos = positive_index(classes, metrics["positive_class"])
-    probs, _ = _Scorer(model, config, device, progress)(target.pixels)
-    before = _decide(probs, pos, metrics.get("threshold"))
-    return {"run": started_from, **_metrics(target.labels, probs, pos, metrics.get("threshold"), n_boot, seed, classes),
-            "mcnemar": mcnemar(target.labels, pred, before)}
 
 
 def check_options(*, tta: int = 1, label_budget=None, labels=None, recalibrate: bool = False) -> None:
@@ -90,7 +77,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     `tta` > 1 also scores the mean probabilities over that many test-time views, beside the plain result.
     `label_budget` K: choose the K images whose labels tell most and write to-label-NAME.csv; `labels`: that file
     (or any path,label CSV) filled in: whole-set estimates from those labels; `recalibrate`: the threshold and
-    temperature re-chosen on them (analysis.target_labels). The result's `decision` says what to do next."""
+    temperature re-chosen on them (analysis.target_labels). The result's `next_step` says what to do next."""
     from ..engine import resolve_device
     from ..evaluation import load_model
 
@@ -175,6 +162,22 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     return result
 
 
+def _versus_init(started_from: str, target: Target, pred: np.ndarray, device, progress: bool, n_boot: int,
+                 seed: int) -> dict:
+    """A --init run's starting point scored on the same images: its metrics, and McNemar against the new run."""
+    from ..evaluation import load_model
+    from ..metrics import mcnemar
+
+    model, config = load_model(started_from)
+    metrics = RunDir(started_from).read_metrics()
+    classes = config["data"]["classes"]
+    pos = positive_index(classes, metrics["positive_class"])
+    probs, _ = _Scorer(model, config, device, progress)(target.pixels)
+    before = _decide(probs, pos, metrics.get("threshold"))
+    return {"run": started_from, **_metrics(target.labels, probs, pos, metrics.get("threshold"), n_boot, seed, classes),
+            "mcnemar": mcnemar(target.labels, pred, before)}
+
+
 # --- the target images ------------------------------------------------------------------------------------------
 
 def load_target(run: RunDir, config: dict, *, data=None, split=None, manifest=None, name=None,
@@ -191,7 +194,7 @@ def load_target(run: RunDir, config: dict, *, data=None, split=None, manifest=No
                         and not unlabelled):
         split = split or "test"
         cfg = TrainConfig.from_dict(dict(settings, data=str(own_root), max_images=None, progress=progress,
-                                         resume=False))
+                                         resume=False, init=None))   # init: its model is in settings already
         prepared = prepare_data(cfg, size)
         if split not in prepared.pixels:
             raise TransferlabError(f"{own_root} has no {split!r} split (it has {', '.join(prepared.pixels)})")

@@ -36,7 +36,6 @@ N_DRAWS = 4000       # posterior draws of the whole set's confusion matrix
 N_AUC_DRAWS = 400    # Bayesian-bootstrap draws of the weighted AUC
 BINS = 4             # confidence bins per predicted class
 ERROR_FLOOR = 0.1    # the smallest error rate assumed in a stratum when allocating labels
-DEFAULT_BUDGET = 50
 
 
 @dataclass

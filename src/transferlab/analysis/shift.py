@@ -35,6 +35,7 @@ EPS = 1e-12
 RANGE_WIDEN = 0.3
 NOT_SHOWN_AUC = 0.95
 PRIOR_FLOOR = 1e-3        # --adapt prior: no class is given a prior below this (EM can reach 0 or 1)
+DEFAULT_BUDGET = 50       # labels suggested to settle a flagged set (at least 20 a class): benchmarks/shift.py
 
 LABEL_SHIFT_ASSUMPTION = ("pure label shift: the images of each class look the same in the target as in "
                           "validation, only the class proportions differ")
@@ -256,8 +257,6 @@ def accuracy_headline(shift: dict, label_budget: int | None = None) -> dict:
     kind "range": it can; the estimators' spread widened by how far the images are from validation.
     kind "not_shown": it tells them apart almost perfectly (AUC >= NOT_SHOWN_AUC): only an upper end; the model
     has not been shown to work on these images. Also where no domain classifier could run (no validation)."""
-    from .labelling import DEFAULT_BUDGET
-
     acc, domain = shift["accuracy"], shift.get("domain") or {}
     methods = [m for m in (*ACCURACY_ESTIMATORS, *AGREEMENT_ESTIMATORS) if acc.get(m) is not None]
     values = [acc[m] for m in methods]
