@@ -1,5 +1,5 @@
-"""The public Python API: the README's example runs as written, and every public function still works the second
-time it is called (importing a submodule of the same name used to replace transferlab.predict/.export/.catalog)."""
+"""The public Python API: the README's example runs as written (and can run again: overwrite=True), and every
+public function still works the second time it is called (importing a submodule of the same name used to replace transferlab.predict/.export/.catalog)."""
 from __future__ import annotations
 
 import pkgutil
@@ -30,8 +30,16 @@ def test_readme_example_then_every_function_again(xray_dir, tmp_path, monkeypatc
     # second calls, on small data
     assert tl.check_data(xray_dir, progress=False).exit_code() == 0
     assert [e.name for e in tl.catalog(["resnet18"], progress=False)] == ["resnet18"]
-    run = tl.train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=2, image_size=64,
-                   val_fraction=0.25, progress=False, out=str(tmp_path / "again"))
+    small = dict(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=2, image_size=64,
+                 val_fraction=0.25, progress=False, out=str(tmp_path / "again"))
+    run = tl.train(**small)
+    # a notebook cell run again: an error in the API's words, or overwrite=True (as the README's example has it)
+    with pytest.raises(TransferlabError) as err:
+        tl.train(**small)
+    assert "choose another out=, or add overwrite=True to replace it" in str(err.value) and "--" not in str(err.value)
+    stamp = run.metrics.stat().st_mtime_ns
+    assert tl.train(**small, overwrite=True).metrics.stat().st_mtime_ns > stamp
+    assert "overwrite=True" in block
     assert tl.evaluate(run, split="test", progress=False)["n"] == run.read_metrics()["test"]["n"]
     assert tl.load_model(run)[1]["model"]["name"] == "efficientnet_lite0"
     image = next((xray_dir / "test" / "PNEUMONIA").iterdir())

@@ -17,6 +17,7 @@ from conftest import make_xray_dataset
 
 from transferlab import __version__, cli
 from transferlab.config import STRATEGIES, TrainConfig
+from transferlab.settings import SETTINGS
 from transferlab.study import LAUNCH_DEFAULT_WORDS, LAUNCH_OPTIONS, train_config
 
 DEFAULT = re.compile(r"\(default: (.*)\)$")   # the end of the help text
@@ -46,7 +47,7 @@ def _for_strategy(shown: str, strategy: str) -> str:
 
 def _same(shown: str, value, dest: str) -> bool:
     if value is None:   # what None means, in words ("the model's own, e.g. 224")
-        return shown == cli.DEFAULT_WORDS[dest]
+        return shown == SETTINGS[dest].none_means
     return shown == (",".join(value) if isinstance(value, list) else str(value))
 
 
@@ -57,7 +58,8 @@ def test_train_help_shows_the_defaults_train_uses():
     for strategy in STRATEGIES:
         cfg = TrainConfig(**{**args, "strategy": strategy})
         for dest, text in shown.items():
-            if dest in ("augment", "resume", "progress", "skip_bad", "compile", "strategy", "data", "out", "config"):
+            if dest in ("augment", "resume", "overwrite", "progress", "skip_bad", "compile", "strategy", "data", "out",
+                        "config"):
                 # flags; the loop's own; required settings; the settings file
                 continue
             assert _same(_for_strategy(text, strategy), getattr(cfg, dest), dest), (dest, text, getattr(cfg, dest))

@@ -71,6 +71,21 @@ def test_features_two_gloo_processes_equal_one_process(xray_dir, tmp_path):
     rows, ref_rows = read_csv(tmp_path / "two" / "predictions.csv"), read_csv(one.predictions)
     assert [(r["split"], r["file"]) for r in rows] == [(r["split"], r["file"]) for r in ref_rows]   # each once
     assert (tmp_path / "two" / "splits.csv").read_text() == one.splits.read_text()
+    # both processes worked: each predicted its half of every split; each trained the head on all the features
+    ranks, alone = _ranks(tmp_path / "two"), _ranks(one.path)
+    assert alone["world_size"] == 1 and ranks["world_size"] == 2
+    for split in ("train", "val", "test"):
+        shares = [r["images_predicted"][split] for r in ranks["ranks"]]
+        assert sorted(shares) == [ref[split]["n"] // 2, -(-ref[split]["n"] // 2)], (split, shares)
+        assert alone["ranks"][0]["images_predicted"][split] == ref[split]["n"]
+    assert [r["images_trained"] for r in ranks["ranks"]] == [alone["ranks"][0]["images_trained"]] * 2 != [0, 0]
+
+
+def _ranks(run: Path) -> dict:
+    """ranks.json: the world size and what each process did, in rank order."""
+    ranks = json.loads((run / "ranks.json").read_text())
+    assert [r["rank"] for r in ranks["ranks"]] == list(range(ranks["world_size"]))
+    return ranks
 
 
 RESUMABLE = """import sys
@@ -87,9 +102,11 @@ sys.exit(cli.main(sys.argv[1:]))
 
 def test_finetune_two_gloo_processes_interrupted_resumed_and_close_to_one_process(xray_dir, tmp_path):
     """finetune under DDP: the global batch of 16 is split into 8 per process, over a different shuffle, and
-    BatchNorm sees 8 images at a time (SyncBatchNorm is CUDA-only), so the runs differ, within noise: on these
-    48 test images the ROC AUCs agree within 0.15. Interrupted in its third epoch (in both processes), the run
-    resumes from last.ckpt with the epochs it had finished unchanged."""
+    BatchNorm sees 8 images at a time (SyncBatchNorm is CUDA-only), so training differs from one process, within
+    noise: on these 48 test images the ROC AUCs agree within 0.15. What must be equal is: each process trained on
+    its half of every epoch and predicted its half of each split, and the gathered predictions are those one
+    process makes with the same weights. Interrupted in its third epoch (in both processes), the run resumes from
+    last.ckpt with the epochs it had finished unchanged."""
     settings = dict(model="efficientnet_lite0", strategy="finetune", epochs=3, patience=5, **FAST)
     one = train(data=str(xray_dir), out=str(tmp_path / "one"), **settings).read_metrics()
     script = tmp_path / "interrupt_at_epoch_3.py"
@@ -112,15 +129,34 @@ def test_finetune_two_gloo_processes_interrupted_resumed_and_close_to_one_proces
     assert two["epochs_run"] == 3 and two["test"]["n"] == one["test"]["n"] and two["val"]["n"] == one["val"]["n"]
     assert two["test"]["roc_auc"] > 0.75 and one["test"]["roc_auc"] > 0.75
     assert abs(two["test"]["roc_auc"] - one["test"]["roc_auc"]) <= 0.15
+    # the resumed call ran epoch 3: each process on its half of the training images (DistributedSampler)
+    ranks = _ranks(run)
+    assert ranks["world_size"] == 2
+    n_train, trained = one["train"]["n"], [r["images_trained"] for r in ranks["ranks"]]
+    assert all(0 < t <= -(-n_train // 2) for t in trained) and sum(trained) >= n_train - 2, (trained, n_train)
+    for split in ("val", "test"):
+        shares = [r["images_predicted"][split] for r in ranks["ranks"]]
+        assert sorted(shares) == [two[split]["n"] // 2, -(-two[split]["n"] // 2)], (split, shares)
+    # the test predictions gathered from two processes = one process's, from the same model.safetensors
+    from transferlab.analysis.external import evaluate
+
+    alone = evaluate(run, split="test", shift=False, progress=False, device="cpu")
+    assert alone["n"] == two["test"]["n"] and alone["roc_auc"] == pytest.approx(two["test"]["roc_auc"], abs=1e-6)
+    gathered = {r["file"]: r for r in read_csv(run / "predictions.csv") if r["split"] == "test"}
+    for row in read_csv(run / "predictions-test.csv"):
+        for column in [c for c in row if c.startswith("prob_")]:
+            assert float(row[column]) == pytest.approx(float(gathered[row["file"]][column]), abs=1e-5), row["file"]
 
 
 def test_distributed_options_are_checked_in_one_line():
     from transferlab.config import TrainConfig
     from transferlab.errors import TransferlabError
 
-    with pytest.raises(TransferlabError, match="--devices and --num-nodes must be at least 1"):
+    with pytest.raises(TransferlabError, match="^devices= must be at least 1, not 0$"):
         TrainConfig(devices=0)
-    with pytest.raises(TransferlabError, match="--device cuda:1 names one GPU"):
+    with pytest.raises(TransferlabError, match="^num_nodes= must be at least 1, not 0$"):
+        TrainConfig(num_nodes=0)
+    with pytest.raises(TransferlabError, match="^device='cuda:1' names one GPU; with devices=2 use device="):
         TrainConfig(device="cuda:1", devices=2)
 
 

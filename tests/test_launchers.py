@@ -133,7 +133,7 @@ def test_slurm_needs_a_cluster_and_launch_settings_are_checked(xray_dir, tmp_pat
     assert cli.main(["study", "--data", str(xray_dir), "--models", "efficientnet_lite0", "--out", str(tmp_path / "s"),
                      "--launcher", "slurm"]) == 2
     assert "--launcher slurm: Could not detect \"srun\"" in capsys.readouterr().err
-    for bad, message in [(dict(launcher="mpi"), "--launcher must be one of"), (dict(parallel=0), "--parallel"),
+    for bad, message in [(dict(launcher="mpi"), "^launcher= must be one of"), (dict(parallel=0), "^parallel="),
                          (dict(queue="x"), "unknown launch setting")]:
         with pytest.raises(TransferlabError, match=message):
             _config(xray_dir, tmp_path / "t", **bad)

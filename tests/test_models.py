@@ -228,6 +228,7 @@ def test_catalog_measure_stops_at_the_model_budget(monkeypatch, capsys):
     of 10 ms: the latency rounds stop after the first (1 call each), and building the model for the steps already
     spends the rest, so throughput and both training steps are skipped (deterministic: no timing race)."""
     from transferlab import cli
+    from transferlab.formatting import MISSING
 
     entries = catalog(["resnet18", "mobilenet_v3_small"], measure=True, repeats=50, warmup=1, batch_size=2,
                       image_size=64, progress=False, device="cpu", isolate=False, model_budget_s=0.01)
@@ -240,7 +241,7 @@ def test_catalog_measure_stops_at_the_model_budget(monkeypatch, capsys):
     assert "resnet18: 0.01 s budget spent: latency from 1 call; throughput, finetune step, features step not " \
            "measured (--budget-s)" in text
     row = next(line.split() for line in text.splitlines() if line.startswith("mobilenet_v3_small "))
-    assert row[-6:-1] == ["-"] * 5 and row[-1] != "-"   # inf img/s .. feat img/s blank; peak MB measured
+    assert row[-6:-1] == [MISSING] * 5 and row[-1] != MISSING   # inf img/s .. feat img/s blank; peak MB measured
     # no limit: every timing has its calls, no note
     free = catalog(["mobilenet_v3_small"], measure=True, repeats=2, warmup=1, batch_size=2, image_size=64,
                    progress=False, device="cpu", isolate=False, model_budget_s=None)[0]

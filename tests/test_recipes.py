@@ -206,7 +206,7 @@ def test_gradual_unfreezing_blocks_learning_rates_and_resume(tiny, tmp_path, mon
 def test_unfreeze_settings_are_checked():
     with pytest.raises(TransferlabError, match="finetune or lpft"):
         tl.TrainConfig(strategy="features", unfreeze="gradual")
-    with pytest.raises(TransferlabError, match="--unfreeze must be"):
+    with pytest.raises(TransferlabError, match="unfreeze= must be"):
         tl.TrainConfig(strategy="finetune", unfreeze="sometimes")
     with pytest.raises(TransferlabError, match="positive number or auto"):
         tl.TrainConfig(lr="fast")

@@ -350,7 +350,7 @@ def test_resume_semantics(small_dir, tmp_path, monkeypatch):
 
     run.metrics.unlink()
     run.weights.unlink()
-    with pytest.raises(TransferlabError, match="--resume"):
+    with pytest.raises(TransferlabError, match="add resume=True to continue it"):
         train(**settings)
     with pytest.raises(TransferlabError, match="other settings.*epochs 8 -> 9"):
         train(**{**settings, "epochs": 9}, resume=True)

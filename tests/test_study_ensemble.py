@@ -155,9 +155,9 @@ def test_export_an_ensemble(study, xray_dir, tmp_path):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("bad, message", [({"ensemble": 4}, "--ensemble must be between 2 and"),
-                                          ({"ensemble": 1}, "--ensemble must be between 2 and"),
-                                          ({"tta": 0}, "--tta must be at least 1")])
+@pytest.mark.parametrize("bad, message", [({"ensemble": 4}, "^ensemble= must be between 2 and"),
+                                          ({"ensemble": 1}, "^ensemble= must be between 2 and"),
+                                          ({"tta": 0}, "^tta= must be at least 1")])
 def test_bad_ensemble_and_tta_settings(bad, message, xray_dir):
     with pytest.raises(TransferlabError, match=message):
         StudyConfig(data=str(xray_dir), models=["efficientnet_lite0"], strategies=["features"], seeds=3, out="o",

@@ -47,7 +47,7 @@ def test_head_dropout_only_while_training():
                                             ("batchnorm", "train")])   # features: its backbone never trains
 def test_out_of_range_settings_are_one_line_errors(setting, value):
     """(TrainConfig's default strategy is features.)"""
-    with pytest.raises(TransferlabError, match=f"--{setting.replace('_', '-')}"):
+    with pytest.raises(TransferlabError, match=f"^{setting}="):
         TrainConfig(**{setting: value})
 
 

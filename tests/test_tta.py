@@ -70,10 +70,14 @@ def test_cli_evaluate_and_predict_with_tta(run, xray_dir, tmp_path, capsys):
     assert len(rows) == 3 and {"prob_NORMAL_tta", "predicted_tta", "threshold_tta"} <= set(rows[0])
 
 
-def test_zero_views_is_a_one_line_error(run, capsys):
-    assert cli.main(["evaluate", str(run.path), "--tta", "0", "--no-shift", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--tta" in err
+def test_zero_views_fail_while_the_arguments_are_parsed(run, capsys):
+    before = sorted(run.path.iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["evaluate", str(run.path), "--tta", "0", "--no-shift", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2
+    assert err[-1] == "transferlab evaluate: error: argument --tta: --tta must be at least 1, not 0"
+    assert sorted(run.path.iterdir()) == before   # nothing scored, nothing written
 
 
 def test_validation_views_are_computed_once_for_val_then_test(run, monkeypatch):

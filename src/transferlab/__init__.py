@@ -22,8 +22,12 @@ The public API (imported on first use, so that `transferlab --help` stays fast):
 No submodule carries the name of a public function (the functions live in `training`, `evaluation`,
 `model_catalog`, `prediction`, `exporting`, ...): importing a submodule sets it as an attribute of the package,
 which would otherwise replace the function after its first use (tests/test_api.py checks this).
+
+Errors name settings as keywords here (`out=`, `overwrite=True`) and as flags on the command line (`--out`): the
+same message, in the caller's words (settings.in_callers_words).
 """
 from importlib import import_module
+from inspect import isfunction
 
 __version__ = "0.1.0"
 
@@ -41,6 +45,8 @@ _API = {
 def __getattr__(name):
     if name in _API:
         value = getattr(import_module(f".{_API[name]}", __name__), name)
+        if isfunction(value):   # its errors name keywords (out=), not the command line's flags (--out)
+            value = import_module(".settings", __name__).in_callers_words(value)
         globals()[name] = value      # later look-ups skip this function
         return value
     raise AttributeError(f"module 'transferlab' has no attribute {name!r}")

@@ -2,177 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
 from pathlib import Path
-from typing import get_args, get_origin, get_type_hints
 
-from .config import (BATCHNORM, LR_FIND_RANGE, MODEL_BUDGET_S, STRATEGIES, STRATEGY_DEFAULTS, TTA_HELP, UNFREEZE,
-                     TrainConfig, parse_lr, read_settings)
+from .config import LR_FIND_RANGE, MODEL_BUDGET_S, TTA_HELP, TrainConfig, read_settings
 from .distributed import is_global_zero
 from .errors import TransferlabError
-from .loggers import LOGGERS
+from .formatting import fmt
 from .models.spec import SOURCES
-
-TRAIN_OPTIONS = {
-    # field: (flags, help); "(default: ...)" is added from TrainConfig (DEFAULT_WORDS where it is None)
-    "model": ("--model", "model name: any torchvision classification model, efficientnet_lite0/1/2, or "
-                         "timm:NAME[.TAG] for a timm model (see `transferlab models [--source timm]`)"),
-    "strategy": ("--strategy", "finetune: train the whole network; features: frozen backbone as a fixed "
-                               "feature extractor, only the new head trains; lpft: features for --probe-epochs, "
-                               "then finetune from that head (linear probing, then fine-tuning)"),
-    "weights": ("--weights", "'default' (ImageNet weights), 'none' (random init: the no-transfer control), "
-                             "or a torchvision weights name such as IMAGENET1K_V2"),
-    "weights_dir": ("--weights-dir", "folder holding weight files for offline use: torchvision's files, timm's as "
-                                     "DIR/timm/NAME.TAG/model.safetensors"),
-    "init": ("--init", "a finished run directory to continue from, e.g. on a few labelled images of a new hospital: "
-                       "its weights and head replace ImageNet's, its model and image size are used (features: the "
-                       "head re-fitted on the new data; finetune, lpft: a short fine-tune, set --epochs)"),
-    "epochs": ("--epochs", "maximum epochs (lpft: of phase 2, fine-tuning)"),
-    "batch_size": ("--batch-size", "batch size (features: of the head's optimizer steps on cached features)"),
-    "lr": ("--lr", "learning rate of the new head (AdamW, cosine schedule; lpft: in phase 2), or auto: the "
-                   "suggestion of Lightning's LR finder (`transferlab lr-find`), run first and recorded in "
-                   "config.json and lr_find.png"),
-    "backbone_lr_factor": ("--backbone-lr-factor", "finetune, lpft: backbone learning rate = lr x this"),
-    "probe_epochs": ("--probe-epochs", "lpft: epochs of phase 1, the head on cached features (all run, the best "
-                                       "on validation kept)"),
-    "probe_lr": ("--probe-lr", "lpft: learning rate of phase 1"),
-    "unfreeze": ("--unfreeze", "finetune, lpft: none (every layer trains from the start) or gradual (the head "
-                               "first, then one more backbone block every --unfreeze-every epochs, top down, each "
-                               "block's learning rate --block-lr-decay x the one above it)"),
-    "batchnorm": ("--batchnorm", "finetune, lpft: train (BatchNorm layers normalise with each batch's statistics and "
-                                 "update their running ones, as usual) or frozen (they keep normalising with the "
-                                 "pretrained running statistics; their scale and shift still train): lpft's phase 2 "
-                                 "then starts exactly from the head phase 1 fitted (features: always frozen; "
-                                 "--weights none: train, there are no pretrained statistics)"),
-    "unfreeze_every": ("--unfreeze-every", "--unfreeze gradual: epochs between unfreezing one more block"),
-    "block_lr_decay": ("--block-lr-decay", "--unfreeze gradual: learning rate of each deeper backbone block = this x "
-                                           "the one above it (the top block: lr x --backbone-lr-factor)"),
-    "weight_decay": ("--weight-decay", "AdamW weight decay"),
-    "patience": ("--patience", "early stopping: epochs without improvement of --monitor on validation"),
-    "monitor": ("--monitor", "validation metric for early stopping and best-epoch selection: "
-                             "val_loss, val_auc or val_balanced_accuracy"),
-    "balance": ("--balance", "class imbalance: weights (class-weighted loss), sampler (balanced batches), none"),
-    "augment_strength": ("--augment-strength", "finetune: scale of the training augmentation's ranges (1: rotation "
-                                               "10 degrees, shift 6%, zoom 10%, brightness/contrast 20%)"),
-    "label_smoothing": ("--label-smoothing", "label smoothing of the training loss (validation loss is plain "
-                                             "cross-entropy, comparable across recipes)"),
-    "head_dropout": ("--head-dropout", "dropout on the new head's input while training"),
-    "image_size": ("--image-size", "input resolution"),
-    "val_fraction": ("--val-fraction", "share of train/ carved out as a stratified, patient-disjoint validation split"),
-    "test_fraction": ("--test-fraction", "when the data has no test/ folder, carve a stratified, patient-disjoint "
-                                         "test split of this share (0: no test split)"),
-    "official_val": ("--official-val", "what to do with an official val/ folder: auto (keep it if it has >= 100 "
-                                       "images, else merge it into train before carving), keep, merge, drop"),
-    "patient_pattern": ("--patient-pattern", "regex with a named group 'patient' that finds the patient id in a "
-                                             "file name (images without one are their own patient)"),
-    "manifest": ("--manifest", "CSV of path,label[,patient_id][,split] (paths inside --data) instead of class folders"),
-    "positive_class": ("--positive-class", "two classes only: the positive class (three or more classes are "
-                                           "decided by the most probable class)"),
-    "threshold_method": ("--threshold-method", "two classes: how the decision threshold is chosen on validation, "
-                                               "youden or f1"),
-    "seed": ("--seed", "seed for initialisation, data order and augmentation (and the splits, unless --split-seed)"),
-    "split_seed": ("--split-seed", "seed for the validation/test split"),
-    "device": ("--device", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N"),
-    "precision": ("--precision", "auto (mixed precision on CUDA, 32-bit on CPU) or a Lightning precision, e.g. 32-true"),
-    "devices": ("--devices", "processes per node, one per GPU (or CPU processes with --device cpu): data parallel "
-                             "(DDP) when devices x nodes > 1; --batch-size stays the global batch"),
-    "num_nodes": ("--num-nodes", "machines (e.g. under Slurm's srun or torchrun), each running --devices processes"),
-    "num_workers": ("--num-workers", "data-loading worker processes"),
-    "threads": ("--threads", "CPU threads for torch; on a machine busy with other work, fewer threads than cores can "
-                             "be several times faster"),
-    "max_images": ("--max-images", "use at most this many images per split (quick trials)"),
-    "cache_dir": ("--cache-dir", "cache of decoded images and features"),
-    "logger": ("--logger", "experiment logs through Lightning's loggers, beside history.csv: tensorboard (RUN/logs/"
-                           "tensorboard), csv (RUN/logs/csv), mlflow ($MLFLOW_TRACKING_URI, else "
-                           "RUN/../mlflow.db) or wandb (offline unless WANDB_MODE or WANDB_API_KEY is set); "
-                           "repeatable"),
-    "experiment": ("--experiment", "experiment name the loggers file the run under (MLflow experiment, W&B project)"),
-}
-DEFAULT_WORDS = {   # what a None default means
-    "weights_dir": "none: $TRANSFERLAB_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints or, for timm, the Hugging "
-                   "Face cache",
-    "image_size": "the model's own, e.g. 224", "manifest": "none: class folders",
-    "init": "none: the ImageNet weights of --weights",
-    "positive_class": "the class not called NORMAL", "split_seed": "--seed",
-    "num_workers": "0 on CPU, where images are read from the memory-mapped cache; else up to 8",
-    "threads": "torch's own count, reduced to the CPUs free when the run starts",
-    "max_images": "all", "cache_dir": "$TRANSFERLAB_CACHE, else ~/.cache/transferlab",
-    "logger": "none: history.csv only", "experiment": "transferlab",
-}
-FLAGS = {"skip_bad": ("--skip-bad", "skip unreadable images (listed in bad_files.csv) instead of stopping"),
-         "augment": ("--no-augment", "finetune: no training augmentation"),
-         "compile": ("--compile", "torch.compile the trained network (faster steps on a GPU after a slow first one)"),
-         "resume": ("--resume", "continue an interrupted run from its last checkpoint"),
-         "progress": ("--no-progress", "no progress bars")}
-
-
-CHOICES = {"strategy": STRATEGIES, "monitor": ("val_loss", "val_auc", "val_balanced_accuracy"),
-           "balance": ("weights", "sampler", "none"), "official_val": ("auto", "keep", "merge", "drop"),
-           "threshold_method": ("youden", "f1"), "logger": tuple(LOGGERS), "unfreeze": UNFREEZE,
-           "batchnorm": BATCHNORM}
-
-
-def _at_least_one(flag: str):
-    """An argparse type: a whole number >= 1, else a one-line usage error naming `flag` (before any work)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} takes a whole number, not {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be at least 1, not {value}")
-        return value
-    return parse
-
-
-def _lr_arg(text: str) -> float | str:
-    try:
-        return parse_lr(text)
-    except TransferlabError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-TYPES = {"lr": _lr_arg}   # where the annotation's first type is not the argument's
-
-
-def _field_type(field: str) -> type:
-    """int for `int | None`, etc.: argument types come from TrainConfig's annotations."""
-    hint = get_type_hints(TrainConfig)[field]
-    return next((t for t in get_args(hint) if t is not type(None)), hint)
-
-
-def default_text(field: str) -> str:
-    """TrainConfig's default of `field` as --help shows it: per strategy where they differ, words for None."""
-    if field in STRATEGY_DEFAULTS["features"]:
-        values = {s: STRATEGY_DEFAULTS[s][field] for s in STRATEGIES}
-        if len(set(values.values())) == 1:
-            return str(values[STRATEGIES[0]])
-        return ", ".join(f"{s} {v}" for s, v in values.items())
-    value = getattr(TrainConfig(), field)
-    return DEFAULT_WORDS[field] if value is None else str(value)
-
-
-def add_train_options(parser: argparse.ArgumentParser, *, for_study: bool = False,
-                      defaults: dict[str, str] | None = None, skip: tuple[str, ...] = ()) -> None:
-    """Every TrainConfig setting as an option; unset options keep TrainConfig's (per-strategy) defaults.
-    `defaults`: the default text of options whose default the caller sets itself (a study's split seed);
-    `skip`: settings the command does not use."""
-    for field, (flag, help_text) in TRAIN_OPTIONS.items():
-        if (for_study and field in ("model", "strategy", "seed", "devices", "num_nodes")) or field in skip:
-            continue
-        shown = (defaults or {}).get(field) or default_text(field)
-        kind = _field_type(field)
-        repeatable = get_origin(kind) is list   # a list setting: the option once per item
-        parser.add_argument(flag, dest=field, type=TYPES.get(field) or (get_args(kind)[0] if repeatable else kind),
-                            action="append" if repeatable else "store", choices=CHOICES.get(field),
-                            default=argparse.SUPPRESS, help=f"{help_text} (default: {shown})".replace("%", "%%"))
-    for field, (flag, help_text) in FLAGS.items():
-        if (for_study and field == "resume") or field in skip:
-            continue
-        store = "store_false" if flag.startswith("--no-") else "store_true"
-        parser.add_argument(flag, dest=field, action=store, default=argparse.SUPPRESS, help=help_text)
+from .settings import add_options, at_least, command_line
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -205,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=argparse.SUPPRESS, help="dataset folder: ROOT/{train,val,test}/CLASS/* or "
                                                              "ROOT/CLASS/* (required, here or in --config)")
     p.add_argument("--out", default=argparse.SUPPRESS, help="run directory to write (required, here or in --config)")
-    add_train_options(p)
+    add_options(p)
 
     min_lr, max_lr, steps = LR_FIND_RANGE
     p = sub.add_parser("lr-find", help="Lightning's learning-rate range test: a suggested --lr for train",
@@ -223,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lr", type=float, default=max_lr, help="learning rate of the last step")
     p.add_argument("--steps", type=int, default=steps, help="training steps (batches) at most; fewer when the loss "
                                                             "diverges")
-    add_train_options(p, skip=("lr", "epochs", "patience", "threshold_method", "logger", "experiment", "resume",
-                               "unfreeze_every", "devices", "num_nodes"))
+    add_options(p, skip=("lr", "epochs", "patience", "threshold_method", "logger", "experiment", "resume",
+                         "overwrite", "unfreeze_every", "devices", "num_nodes"))
 
     p = sub.add_parser("study", help="Tasks B-E: every model x strategy x seed, compared, in one HTML report",
                        description="Runs every model under every strategy and seed through `train`, then writes "
@@ -253,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", help="label-free adaptation reported beside the plain result: prior (EM-corrected "
                                    "posteriors and threshold), bn (BatchNorm statistics re-estimated on the target), "
                                    "bn+prior; a comma list, or all (default: none)")
-    p.add_argument("--tta", type=_at_least_one("--tta"), default=1, metavar="N", help=TTA_HELP)
-    p.add_argument("--label-budget", type=_at_least_one("--label-budget"), metavar="K",
+    p.add_argument("--tta", type=at_least(1, "--tta"), default=1, metavar="N", help=TTA_HELP)
+    p.add_argument("--label-budget", type=at_least(1, "--label-budget"), metavar="K",
                    help="choose the K images of --data whose labels tell most about the whole set (stratified by "
                         "predicted class and confidence) and write RUN/to-label-NAME.csv with an empty label column "
                         "to fill in (default: none)")
@@ -321,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder: ROOT/{train,val,test}/CLASS/* or ROOT/CLASS/*")
     p.add_argument("--manifest", help="CSV of path,label[,patient_id][,split] instead of class folders")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--threads", type=at_least(1, "--threads"),
+                   help="threads reading the images (default: one per CPU, up to 8)")
 
     from .demo import add_demo_arguments
     from .exporting import add_export_arguments
@@ -329,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(sub)
     for command in sub.choices.values():
         command.formatter_class = DefaultsFormatter
+        if not any(action.dest == "threads" for action in command._actions):   # main() sets them
+            command.add_argument("--threads", type=at_least(1, "--threads"),
+                                 help="CPU threads for torch (default: torch's own count)")
+            command.set_defaults(torch_threads=True)
     return parser
 
 
@@ -365,17 +212,16 @@ def print_scores(run) -> None:
     test_split = run.read_config()["data"]["splits"].get("test", "")
     if test_split.startswith("carved"):   # the data has no test/ folder
         print(f"test split {test_split} (the data has no test/ folder; --test-fraction 0 for none)")
-    nan = float("nan")
     for split in ("val", "test"):
         if split not in metrics:
             continue
         m = metrics[split]
         at = m.get("at_threshold", m)
-        line = f"{split:>5}: accuracy {at['accuracy']:.3f}  balanced {at['balanced_accuracy'] or nan:.3f}  "
+        line = f"{split:>5}: accuracy {at['accuracy']:.3f}  balanced {fmt(at['balanced_accuracy'])}  "
         if metrics["threshold"] is None:   # three or more classes: the most probable class, no threshold
-            print(line + f"macro F1 {m['f1']:.3f}  macro AUC {m['roc_auc'] or nan:.3f}  (n={m['n']}, argmax)")
+            print(line + f"macro F1 {m['f1']:.3f}  macro AUC {fmt(m['roc_auc'])}  (n={m['n']}, argmax)")
         else:
-            print(line + f"AUC {m['roc_auc'] or nan:.3f}  (n={m['n']}, threshold {metrics['threshold']:.3f} chosen on val)")
+            print(line + f"AUC {fmt(m['roc_auc'])}  (n={m['n']}, threshold {metrics['threshold']:.3f} chosen on val)")
 
 
 def run_lr_find(args) -> None:
@@ -400,7 +246,7 @@ def run_ensemble(args) -> None:
     config, metrics = run.read_config(), run.read_metrics()
     print(f"ensemble of the {args.k} runs best on validation (of {config['ensemble']['candidates']}): {run.path}")
     for m in config["ensemble"]["members"]:
-        print(f"  {m['run']}  val AUC {m['val_roc_auc'] or float('nan'):.3f}")
+        print(f"  {m['run']}  val AUC {fmt(m['val_roc_auc'])}")
     print_scores(run)
     if "vs_best_run" in metrics:
         t = metrics["vs_best_run"]["test_mcnemar"]
@@ -452,7 +298,7 @@ def run_models(args) -> None:
 def run_check_data(args) -> None:
     from .data.check import check_data
 
-    report = check_data(args.data, manifest=args.manifest)
+    report = check_data(args.data, manifest=args.manifest, threads=args.threads)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return report.exit_code()
 
@@ -478,11 +324,21 @@ def run_export(args) -> None:
 COMMANDS = {"lr-find": run_lr_find, "demo": run_demo, "predict": run_predict, "export": run_export, "train": run_train, "study": run_study, "evaluate": run_evaluate, "ensemble": run_ensemble, "models": run_models, "check-data": run_check_data}
 
 
+def _torch_threads(args) -> contextlib.AbstractContextManager:
+    """--threads N of a command whose function does not take it: torch's CPU threads while it runs."""
+    if not (getattr(args, "torch_threads", False) and args.threads):
+        return contextlib.nullcontext()
+    from .engine import cpu_threads
+
+    return cpu_threads(args.threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     args = build_parser().parse_args(argv)
     try:
-        code = COMMANDS[args.command](args)
+        with command_line(), _torch_threads(args):
+            code = COMMANDS[args.command](args)
     except TransferlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

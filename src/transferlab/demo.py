@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import TransferlabError
+from .formatting import fmt
 from .machine import own_cpu_seconds
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
@@ -151,11 +152,11 @@ def _f(value, default: float = float("nan")) -> float:
 
 def _ms(row: dict, key: str) -> str:
     mean, sd = _f(row.get(f"{key}_mean")), _f(row.get(f"{key}_sd"))
-    return f"{mean:.3f}" + (f" ± {sd:.3f}" if sd == sd else "")
+    return fmt(mean) + (f" ± {sd:.3f}" if sd == sd else "")
 
 
 def _ci(value, ci) -> str:
-    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    return fmt(value) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 # --- command line -------------------------------------------------------------------------------------------

@@ -63,6 +63,15 @@ def rank_zero_first():
         yield
 
 
+def every_rank(value) -> list:
+    """`value` (any picklable object) from every rank, in rank order, on every rank; one process: [value]."""
+    if world_size() == 1:
+        return [value]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def shard(n: int) -> slice:
     """This rank's items of 0..n-1: every world_size-th one, from its rank (all of them in one process)."""
     return slice(rank(), n, world_size()) if world_size() > 1 else slice(None)

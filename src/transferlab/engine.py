@@ -162,6 +162,7 @@ class Classifier(L.LightningModule):
         self.history: list[dict] = list(history)
         self.epoch_offset, self.phase = len(self.history), phase
         self._train_sums = np.zeros(3)   # loss * n, correct, n
+        self.images_trained = 0          # by this process, in this call (DDP: its shard of each epoch)
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._epoch_start = 0.0
         self._eval = {}   # a plain dict: an nn.Module attribute would join the state_dict and checkpoints
@@ -237,6 +238,7 @@ class Classifier(L.LightningModule):
         self.log_dict(values, prog_bar=True)
         if self.trainer.sanity_checking:
             return
+        self.images_trained += int(self._train_sums[2])
         loss_sum, correct, n = self._epoch_train_sums()
         # plain Python numbers only: the history travels in checkpoints loaded with weights_only=True
         self.history.append({

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import write_json
 from .errors import TransferlabError
 from .evaluation import decide, positive_index, split_metrics
 from .metrics import choose_threshold, mcnemar
-from .rundir import RunDir, read_csv, write_csv
+from .rundir import RunDir, read_csv, write_csv, write_json
 
 SPLITS = ("train", "val", "test")
 

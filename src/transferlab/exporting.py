@@ -46,7 +46,7 @@ def export(run_dir, format: str = "onnx", out=None) -> Path:
     returns the model file. ONNX is checked against PyTorch with onnxruntime when that is installed."""
     import torch
 
-    from .config import write_json
+    from .rundir import write_json
     from .ensembles import is_ensemble
 
     if format not in FORMATS:

@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TrainConfig, write_json
+from .config import TrainConfig
 from .errors import TransferlabError
 from .machine import cpus
+from .rundir import write_json
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 NO_LIMIT_MIN = 7 * 24 * 60       # local processes: submitit's LocalExecutor would otherwise stop them after 2 min

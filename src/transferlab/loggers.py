@@ -22,9 +22,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .config import write_json
 from .errors import TransferlabError
-from .rundir import RunDir, flatten_metrics, read_csv
+from .rundir import RunDir, flatten_metrics, read_csv, write_json
 
 DEFAULT_EXPERIMENT = "transferlab"   # a study uses its folder's name
 

@@ -25,7 +25,8 @@ from lightning.pytorch.tuner import Tuner
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .config import LR_FIND_RANGE, write_json
+from .config import LR_FIND_RANGE
+from .rundir import write_json
 from .console import show_bars
 from .engine import Classifier, _hardware
 from .errors import TransferlabError

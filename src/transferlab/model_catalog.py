@@ -38,6 +38,7 @@ from .config import MODEL_BUDGET_S   # measuring one model: at most about this m
 from .console import show_bars
 from .machine import BUSY_SHARE, OtherLoad
 from .errors import TransferlabError
+from .formatting import MISSING, fmt
 from .models.heads import create_model, feature_dim, find_head
 from .models.registry import build_model, get_spec, list_models
 
@@ -644,29 +645,25 @@ def _keep_labels_inside(fig, ax, labels) -> None:
         label.xyann = (dx, dy)
 
 
-def _num(v, fmt: str) -> str:
-    return "-" if v is None else format(v, fmt)
-
-
 _STATIC_COLUMNS = [
     ("model", lambda e: e.name),
     ("px", lambda e: str(e.resolution) + (f" ({e.input_size})" if e.resolution != e.input_size else "")),
-    ("params M", lambda e: _num(e.params_total / 1e6, ".2f")),
+    ("params M", lambda e: fmt(e.params_total / 1e6, ".2f")),
     ("new head", lambda e: f"{e.params_trainable_features:,}"),
-    ("GFLOPs", lambda e: _num(_value(e, "gflops"), ".2f")),
-    ("acc@1", lambda e: _num(e.acc1, ".1f")),
-    ("acc@5", lambda e: _num(e.acc5, ".1f")),
-    ("MB", lambda e: _num(e.file_size_mb, ".1f")),
+    ("GFLOPs", lambda e: fmt(_value(e, "gflops"), ".2f")),
+    ("acc@1", lambda e: fmt(e.acc1, ".1f")),
+    ("acc@5", lambda e: fmt(e.acc5, ".1f")),
+    ("MB", lambda e: fmt(e.file_size_mb, ".1f")),
 ]
 _MEASURED_COLUMNS = [
-    ("lat ms", lambda e: e.error[:30] if e.error else _num(e.latency_ms, ".1f")),
-    ("p50-p90", lambda e: "-" if e.latency_ms_median is None else f"{e.latency_ms_median:.1f}-{e.latency_ms_p90:.1f}"),
-    ("inf img/s", lambda e: _num(e.throughput_ips, ".1f")),
-    ("ft ms/step", lambda e: _num(e.train_step_ms_finetune, ".0f")),
-    ("ft img/s", lambda e: _num(e.train_ips_finetune, ".1f")),
-    ("feat ms/step", lambda e: _num(e.train_step_ms_features, ".0f")),
-    ("feat img/s", lambda e: _num(e.train_ips_features, ".1f")),
-    ("peak MB", lambda e: _num(e.peak_mem_mb, ".0f")),
+    ("lat ms", lambda e: e.error[:30] if e.error else fmt(e.latency_ms, ".1f")),
+    ("p50-p90", lambda e: MISSING if e.latency_ms_median is None else f"{e.latency_ms_median:.1f}-{e.latency_ms_p90:.1f}"),
+    ("inf img/s", lambda e: fmt(e.throughput_ips, ".1f")),
+    ("ft ms/step", lambda e: fmt(e.train_step_ms_finetune, ".0f")),
+    ("ft img/s", lambda e: fmt(e.train_ips_finetune, ".1f")),
+    ("feat ms/step", lambda e: fmt(e.train_step_ms_features, ".0f")),
+    ("feat img/s", lambda e: fmt(e.train_ips_features, ".1f")),
+    ("peak MB", lambda e: fmt(e.peak_mem_mb, ".0f")),
 ]
 
 

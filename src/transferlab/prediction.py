@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import TTA_HELP
 from .errors import TransferlabError
+from .settings import at_least
 
 # torch, Lightning and friends are imported inside the functions, so that the command line stays fast to start
 
@@ -55,7 +56,9 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     from .rundir import RunDir, write_csv
 
     if cam and out is None:
-        raise TransferlabError("Grad-CAM overlays are written beside the CSV: give out= (--out) as well")
+        raise TransferlabError("Grad-CAM overlays are written beside the CSV: give --out as well")
+    if tta < 1:
+        raise TransferlabError(f"--tta must be at least 1 (1 = no augmentation), not {tta}")
     run = RunDir(run_dir)
     if is_ensemble(run):
         if cam or adapt or tta != 1:
@@ -205,7 +208,8 @@ def add_predict_arguments(subparsers) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning instead of stopping")
     p.add_argument("--adapt", help="also predict with label-free adaptation to these images (they are the target; "
                                    "the run's validation images the source): prior, bn, bn+prior, a comma list or all")
-    p.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP.replace("score", "predict with"))
+    p.add_argument("--tta", type=at_least(1, "--tta"), default=1, metavar="N",
+                   help=TTA_HELP.replace("score", "predict with"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 

@@ -29,6 +29,7 @@ class RunDir:
     bad_files = property(lambda self: self.path / "bad_files.csv")       # files skipped with --skip-bad
     checkpoints = property(lambda self: self.path / "checkpoints")       # Lightning last.ckpt / best.ckpt (+ probe/)
     logs = property(lambda self: self.path / "logs")                     # --logger: experiment logs, loggers.json
+    ranks = property(lambda self: self.path / "ranks.json")              # each process: images trained on, predicted
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -62,6 +63,14 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON atomically (tmp file + rename), so an interrupted run never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
 
 
 def read_csv(path: Path) -> list[dict]:

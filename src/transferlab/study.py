@@ -58,18 +58,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import STRATEGIES, TrainConfig, read_settings, write_json
+from .config import TrainConfig, read_settings
 from .errors import TransferlabError
 from .launchers import LAUNCHERS, Job, LaunchSettings, launch
-from .rundir import RunDir, flatten_metrics, flatten_split, read_csv, write_csv
+from .rundir import RunDir, flatten_metrics, flatten_split, read_csv, write_csv, write_json
+from .settings import SETTINGS, STRATEGIES, add_options, changed_settings, in_callers_words
 
 # a study's strategies unless it names them (lpft, the third, only when asked for)
 DEFAULT_STRATEGIES = ("finetune", "features")
 # TrainConfig settings a study sets itself, per run
-STUDY_OWNED = ("data", "model", "strategy", "seed", "split_seed", "out", "resume")
-# settings that do not change what a run computes (a finished run trained with other values is still valid)
-NOT_COMPARED = ("data", "out", "resume", "progress", "device", "num_workers", "threads", "cache_dir", "weights_dir",
-                "logger", "experiment")
+STUDY_OWNED = ("data", "model", "strategy", "seed", "split_seed", "out", "resume", "overwrite")
 
 
 @dataclass
@@ -89,6 +87,7 @@ class StudyConfig:
     ensemble: int | None = None     # K: also the mean of the K runs best on validation, scored like a run
     tta: int = 1                    # N > 1: every run (and the ensemble) also scored with N-view test-time augmentation
 
+    @in_callers_words
     def __post_init__(self):
         if not self.data:
             raise TransferlabError("a study needs --data (the dataset folder)")
@@ -110,15 +109,8 @@ class StudyConfig:
         self.seeds = [int(s) for s in _as_list(self.seeds, "seeds")]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise TransferlabError(f"--seeds must be distinct, got {self.seeds}")
-        for where, settings in [("train", self.train), *((f"model_overrides.{m}", s) for m, s in self.model_overrides.items())]:
-            if not isinstance(settings, dict):
-                raise TransferlabError(f"study setting {where} must be a mapping of training settings")
-            owned = sorted(set(settings) & set(STUDY_OWNED))
-            if owned:
-                raise TransferlabError(f"study setting {where} cannot set {', '.join(owned)}: the study sets it per run")
-            unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainConfig)})
-            if unknown:
-                raise TransferlabError(f"unknown training setting(s) in {where}: {', '.join(unknown)}")
+        self.train = _train_settings(self.train, "train")
+        self.model_overrides = {m: _train_settings(s, f"model_overrides.{m}") for m, s in self.model_overrides.items()}
         self.external = [str(Path(e).expanduser().resolve()) for e in _as_list(self.external or [], "external")]
         missing = [e for e in self.external if not Path(e).is_dir()]
         if missing:
@@ -136,6 +128,8 @@ class StudyConfig:
                                    f"not {self.ensemble!r}")
         if isinstance(self.tta, bool) or not isinstance(self.tta, int) or self.tta < 1:
             raise TransferlabError(f"--tta must be at least 1 (1 = no test-time augmentation), not {self.tta!r}")
+        for model, strategy in itertools.product(self.models, self.strategies):   # every training value, checked now
+            train_config(self, model, strategy, self.seeds[0])
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -154,8 +148,7 @@ def _normalise(values: dict) -> dict:
     values = dict(values)
     own = {f.name for f in dataclasses.fields(StudyConfig)}
     train = dict(values.pop("train", None) or {})
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in [k for k in values if k not in own and k in train_fields]:
+    for key in [k for k in values if k not in own and k in SETTINGS]:
         train[key] = values.pop(key)
     unknown = sorted(set(values) - own)
     if unknown:
@@ -164,6 +157,20 @@ def _normalise(values: dict) -> dict:
         values["split_seed"] = train["split_seed"]
     train.pop("split_seed", None)
     return {**values, "train": train}
+
+
+def _train_settings(settings: dict, where: str) -> dict:
+    """Training settings of a study file (`where`: train or model_overrides.MODEL), each checked and kept as
+    TrainConfig keeps it."""
+    if not isinstance(settings, dict):
+        raise TransferlabError(f"study setting {where} must be a mapping of training settings")
+    owned = sorted(set(settings) & set(STUDY_OWNED))
+    if owned:
+        raise TransferlabError(f"study setting {where} cannot set {', '.join(owned)}: the study sets it per run")
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise TransferlabError(f"unknown training setting(s) in {where}: {', '.join(unknown)}")
+    return {k: SETTINGS[k].check(v) for k, v in settings.items()}
 
 
 def _as_list(value, what: str) -> list:
@@ -422,10 +429,9 @@ def _check_existing(run: RunDir, cfg: TrainConfig, fingerprint: str) -> str:
     if not run.config.exists():
         return ""
     saved = run.read_config()
-    old, new = saved.get("settings", {}), cfg.to_dict()
-    changed = [k for k in new if k not in NOT_COMPARED and k in old and old[k] != new[k]]
+    changed = changed_settings(saved.get("settings", {}), cfg.to_dict())
     if changed:
-        what = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in changed[:3])
+        what = ", ".join(changed[:3])
         raise TransferlabError(f"{run.path} was trained with other settings ({what}); "
                                f"use another --out or delete that run")
     if saved.get("data", {}).get("fingerprint") not in (None, fingerprint):
@@ -552,8 +558,6 @@ def read_results(study_dir: str | Path) -> list[dict]:
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """`transferlab study [STUDY.yaml] --data ... --models a,b --strategies finetune,features --seeds 3 --out ...`
     plus every training option (applied to each run). Options given on the command line override the file."""
-    from .cli import add_train_options
-
     S = argparse.SUPPRESS
     parser.add_argument("study_file", nargs="?", help="YAML study file with the same settings (optional); "
                                                       "OUT/study.yaml re-runs a study exactly")
@@ -581,8 +585,9 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-catalog", dest="measure_catalog", action="store_false", default=S,
                         help="do not time the models for the catalogue (its static facts are still shown)")
     # --split-seed (every run of the study uses it) comes with the training options
-    add_train_options(parser, for_study=True, defaults={"split_seed": f"{StudyConfig.split_seed}, for every run",
-                                                        "experiment": "the study folder's name"})
+    add_options(parser, skip=(*[s for s in STUDY_OWNED if s != "split_seed"], "devices", "num_nodes"),
+                defaults={"split_seed": f"{StudyConfig.split_seed}, for every run",
+                          "experiment": "the study folder's name"})
     launch = parser.add_argument_group("where the runs execute (README: 'Bigger studies')")
     for name, (flag, kind, help_text) in LAUNCH_OPTIONS.items():
         default = getattr(LaunchSettings(), name)

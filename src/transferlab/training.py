@@ -26,11 +26,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Subset
 
-from .config import TrainConfig, write_json
+from .config import TrainConfig
 from .data.discover import DatasetIndex, Sample, discover
 from .data.images import load_images, unreadable_error
 from .data.split import Splits, how_made, leakage_warning, make_splits, split_leakage
-from .distributed import barrier, gather_shards, is_global_zero, launch, rank_zero_first
+from .distributed import barrier, every_rank, gather_shards, is_global_zero, launch, rank_zero_first
 from .engine import (Classifier, FollowHistory, choose_threads, class_weights_for, cpu_threads, fit,
                      load_best_weights, make_loader, predict_probs, resolve_device, reuse_freed_memory, seed_all,
                      whole_epoch_loader, with_index)
@@ -42,7 +42,8 @@ from .lrfind import MAX_LR, MIN_LR, STEPS, LRFinding, RangeTest, find_lr, write_
 from .metrics import choose_threshold
 from .models.heads import create_model
 from .models.registry import get_spec
-from .rundir import RunDir, environment, peak_rss_mb, write_csv
+from .rundir import RunDir, environment, peak_rss_mb, write_csv, write_json
+from .settings import changed_settings, in_callers_words
 from .strategies import get_strategy
 from .unfreezing import FrozenBatchNorm, GradualUnfreezing, param_groups as block_param_groups
 
@@ -113,6 +114,7 @@ def _subsample(samples: list[Sample], n: int | None, seed: int) -> list[Sample]:
     return [samples[i] for i in sorted(keep)]
 
 
+@in_callers_words
 def train(config: TrainConfig | None = None, **settings) -> RunDir:
     """Train one model with one strategy; returns the run directory (see README for its layout).
 
@@ -123,13 +125,17 @@ def train(config: TrainConfig | None = None, **settings) -> RunDir:
         raise TransferlabError("--out is required: the run directory to write")
     run = RunDir(cfg.out)
     check_available(cfg.logger)
+    if cfg.overwrite and (run.config.exists() or run.resumable()):   # a run directory: gone, then made afresh
+        shutil.rmtree(run.path)
     if run.finished():
         if cfg.resume:
             ExperimentLogs(run, cfg.logger, cfg.experiment).log_finished_run()
             return run
-        raise TransferlabError(f"{run.path} already holds a finished run; choose another --out")
+        raise TransferlabError(f"{run.path} already holds a finished run; choose another --out, or add --overwrite "
+                               f"to replace it")
     if run.resumable() and not cfg.resume:
-        raise TransferlabError(f"{run.path} holds an unfinished run; add --resume to continue it, or choose another --out")
+        raise TransferlabError(f"{run.path} holds an unfinished run; add --resume to continue it or --overwrite to "
+                               f"start again, or choose another --out")
     device = launch(resolve_device(cfg.device), cfg.devices, cfg.num_nodes)   # DDP: from here on, every process
     created = _first_missing(run.path)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -214,11 +220,17 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
 
     # 5. evaluate: the threshold comes from validation predictions only. DDP: each rank predicts its shard
     eval_start = time.perf_counter()
-    probs = {name: gather_shards(lambda part: torch.from_numpy(predict_probs(
-                 net, _part(inputs[name], part), batch_size=cfg.batch_size, device=device,
-                 channels_last=strategy.channels_last, progress=cfg.progress, desc=f"predict {name}")),
-                 len(inputs[name])).numpy()
-             for name in inputs}
+    predicted = {}   # split -> images this process predicted
+
+    def predict_part(name: str, part: slice) -> torch.Tensor:
+        shard_probs = predict_probs(net, _part(inputs[name], part), batch_size=cfg.batch_size, device=device,
+                                    channels_last=strategy.channels_last, progress=cfg.progress,
+                                    desc=f"predict {name}")
+        predicted[name] = len(shard_probs)
+        return torch.from_numpy(shard_probs)
+
+    probs = {name: gather_shards(lambda part: predict_part(name, part), len(inputs[name])).numpy() for name in inputs}
+    ranks = every_rank({"images_trained": module.images_trained, "images_predicted": predicted})
     if not is_global_zero():
         barrier()   # returns once rank 0 has written the results: every process returns a finished run
         return
@@ -248,6 +260,7 @@ def _train(cfg: TrainConfig, run: RunDir, device: torch.device) -> None:
         "total_params": sum(p.numel() for p in model.parameters()),
         **metrics,
     }
+    write_json(run.ranks, {"world_size": len(ranks), "ranks": [{"rank": r, **done} for r, done in enumerate(ranks)]})
     write_json(run.metrics, summary)
     logs.update(module.history, summary)
     logs.close()
@@ -367,6 +380,7 @@ def _record_lr_find(run: RunDir, cfg: TrainConfig, finding: LRFinding) -> dict:
     return config["lr_find"]
 
 
+@in_callers_words
 def lr_find(config: TrainConfig | None = None, *, min_lr: float = MIN_LR, max_lr: float = MAX_LR,
             steps: int = STEPS, **settings) -> LRFinding:
     """Lightning's learning-rate range test for these training settings, from the model as `train` would start
@@ -421,16 +435,10 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-# Settings that may differ when a run is resumed. The data is compared by its fingerprint, not by its path.
-RESUME_MAY_CHANGE = {"data", "manifest", "resume", "progress", "device", "num_workers", "threads", "cache_dir",
-                     "weights_dir", "devices", "num_nodes", "compile", "logger", "experiment"}
-
-
 def _check_same_run(started: dict, run: RunDir, cfg: TrainConfig, data: Prepared) -> None:
-    """--resume continues a run only with the settings and the data it was started with (`started`: its
-    config.json; settings it does not have, newer than the run, are not compared)."""
-    changed = [f"{k} {started['settings'].get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items()
-               if k not in RESUME_MAY_CHANGE and k in started["settings"] and started["settings"][k] != v]
+    """--resume continues a run only with the settings that change results and the data it was started with
+    (`started`: its config.json; the data is compared by its fingerprint, not by its path)."""
+    changed = changed_settings(started["settings"], cfg.to_dict())
     if started["data"]["fingerprint"] != data.index.fingerprint():
         changed.append("the data's files differ")
     if changed:

@@ -17,13 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TransferlabError
+from ..formatting import fmt as _f
 from .calibration import _calibration_sentence, _threshold_sentence, calibration, threshold_curve, top_label_calibration
 from .comparison import (best_on_validation, comparison_findings, comparison_table, ensemble_comparison,
                          mcnemar_tests, tta_table)
 from .errors import confused_pairs, error_overlays, top_errors
 from .external_text import adaptation_findings, external_errors, external_results
 from .gap import _fitting_sentence, class_mix_effect, fitting, prevalence_effect, split_balance, val_test_gap
-from .runs import Run, fmt as _f, group_runs, load_run, load_study_runs
+from .runs import Run, group_runs, load_run, load_study_runs
 from .splits import data_findings, distribution_shift, image_statistics, leakage, same_splits, splits_table
 
 def analyze_run(run: Run) -> dict:

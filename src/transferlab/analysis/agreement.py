@@ -84,8 +84,7 @@ def annotate(run_dirs: list[str | Path], name: str) -> int:
     and decision that follow from them; returns how many runs were annotated (0 with fewer than two runs)."""
     import json
 
-    from ..config import write_json
-    from ..rundir import RunDir
+    from ..rundir import RunDir, write_json
     from .decision import verdict
     from .shift import accuracy_headline, compare_with_truth, shift_findings
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..formatting import MISSING
 from ..metrics import BOOTSTRAP_METRICS, bootstrap_ci, mcnemar
 from .runs import Run
 
@@ -161,5 +162,5 @@ def comparison_findings(table: list[dict], tests: list[dict]) -> list[str]:
 
 def _ms(d: dict | None, digits: int = 3) -> str:
     if not d or d.get("mean") is None:
-        return "n/a"
+        return MISSING
     return f"{d['mean']:.{digits}f}" + (f" ± {d['sd']:.{digits}f}" if d.get("sd") is not None else "")

@@ -14,6 +14,8 @@ budget's estimates, with intervals); `recalibrated` (cross-fitted) decides betwe
 """
 from __future__ import annotations
 
+from ..formatting import MISSING
+
 TOLERANCE = 0.03      # balanced accuracy this far below validation's (upper end of its interval) counts as "no loss"
 NO_SKILL_AUC = 0.7    # an AUC whose interval stays below this: the classes are barely separated
 RANKING_KEPT = 0.03   # AUC within this of validation's (upper end of its interval): the ranking holds
@@ -90,7 +92,7 @@ def _value(block: dict, key: str):
 
 def _ci(value, ci) -> str:
     if value is None:
-        return "n/a"
+        return MISSING
     return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..formatting import fmt
 from ..rundir import read_csv
 from .decision import verdict_text
 
@@ -87,7 +88,7 @@ def _estimates(block: dict) -> str:
 
 
 def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    return fmt(value)
 
 
 def _ci(ci) -> str:

@@ -121,7 +121,3 @@ def _float(value):
         return float(value)
     except (TypeError, ValueError):
         return value
-
-
-def fmt(value, digits: int = 3) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"

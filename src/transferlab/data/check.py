@@ -13,6 +13,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..console import show_bars
+from ..errors import DataError
+from .. import formatting
 from .discover import DEFAULT_PATIENT_PATTERN, discover
 from .images import ImageError, decode_image, read_bytes
 from .split import leakage_warning, patient_overlap, shared_with_train
@@ -55,7 +57,7 @@ class DataReport:
                  f"{'split':<8}" + "".join(f"{c:>{width}}" for c in self.classes) + f"{'total':>8}{'patients':>10}"]
         for split, counts in self.counts.items():
             lines.append(f"{split:<8}" + "".join(f"{counts[c]:>{width}}" for c in self.classes)
-                         + f"{sum(counts.values()):>8}{_or_dash(self.patients[split]):>10}")
+                         + f"{sum(counts.values()):>8}{formatting.fmt(self.patients[split], ''):>10}")
         lines.append("")
         if self.sizes:
             lines.append("image size (min/median/max): " + ", ".join(
@@ -85,10 +87,13 @@ class DataReport:
 
 
 def check_data(root, *, manifest=None, patient_pattern: str = DEFAULT_PATIENT_PATTERN,
-               progress: bool = True) -> DataReport:
-    """Discover the dataset, then decode every image (in threads) to find unreadable files, sizes and duplicates."""
+               progress: bool = True, threads: int | None = None) -> DataReport:
+    """Discover the dataset, then decode every image (in `threads` threads, default one per CPU up to 8) to find
+    unreadable files, sizes and duplicates."""
+    if threads is not None and threads < 1:
+        raise DataError(f"--threads must be at least 1, not {threads}")
     index = discover(root, patient_pattern=patient_pattern, manifest=manifest)
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
         results = list(tqdm(pool.map(_inspect, [s.path for s in index.samples]), total=len(index.samples),
                             desc="check", disable=not show_bars(progress)))
 
@@ -124,10 +129,6 @@ def check_data(root, *, manifest=None, patient_pattern: str = DEFAULT_PATIENT_PA
         shared_with_train=_shared(index, digests.get))
     report.notes = _notes(report)
     return report
-
-
-def _or_dash(value) -> str:
-    return "-" if value is None else str(value)
 
 
 def _shared(index, digest) -> dict[str, dict]:

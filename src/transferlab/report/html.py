@@ -16,8 +16,10 @@ from jinja2 import Environment, FileSystemLoader
 from ..analysis import Run, analyze_study
 from ..analysis.decision import verdict_text
 from ..analysis.splits import SHIFT_FEATURES
-from ..config import write_json
 from ..errors import TransferlabError
+from ..formatting import MISSING, fmt
+from ..rundir import write_json
+from ..settings import SETTINGS
 from . import plots
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -116,16 +118,10 @@ def _subtitle(a: dict, info: dict) -> str:
 
 NBSP = "\u00a0"   # "0.842 ± 0.012" may wrap before the "±" in a narrow column, never after it
 
-def fmt(value, spec: str = ".3f") -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "–"
-    return format(value, spec)
-
-
 def mean_sd(values, spec: str = ".3f") -> str:
     values = [float(v) for v in values if v is not None]
     if not values:
-        return "–"
+        return MISSING
     if len(values) == 1:
         return format(values[0], spec)
     return f"{format(np.mean(values), spec)} ±{NBSP}{format(np.std(values, ddof=1), spec)}"
@@ -133,13 +129,13 @@ def mean_sd(values, spec: str = ".3f") -> str:
 
 def _ms(d: dict | None, spec: str = ".3f") -> str:
     if not d or d.get("mean") is None:
-        return "–"
+        return MISSING
     return format(d["mean"], spec) + (f" ±{NBSP}{format(d['sd'], spec)}" if d.get("sd") is not None else "")
 
 
 def _ci(value, ci) -> str:
     """The first seed's value and its bootstrap interval: 0.842 [0.811, 0.870]."""
-    return f"{fmt(value)} [{ci[0]:.3f},{NBSP}{ci[1]:.3f}]" if ci and np.isfinite(ci[0]) else "–"
+    return f"{fmt(value)} [{ci[0]:.3f},{NBSP}{ci[1]:.3f}]" if ci and np.isfinite(ci[0]) else MISSING
 
 
 # --- sections ---------------------------------------------------------------------------------------------------
@@ -410,7 +406,7 @@ def test_analysis_section(a: dict) -> Section:
                      f"{fmt(pv['val_sensitivity'])} / {fmt(pv['test_sensitivity'])}",
                      f"{fmt(pv['val_specificity'])} / {fmt(pv['test_specificity'])}",
                      fmt(cal["val"]["ece"]), fmt(cal["test"]["ece"]),
-                     f"{fit.get('best_epoch', '–')} / {fit.get('last_epoch', '–')}",
+                     f"{fmt(fit.get('best_epoch'), '')} / {fmt(fit.get('last_epoch'), '')}",
                      f"{fmt(fit.get('gap_best'), '+.3f')} / {fmt(fit.get('gap_last'), '+.3f')}"])
     s.table(Table(["run", "threshold (val)", "val acc.", "test acc.", "gap", "expected test acc.*", "val AUC", "test AUC",
                    "sensitivity val / test", "specificity val / test", "ECE val", "ECE test", "best / last epoch",
@@ -448,7 +444,7 @@ def _multiclass_analysis(s: Section, a: dict, analysed: list[Run]) -> Section:
                      fmt(g["val_roc_auc"]), fmt(g["test_roc_auc"]),
                      *[f"{fmt(v)} / {fmt(t)}" for v, t in zip(mix["val_recall"], mix["test_recall"])],
                      fmt(cal["val"]["ece"]), fmt(cal["test"]["ece"]),
-                     f"{fit.get('best_epoch', '–')} / {fit.get('last_epoch', '–')}"])
+                     f"{fmt(fit.get('best_epoch'), '')} / {fmt(fit.get('last_epoch'), '')}"])
     s.table(Table(["run", "val acc.", "test acc.", "gap", "expected test acc.*", "val bal. acc.", "test bal. acc.",
                    "val macro AUC", "test macro AUC", *[f"{c} recall val / test" for c in classes], "ECE val",
                    "ECE test", "best / last epoch"], rows,
@@ -553,7 +549,7 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
     for run_name, r in results.items():
         sh_, truth = r.get("shift"), r.get("truth") or {}
         at = r.get("at_threshold", r)
-        row = [run_name, _ci(at.get("accuracy"), r.get("ci", {}).get("accuracy")) if "accuracy" in r else "–",
+        row = [run_name, _ci(at.get("accuracy"), r.get("ci", {}).get("accuracy")) if "accuracy" in r else MISSING,
                fmt(at.get("balanced_accuracy")), fmt(r.get("roc_auc"))]
         for c in shown:
             if sh_:
@@ -561,9 +557,9 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
                 row.append(f"{fmt(truth.get('prevalence', {}).get(c))} / {fmt(em['estimate'])} "
                            f"[{em['ci'][0]:.2f}, {em['ci'][1]:.2f}] / {fmt(sh_['prevalence']['bbse'][c]['estimate'])}")
             else:
-                row.append("–")
+                row.append(MISSING)
         d = (sh_ or {}).get("domain") or {}
-        row.append(f"{fmt(d.get('auc'), '.2f')} ({fmt(d.get('p_value'), '.2g')})" if d.get("auc") is not None else "–")
+        row.append(f"{fmt(d.get('auc'), '.2f')} ({fmt(d.get('p_value'), '.2g')})" if d.get("auc") is not None else MISSING)
         acc = (sh_ or {}).get("accuracy", {})
         row.append(_headline_cell((sh_ or {}).get("headline")))
         row.append(" / ".join(fmt(acc.get(m)) for m in ("atc", "doc", "label_shift", "gde")))
@@ -588,25 +584,22 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
                 for i, f in enumerate(ext["findings"])])
     if ext["gallery"] or first.get("has_labels", first.get("labelled") is True):
         _error_gallery(s, ext["gallery"], f"{ext['best_run']} on {name}", name, first["positive_class"])
-SETTINGS_SHOWN = ("weights", "epochs", "batch_size", "lr", "backbone_lr_factor", "probe_epochs", "probe_lr",
-                  "unfreeze", "batchnorm", "weight_decay", "patience", "monitor", "balance", "augment",
-                  "augment_strength", "label_smoothing", "head_dropout", "threshold_method", "val_fraction",
-                  "test_fraction", "max_images", "precision")
-NEWER_SETTINGS = ("probe_epochs", "probe_lr", "unfreeze", "batchnorm", "augment_strength", "label_smoothing",
-                  "head_dropout")   # a run older than these has none of them in its config.json
-NOT_APPLICABLE = "–"
+SETTINGS_SHOWN = [s.name for s in SETTINGS.values() if s.report]
+NOT_APPLICABLE = MISSING
 
 
-def _setting(strategy: str, key: str, value, config: dict) -> str:
+def _setting(strategy: str, key: str, config: dict) -> str:
     """A training setting as the methods table shows it: what the strategy really did."""
+    settings = config["settings"]
     if strategy == "features" and key == "augment":
         return "no (frozen features)"
     if strategy == "features" and key == "backbone_lr_factor":
-        return "– (backbone frozen)"
+        return f"{MISSING} (backbone frozen)"
     if (key in ("probe_epochs", "probe_lr") and strategy != "lpft") \
             or (key in ("unfreeze", "augment_strength") and strategy == "features") \
-            or (value is None and key in NEWER_SETTINGS):
+            or key not in settings:   # a run older than the setting
         return NOT_APPLICABLE
+    value = settings[key]
     if key == "lr" and value == "auto" and config.get("lr_find"):
         return f"auto: {config['lr_find']['suggested_lr']:.3g} (LR finder)"
     return str(value)
@@ -638,8 +631,7 @@ def methods_section(a: dict, info: dict) -> Section:
            if any(st == "lpft" for _, st in a["groups"]) else ""))
     s.p(f"Seeds: {', '.join(map(str, c['seeds']))} (initialisation of the new head, data order, augmentation); "
         f"results are reported as mean ± sd over seeds.")
-    groups = {f"{m} {st}": {**{k: _setting(st, k, runs[0].config["settings"].get(k), runs[0].config)
-                               for k in SETTINGS_SHOWN},
+    groups = {f"{m} {st}": {**{k: _setting(st, k, runs[0].config) for k in SETTINGS_SHOWN},
                             "image_size": str(runs[0].config["model"]["image_size"])}
               for (m, st), runs in a["groups"].items()}
     unused = [k for k in SETTINGS_SHOWN if all(g[k] == NOT_APPLICABLE for g in groups.values())]
