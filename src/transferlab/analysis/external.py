@@ -155,7 +155,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     result["next_step"] = verdict(result, metrics_json.get("val", {}))
     result["seconds"] = time.perf_counter() - start
 
-    from ..config import write_json
+    from ..rundir import write_json
 
     write_json(run.path / f"eval-{target.name}.json", result)
     write_csv(run.path / f"predictions-{target.name}.csv", _prediction_rows(target, classes, columns))
