@@ -9,7 +9,6 @@ from pathlib import Path
 import yaml
 
 from .errors import TransferlabError
-from .rundir import write_json  # noqa: F401  (analysis/external.py imports it from here)
 from .settings import SETTINGS, STRATEGIES, in_callers_words, strategy_defaults  # noqa: F401  (STRATEGIES too)
 
 MODEL_BUDGET_S = 60.0   # `models --measure`: seconds of measuring per model (model_catalog.catalog(model_budget_s))
