@@ -337,7 +337,7 @@ def shift_findings(shift: dict, truth: dict | None = None, *, name: str = "the t
                 f"validation (validation: {prev['source'][moved]:.0%})")
     if truth:
         text += f"; the labels say {truth['prevalence'][moved]:.0%}"
-    out.append(text + ".")
+    out.append(text[0].upper() + text[1:] + ".")
     if d.get("auc") is not None:
         if d["distinguishable"]:
             out.append(f"The images differ from validation beyond their class mix: a domain classifier on the "
