@@ -128,3 +128,23 @@ def interrupt_training(monkeypatch, epoch: int, batch: int = 0):
         return step(self, batch_, batch_idx)
     monkeypatch.setattr(engine.Classifier, "training_step", interrupted)
     return lambda: monkeypatch.setattr(engine.Classifier, "training_step", step)
+
+
+def features_run(tmp_path_factory, xray_dir, name: str):
+    """A small EfficientNet-Lite0 `features` run on the tests' X-rays (64 px), for the tests of `evaluate`."""
+    from transferlab.training import train
+
+    out = tmp_path_factory.mktemp(name) / "run"
+    return train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=10, out=str(out),
+                 image_size=64, batch_size=16, progress=False, val_fraction=0.25)
+
+
+def external_hospital(tmp_path_factory, name: str, *, patients_per_class: int, seed: int) -> Path:
+    """Another 'hospital': same classes, new patients, class folders at the top (ROOT/CLASS/*)."""
+    import shutil
+
+    made = make_xray_dataset(tmp_path_factory.mktemp("ext-made"), patients_per_class=patients_per_class, seed=seed,
+                             splits=("test",))
+    root = tmp_path_factory.mktemp("ext") / name
+    shutil.copytree(made / "test", root)
+    return root

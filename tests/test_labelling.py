@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import make_xray_dataset
+from conftest import external_hospital, features_run
 from transferlab import cli
 from transferlab.analysis import agreement
 from transferlab.analysis import shift as sh
@@ -16,7 +16,6 @@ from transferlab.analysis.decision import verdict
 from transferlab.analysis.external import evaluate
 from transferlab.analysis.labelling import LabelDesign, allocate, labelled_estimates
 from transferlab.rundir import read_csv, write_csv
-from transferlab.training import train
 
 
 # --- the sampling design and the estimates, on synthetic predictions with a known truth --------------------------
@@ -157,17 +156,12 @@ def test_decision(result, expected):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, xray_dir):
-    out = tmp_path_factory.mktemp("labelling-run") / "run"
-    return train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=10, out=str(out),
-                 image_size=64, batch_size=16, progress=False, val_fraction=0.25)
+    return features_run(tmp_path_factory, xray_dir, "labelling-run")
 
 
 @pytest.fixture(scope="module")
 def external(tmp_path_factory):
-    made = make_xray_dataset(tmp_path_factory.mktemp("ext-made"), patients_per_class=10, seed=11, splits=("test",))
-    root = tmp_path_factory.mktemp("ext") / "hospital_c"
-    shutil.copytree(made / "test", root)
-    return root
+    return external_hospital(tmp_path_factory, "hospital_c", patients_per_class=10, seed=11)
 
 
 @pytest.fixture(autouse=True)

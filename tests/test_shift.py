@@ -7,14 +7,13 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import make_xray_dataset
+from conftest import external_hospital, features_run
 from transferlab import cli
 from transferlab.analysis import shift as sh
 from transferlab.analysis.adaptation import parse_adapt
 from transferlab.analysis.external import evaluate
 from transferlab.errors import TransferlabError
 from transferlab.rundir import read_csv
-from transferlab.training import train
 
 # --- the estimators, on synthetic data with a known answer --------------------------------------------------------
 
@@ -138,18 +137,12 @@ def test_parse_adapt():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, xray_dir):
-    out = tmp_path_factory.mktemp("shift-run") / "run"
-    return train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=10, out=str(out),
-                 image_size=64, batch_size=16, progress=False, val_fraction=0.25)
+    return features_run(tmp_path_factory, xray_dir, "shift-run")
 
 
 @pytest.fixture(scope="module")
 def external(tmp_path_factory):
-    """Another 'hospital': same classes, new patients, class folders at the top (ROOT/CLASS/*)."""
-    made = make_xray_dataset(tmp_path_factory.mktemp("ext-made"), patients_per_class=8, seed=7, splits=("test",))
-    root = tmp_path_factory.mktemp("ext") / "hospital_b"
-    shutil.copytree(made / "test", root)
-    return root
+    return external_hospital(tmp_path_factory, "hospital_b", patients_per_class=8, seed=7)
 
 
 @pytest.fixture(autouse=True)
