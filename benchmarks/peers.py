@@ -8,8 +8,11 @@ Every contender gets the same things:
   - the files: transferlab's patient-disjoint train / val / test split of --data (its own split code, seed
     --seed, at most --max-images per split, class-stratified), built here once; each transferlab run's splits.csv
     is checked against it, and fastai and the tutorial loop are handed exactly those files;
-  - the weights: EfficientNet-Lite0's genuine ImageNet weights (the offline package) with a new 2-class head,
-    `transferlab.create_model(--model, 2)` after the same seeding;
+  - the weights: EfficientNet-Lite0's genuine ImageNet weights (the offline package), from
+    `transferlab.create_model(--model, 2)` after the same seeding. transferlab and the tutorial loop train its new
+    linear head; fastai gets what `vision_learner` builds on a custom body: the backbone's feature map
+    (`extract_features` / `forward_features`), fastai's `create_head` (concat pool, BatchNorm, dropout, a 512-wide
+    hidden layer) initialised with kaiming_normal_, and `default_split` [body, head];
   - the image size (--image-size, default the model's) and the model's normalisation (mean/std of its registry
     entry); every contender squashes the whole image to a square (no crop), except --baseline-recipe tutorial;
   - the epochs budget (--epochs): passes over the training images through the backbone. fastai's `fine_tune`
@@ -18,8 +21,8 @@ Every contender gets the same things:
     trains the head for its default 30 epochs on the cached features (--features-epochs).
 
 Contenders (--contenders, in this order; each in a child process of its own, one after the other):
-  fastai          fastai 2.8 `Learner(dls, model, splitter=[backbone, head])` frozen as vision_learner leaves
-                  it, `fine_tune(epochs - 1)` with its defaults: base_lr 2e-3, 1 frozen epoch (one-cycle,
+  fastai          fastai 2.8 `Learner(dls, body + create_head, splitter=default_split)` frozen as vision_learner
+                  leaves it, `fine_tune(epochs - 1)` with its defaults: base_lr 2e-3, 1 frozen epoch (one-cycle,
                   pct_start 0.99), then unfrozen with discriminative lr slice(base_lr/200, base_lr/2), one-cycle;
                   Adam (wd 0.01), BatchNorm trained while frozen (train_bn), batch 64, unweighted cross-entropy;
                   `aug_transforms()` (flip, rotate 10, zoom 1.1, warp 0.2, lighting 0.2) on the GPU/CPU batch;
@@ -461,8 +464,9 @@ def run_fastai(name: str, job: dict, t_import: float) -> dict:
     import pandas as pd
     import torch
     from fastai.callback.core import Callback
-    from fastai.torch_core import params, set_seed
-    from fastai.vision.all import (ImageDataLoaders, Learner, Normalize, Resize, ResizeMethod, aug_transforms)
+    from fastai.torch_core import apply_init, set_seed
+    from fastai.vision.all import (ImageDataLoaders, Learner, Normalize, Resize, ResizeMethod, aug_transforms,
+                                   create_head, default_split)
     from sklearn.metrics import roc_auc_score
     from transferlab import create_model
     from transferlab.engine import seed_all
@@ -512,10 +516,12 @@ def run_fastai(name: str, job: dict, t_import: float) -> dict:
         batch_tfms=[*aug_transforms(size=size), Normalize.from_stats(job["mean"], job["std"])], bs=bs)
     vocab = list(dls.vocab)
     fpos = vocab.index(classes[pos])
-    seed_all(job["seed"])   # as transferlab's train(): seed, then create_model (same head initialisation)
-    model = create_model(job["model"], len(classes))
-    learn = Learner(dls, model, splitter=lambda m: [params(m.backbone), params(m.head)],
-                    path=Path(job["work"]) / f"fastai-{name}")
+    seed_all(job["seed"])   # as transferlab's train(): seed, then create_model
+    transfer = create_model(job["model"], len(classes))
+    head = create_head(transfer.feature_dim, len(classes))   # vision_learner's head and init on a custom body
+    apply_init(head, torch.nn.init.kaiming_normal_)
+    model = torch.nn.Sequential(feature_map_body(transfer.backbone), head)
+    learn = Learner(dls, model, splitter=default_split, path=Path(job["work"]) / f"fastai-{name}")
     learn.freeze()   # as vision_learner leaves a pretrained model
     if dls.device.type == "cuda":
         learn.to_fp16()   # fastai's mixed precision, as transferlab's 16-mixed default on CUDA
@@ -553,6 +559,26 @@ def run_fastai(name: str, job: dict, t_import: float) -> dict:
     probs["val"]["y"] = [classes.index(vocab[int(i)]) for i in np.asarray(probs["val"]["y"])]
     return {"wall": wall, "import_s": import_s, "history": log.rows, "probs": probs, "external_s": external_s,
             "epochs_desc": f"1 frozen + {job['epochs'] - 1}", "notes": "; ".join(notes)}
+
+
+def feature_map_body(backbone):
+    """The backbone up to its last feature map (what fastai's create_body keeps): its pooling and dropout unused."""
+    import torch
+
+    forward = getattr(backbone, "extract_features", None) or getattr(backbone, "forward_features", None)
+    if forward is None:
+        raise SystemExit(f"{type(backbone).__name__} has no extract_features/forward_features: fastai's head needs "
+                         "the feature map")
+
+    class _FeatureMap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, x):
+            return forward(x)
+
+    return _FeatureMap()
 
 
 # ----------------------------------------------------------------------------------------------- transferlab
