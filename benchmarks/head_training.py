@@ -30,7 +30,8 @@ import torch  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
 from transferlab.config import TrainConfig  # noqa: E402
-from transferlab.engine import Classifier, class_weights_for, fit, make_loader, with_index  # noqa: E402
+from transferlab.engine import Classifier, fit  # noqa: E402
+from transferlab.loaders import class_weights_for, make_loader, with_index  # noqa: E402
 from transferlab.machine import OtherLoad  # noqa: E402
 from transferlab.training import make_loaders  # noqa: E402
 

@@ -469,7 +469,7 @@ def run_fastai(name: str, job: dict, t_import: float) -> dict:
                                    create_head, default_split)
     from sklearn.metrics import roc_auc_score
     from transferlab import create_model
-    from transferlab.engine import seed_all
+    from transferlab.runtime import seed_all
 
     import_s = time.perf_counter() - t_import
     classes, pos, size = job["classes"], job["pos"], job["image_size"]

@@ -62,18 +62,19 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
-from transferlab import engine  # noqa: E402
+from transferlab import engine, runtime  # noqa: E402
 from transferlab.config import TrainConfig  # noqa: E402
 from transferlab.data import images as tl_images  # noqa: E402
 from transferlab.data.discover import discover  # noqa: E402
 from transferlab.data.split import make_splits  # noqa: E402
 from transferlab.data.transforms import ImageTensorDataset, normalize, xray_augment  # noqa: E402
-from transferlab.engine import class_weights_for, seed_all  # noqa: E402
 from transferlab.evaluation import positive_index  # noqa: E402
+from transferlab.loaders import class_weights_for  # noqa: E402
 from transferlab.metrics import choose_threshold  # noqa: E402
 from transferlab.models.heads import create_model  # noqa: E402
 from transferlab.models.registry import get_spec  # noqa: E402
 from transferlab.rundir import read_csv  # noqa: E402
+from transferlab.runtime import seed_all  # noqa: E402
 from transferlab.strategies import _digest, inference_backbone  # noqa: E402
 from transferlab.training import _subsample, train  # noqa: E402
 
@@ -390,7 +391,7 @@ def run_baseline(mode: str, args, samples, n_classes: int, pos: int, *, epochs: 
 def lower_bound(args, pixels: list[np.ndarray], n_classes: int, batch_size: int) -> dict:
     """Time of one plain eager forward pass of the backbone over `pixels` (eval mode, inference_mode), in the
     faster of the two memory formats (chosen on two warm batches each), with glibc keeping freed memory for
-    reuse as transferlab's runs do (engine.reuse_freed_memory); normalisation is not timed."""
+    reuse as transferlab's runs do (runtime.reuse_freed_memory); normalisation is not timed."""
     spec = get_spec(args.model)
     seed_all(args.seed)
     backbone = create_model(args.model, n_classes, weights=args.weights).backbone.eval().requires_grad_(False)
@@ -398,7 +399,7 @@ def lower_bound(args, pixels: list[np.ndarray], n_classes: int, batch_size: int)
     images = torch.from_numpy(np.concatenate([np.repeat(p, channels // p.shape[1], axis=1) for p in pixels]))
     batches = [normalize(images[i:i + batch_size], spec.mean, spec.std) for i in range(0, min(len(images), 3 * batch_size), batch_size)]
     probe = {}
-    with torch.inference_mode(), engine.reuse_freed_memory():
+    with torch.inference_mode(), runtime.reuse_freed_memory():
         for fmt in (torch.contiguous_format, torch.channels_last):
             backbone.to(memory_format=fmt)
             backbone(batches[0].contiguous(memory_format=fmt))   # warm-up
@@ -549,7 +550,7 @@ def probes(args, results: dict, n_classes: int) -> dict:
             step_times[name].append(timed(lambda: step(fmt)))
     out["finetune_step_img_s"] = {k: fbs / statistics.median(v) for k, v in step_times.items()}
 
-    # glibc's allocator as set by default (big tensors mmapped and unmapped every time) vs engine.reuse_freed_memory:
+    # glibc's allocator as set by default (big tensors mmapped and unmapped every time) vs runtime.reuse_freed_memory:
     # img/s and the kernel (sys) CPU time, of the channels_last finetune step and of the eager eval forward
     def with_allocator(fn, n_images):
         fn()   # warm-up
@@ -561,7 +562,7 @@ def probes(args, results: dict, n_classes: int) -> dict:
                 "sys_share": (resource.getrusage(resource.RUSAGE_SELF).ru_stime - before_sys) / wall}
     allocator = {}
     for setting in ("glibc default", "reuse_freed_memory"):
-        with engine.reuse_freed_memory(enabled=setting == "reuse_freed_memory"):
+        with runtime.reuse_freed_memory(enabled=setting == "reuse_freed_memory"):
             model.train()
             allocator[f"finetune step, {setting}"] = with_allocator(lambda: step(torch.channels_last), fbs)
             model.eval()
@@ -723,7 +724,7 @@ def main(argv=None) -> int:
         results["profile"] = profile_ops(args, len(classes), args.profile_batch)
 
     # The baselines run first, in this fresh process: glibc's allocator exactly as a tutorial user has it
-    # (transferlab's runs change its settings while they last; engine.reuse_freed_memory).
+    # (transferlab's runs change its settings while they last; runtime.reuse_freed_memory).
     ft_index, ft_samples = subset(args, ft_max) if ft_max != max_images else (index, samples)
     if not (args.skip_features or args.skip_baseline_features):
         print("\n... baseline features", flush=True)

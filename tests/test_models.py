@@ -283,7 +283,7 @@ def test_inference_model_computes_the_same_function():
 
 
 def test_reuse_freed_memory_sets_once_and_restores(monkeypatch):
-    from transferlab import engine
+    from transferlab import runtime
 
     calls = []
 
@@ -296,14 +296,14 @@ def test_reuse_freed_memory_sets_once_and_restores(monkeypatch):
             calls.append(("trim", pad))
             return 1
 
-    monkeypatch.setattr(engine, "_glibc", lambda: FakeLibc())
-    with engine.reuse_freed_memory():
-        with engine.reuse_freed_memory():   # nested (predict_probs inside train): changes nothing
+    monkeypatch.setattr(runtime, "_glibc", lambda: FakeLibc())
+    with runtime.reuse_freed_memory():
+        with runtime.reuse_freed_memory():   # nested (predict_probs inside train): changes nothing
             pass
         assert calls == [(-4, 0), (-1, 2**31 - 1)]
     assert sorted(calls[2:], key=str) == sorted([(-1, 128 * 1024), (-4, 65536), ("trim", 0)], key=str)
     calls.clear()
-    with engine.reuse_freed_memory(enabled=False):
+    with runtime.reuse_freed_memory(enabled=False):
         pass
     assert calls == []
 

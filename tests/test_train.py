@@ -162,16 +162,16 @@ def test_features_interrupted_and_resumed_is_bit_identical(xray_dir, tmp_path, m
 
 
 def test_threads_follow_the_free_cpus(monkeypatch):
-    from transferlab import engine
+    from transferlab import runtime
 
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        monkeypatch.setattr(engine, "free_cpus", lambda: 0.6)      # another job holds 1.4 of 2 CPUs
-        assert engine.choose_threads() == 1 and engine.choose_threads(2) == 2
-        monkeypatch.setattr(engine, "free_cpus", lambda: 1.8)
-        assert engine.choose_threads() == 2
-        with engine.cpu_threads(1):
+        monkeypatch.setattr(runtime, "free_cpus", lambda: 0.6)      # another job holds 1.4 of 2 CPUs
+        assert runtime.choose_threads() == 1 and runtime.choose_threads(2) == 2
+        monkeypatch.setattr(runtime, "free_cpus", lambda: 1.8)
+        assert runtime.choose_threads() == 2
+        with runtime.cpu_threads(1):
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
     finally:

@@ -8,8 +8,9 @@ from torch import nn
 
 from transferlab.config import TrainConfig
 from transferlab.data.transforms import xray_augment
-from transferlab.engine import class_weights_for, validation_scores
+from transferlab.engine import validation_scores
 from transferlab.errors import TransferlabError
+from transferlab.loaders import class_weights_for
 from transferlab.models.heads import Head
 from transferlab.rundir import read_csv
 from transferlab.training import train

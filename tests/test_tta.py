@@ -7,10 +7,10 @@ import pytest
 from transferlab import cli
 from transferlab.analysis.external import evaluate
 from transferlab.data.images import load_images
-from transferlab.engine import resolve_device
 from transferlab.evaluation import load_model, probabilities_and_features, tta_probabilities
 from transferlab.metrics import choose_threshold
 from transferlab.rundir import read_csv
+from transferlab.runtime import resolve_device
 from transferlab.training import train
 
 

@@ -328,7 +328,7 @@ def _torch_threads(args) -> contextlib.AbstractContextManager:
     """--threads N of a command whose function does not take it: torch's CPU threads while it runs."""
     if not (getattr(args, "torch_threads", False) and args.threads):
         return contextlib.nullcontext()
-    from .engine import cpu_threads
+    from .runtime import cpu_threads
 
     return cpu_threads(args.threads)
 

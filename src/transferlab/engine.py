@@ -5,19 +5,16 @@ multi-GPU strategies; this module only says what a step is and what is recorded 
 """
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import logging
 import math
 import os
 import pickle
-import platform
-import random
 import re
 import signal
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -27,14 +24,13 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins import TorchCheckpointIO
 from sklearn.metrics import roc_auc_score, balanced_accuracy_score
-from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from .console import show_bars
 from .distributed import once_each
-from .errors import CheckpointError, TransferlabError
-from .gpu import pin_memory_for, to_device
-from .machine import free_cpus
+from .errors import CheckpointError
 from .metrics import macro_auc
+from .runtime import cpu_threads, seed_all
 from .strategies import inference_model
 
 MONITOR_MODES = {"val_loss": "min", "val_auc": "max", "val_balanced_accuracy": "max"}
@@ -45,92 +41,6 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
 warnings.filterwarnings("ignore", ".*all_gather is deprecated.*")   # inside Lightning's LightningModule.all_gather
 warnings.filterwarnings("ignore", ".*exists and is not empty.*")   # checkpoints/ on --resume
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when there is a GPU, else the CPU; asking for CUDA without one is a one-line error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TransferlabError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise TransferlabError(f"--device {device}: {str(exc).splitlines()[0]}") from None
-
-
-def choose_threads(requested: int | None = None) -> int:
-    """torch CPU threads for a run: `requested`, else torch's default (one per core, or what was set before)
-    reduced to the CPUs free right now, at least 1. On a machine shared with other jobs, more threads than free
-    CPUs make every operation wait for its slowest thread (a demo took 5x the CPU time at 2 threads on 2 busy
-    cores)."""
-    if requested:
-        return int(requested)
-    default = torch.get_num_threads()
-    if default <= 1:
-        return 1
-    return max(1, min(default, int(free_cpus() + 0.5)))
-
-
-@contextmanager
-def cpu_threads(n: int):
-    """torch.set_num_threads(n) while the block runs, then the previous count again."""
-    before = torch.get_num_threads()
-    if n != before:
-        torch.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # mallopt parameters (malloc.h)
-_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
-_reuse_depth = 0   # nested blocks: the outermost one sets and restores
-
-
-@contextmanager
-def reuse_freed_memory(enabled: bool = True):
-    """While the block runs, let glibc keep freed memory for reuse instead of handing it back to the OS.
-
-    glibc serves every allocation above 32 MB (e.g. one activation map of a batch) with a fresh mmap, and
-    unmaps it when freed, so each forward pass on the CPU page-faults its activations in again: on 2 cores
-    this kernel time was as large as the convolutions (benchmarks/transfer_speed.py; BENCHMARKS.md). With
-    mmap off and trimming deferred, tensors reuse heap memory. Afterwards the defaults come back and the
-    freed memory is released (malloc_trim). No-op off glibc (macOS, Windows, musl)."""
-    global _reuse_depth
-    libc = _glibc() if enabled else None
-    if libc is None:
-        yield
-        return
-    if _reuse_depth == 0:
-        libc.mallopt(_M_MMAP_MAX, 0)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
-    _reuse_depth += 1
-    try:
-        yield
-    finally:
-        _reuse_depth -= 1
-        if _reuse_depth == 0:
-            for param, value in _GLIBC_DEFAULTS.items():
-                libc.mallopt(param, value)
-            libc.malloc_trim(0)
-
-
-def _glibc():
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Classifier(L.LightningModule):
@@ -207,7 +117,7 @@ class Classifier(L.LightningModule):
             order = order[:-1]
         optimizer = self.optimizers()
         sums = torch.zeros(2, dtype=torch.float64)
-        with cpu_threads(1) if x.device.type == "cpu" else _nothing():
+        with cpu_threads(1) if x.device.type == "cpu" else contextlib.nullcontext():
             for idx in order.to(x.device).split(size):
                 xb, yb = x[idx], y[idx]
                 logits = self(xb)
@@ -269,44 +179,6 @@ class Classifier(L.LightningModule):
         self.trainer.should_stop = bool(checkpoint.get("should_stop", False))
 
 
-@contextmanager
-def _nothing():
-    yield
-
-
-class _WholeEpoch(Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return 1
-
-    def __getitem__(self, i):
-        return self.x, self.y
-
-
-def whole_epoch_loader(dataset: Dataset) -> DataLoader:
-    """A training loader whose only batch is the whole `dataset` (tensors, e.g. cached features): for
-    Classifier(minibatch=...), which shuffles and splits it into mini-batches itself."""
-    x, y = dataset[:]  # TensorDataset
-    return DataLoader(_WholeEpoch(x, y), batch_size=None, shuffle=False, generator=torch.Generator())   # as make_loader
-class _WithIndex(Dataset):
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return (*self.dataset[i], i)
-
-
-def with_index(dataset: Dataset) -> Dataset:
-    """(x, y) items -> (x, y, i): what Classifier.validation_step takes, so that under DDP every validation image
-    is counted once however the sampler padded the ranks."""
-    return _WithIndex(dataset)
-
-
 def validation_scores(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None) -> dict:
     """The end-of-epoch validation numbers: loss, accuracy, AUC (three or more classes: the macro one-vs-rest AUC
     over the classes validation has) and balanced accuracy; NaN where validation has a single class."""
@@ -319,29 +191,6 @@ def validation_scores(logits: torch.Tensor, y: torch.Tensor, class_weights: torc
     return {"val_loss": loss, "val_acc": float((pred == y_np).mean()),
             "val_auc": float("nan") if auc is None else float(auc),
             "val_balanced_accuracy": float(balanced_accuracy_score(y_np, pred)) if both else float("nan")}
-
-
-def class_weights_for(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights, n / (k * count_c): each class contributes equally to the loss."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    return torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
-
-
-def make_loader(dataset: Dataset, labels: np.ndarray | None, *, batch_size: int, shuffle: bool,
-                balance: str = "none", num_workers: int = 0, pin_memory: bool = False, replicas: int = 1) -> DataLoader:
-    """replicas: DDP processes, among which Lightning's DistributedSampler will share the dataset."""
-    sampler = None
-    if shuffle and balance == "sampler":
-        weights = class_weights_for(labels, int(labels.max()) + 1)[labels]
-        sampler = WeightedRandomSampler(weights.double(), len(labels))
-    elif shuffle:
-        sampler = RandomSampler(dataset)
-    # Creating an iterator draws a base seed; from its own generator it leaves the global RNG alone, so the
-    # epoch's order does not depend on whether Lightning created the iterator before or after the reseed.
-    # A last training batch of one image is dropped: BatchNorm cannot train on a single value per channel.
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=False, generator=torch.Generator(),
-                      drop_last=shuffle and -(-len(dataset) // replicas) % batch_size == 1)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -473,162 +322,3 @@ def _hardware(device: torch.device, devices: int, num_nodes: int) -> dict:
 def load_best_weights(module: Classifier, checkpoint_path: str | Path) -> None:
     """Load the best epoch's weights from a Lightning checkpoint, safely (weights_only=True)."""
     module.load_state_dict(load_checkpoint(checkpoint_path)["state_dict"])
-
-
-@torch.inference_mode()
-def predict_probs(net: torch.nn.Module, dataset: Dataset, *, batch_size: int = 64, device: torch.device,
-                  channels_last: bool = False, progress: bool = False, desc: str = "predict") -> np.ndarray:
-    """Class probabilities (N, C) of `net` on `dataset`, in eval mode."""
-    from tqdm.auto import tqdm
-
-    net.eval().to(device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    out = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=pin_memory_for(dataset, device))
-    with reuse_freed_memory(enabled=device.type == "cpu"):
-        for i, (x, _) in enumerate(tqdm(loader, desc=desc, disable=not show_bars(progress), leave=False)):
-            x = to_device(x, device)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if i == 0:
-                fast = inference_model(net, x[:1])
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                out.append(fast(x).float().softmax(1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 2), dtype=np.float32)
-
-
-class _MatchSourceBN(torch.nn.Module):
-    """Stands in for one BatchNorm layer during a statistics pass: records the per-channel first and second
-    moments of its input per group (a class of the source images; one group for the target) and, given the
-    source's statistics, normalises each batch so that the outputs the source had come out."""
-
-    def __init__(self, bn, source: tuple[torch.Tensor, torch.Tensor] | None, groups: int):
-        super().__init__()
-        self.bn, self.source, self.groups = bn, source, groups
-        self.sum = self.sq = self.count = None
-        self.group_of_batch: torch.Tensor | None = None    # set before each batch
-
-    def forward(self, x):
-        spatial = list(range(2, x.dim()))
-        m = x.mean(spatial) if spatial else x                 # (N, C) per image
-        sq = (x * x).mean(spatial) if spatial else x * x
-        n = x[0, 0].numel()
-        g = self.group_of_batch if self.group_of_batch is not None else torch.zeros(len(x), dtype=torch.long)
-        g = g.to(x.device)
-        if self.sum is None:
-            self.sum = x.new_zeros(self.groups, x.shape[1], dtype=torch.float64)
-            self.sq = torch.zeros_like(self.sum)
-            self.count = x.new_zeros(self.groups, dtype=torch.float64)
-        self.sum.index_add_(0, g, m.double() * n)
-        self.sq.index_add_(0, g, sq.double() * n)
-        self.count.index_add_(0, g, torch.full((len(x),), float(n), dtype=torch.float64, device=x.device))
-        if self.source is None:   # recording the source: normalise as the model does
-            return self.bn(x)
-        mean = m.mean(0)
-        var = (sq.mean(0) - mean ** 2).clamp_min(0)
-        mm, v = _matched(self.bn, self.source, mean, var)
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        out = (x - mm.view(shape)) / torch.sqrt(v.view(shape) + self.bn.eps)
-        return out * self.bn.weight.view(shape) + self.bn.bias.view(shape) if self.bn.affine else out
-
-    def statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.sum, self.sq, self.count
-
-
-def mixed_moments(statistics: dict, weights=None) -> dict:
-    """Per layer (mean, var) of the recorded groups mixed with `weights` (e.g. a class prior; None: as
-    recorded); groups with no image are left out and the weights renormalised."""
-    out = {}
-    for name, (total, sq, count) in statistics.items():
-        present = count > 0
-        w = count.clone() if weights is None else torch.as_tensor(weights, dtype=torch.float64, device=count.device)
-        w = torch.where(present, w, torch.zeros_like(w))
-        w = w / w.sum()
-        safe = count.clamp_min(1)[:, None]
-        mean = (w[:, None] * total / safe).sum(0)
-        var = ((w[:, None] * sq / safe).sum(0) - mean ** 2).clamp_min(0)
-        out[name] = (mean.float(), var.float())
-    return out
-
-
-def _matched(bn, source, mean, var):
-    """Normalising statistics that map target inputs (mean, var) onto the outputs source inputs get from the
-    layer's own running statistics: m = mu_t - sd_t (mu_s - mu_run) / sd_s, v = var_run var_t / var_s."""
-    src_mean, src_var = source
-    ratio = torch.sqrt((var + bn.eps) / (src_var + bn.eps))
-    return mean - ratio * (src_mean - bn.running_mean), bn.running_var * ratio ** 2
-
-
-@torch.no_grad()
-def _batchnorm_pass(model, layers, pixels, sources, *, groups=None, n_groups=1, mean, std, device, batch_size,
-                    progress, desc):
-    """One pass over `pixels` with every BN layer wrapped; returns each layer's input moments per group."""
-    from tqdm.auto import tqdm
-
-    from .data.transforms import normalize, pixel_tensor
-
-    wrappers = {}
-    for name, bn in layers.items():
-        parent, _, child = name.rpartition(".")
-        wrappers[name] = _MatchSourceBN(bn, None if sources is None else sources[name], n_groups)
-        setattr(model.get_submodule(parent) if parent else model, child, wrappers[name])
-    try:
-        for start in tqdm(range(0, len(pixels), batch_size), desc=desc, disable=not progress, leave=False):
-            if groups is not None:
-                for w in wrappers.values():
-                    w.group_of_batch = torch.as_tensor(groups[start:start + batch_size], dtype=torch.long)
-            model(normalize(pixel_tensor(pixels[start:start + batch_size]), mean, std).to(device))
-    finally:
-        for name, bn in layers.items():
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, bn)
-    return {name: w.statistics() for name, w in wrappers.items()}
-
-
-def _batchnorm_layers(model: torch.nn.Module) -> dict:
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
-
-
-def batchnorm_statistics(model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray, num_classes: int, *,
-                         mean, std, device: torch.device, batch_size: int = 64, progress: bool = False) -> dict:
-    """Per BatchNorm layer (by name), the per-channel moments of its input over `pixels`, per class (`labels`),
-    with the model as it is (eval mode), for `mixed_moments`; the model is left unchanged."""
-    model.eval().to(device)
-    with reuse_freed_memory(enabled=device.type == "cpu"):
-        return _batchnorm_pass(model, _batchnorm_layers(model), pixels, None, groups=labels, n_groups=num_classes,
-                               mean=mean, std=std, device=device, batch_size=batch_size, progress=progress,
-                               desc="BN statistics (validation)")
-
-
-def adapt_batchnorm(model: torch.nn.Module, target: np.ndarray, source_statistics: dict, *, mean, std,
-                    device: torch.device, prior=None, batch_size: int = 64,
-                    progress: bool = False) -> tuple[torch.nn.Module, int]:
-    """A copy of `model` whose BatchNorm layers normalise the target's images so that every layer's input
-    statistics match those of the source (validation) images, `source_statistics` (batchnorm_statistics) with
-    its classes mixed in the proportions `prior` (the target's, estimated without labels; None: validation's
-    own). Mixing at the target's prior keeps a pure change of prevalence from being "corrected" as if the images
-    had changed. Weights are unchanged; no target label is used.
-
-    For a fine-tuned network, whose running statistics are those of its training images, this is AdaBN (Li et
-    al. 2016): the target's own statistics replace them. For a frozen ImageNet backbone (`features`), plain
-    AdaBN would move the features away from the ones its head was trained on; matching the source keeps them.
-    Each layer's target statistics are measured with the layers before it already adapted (one pass).
-    Returns (the adapted copy, the number of BatchNorm layers)."""
-    import copy
-
-    adapted = copy.deepcopy(model).eval().to(device)
-    layers = _batchnorm_layers(adapted)
-    if not layers:
-        return adapted, 0
-    sources = mixed_moments(source_statistics, prior)
-    with reuse_freed_memory(enabled=device.type == "cpu"):
-        targets = mixed_moments(_batchnorm_pass(adapted, layers, target, sources, mean=mean, std=std, device=device,
-                                                batch_size=batch_size, progress=progress,
-                                                desc="BN statistics (target)"))
-    for name, bn in layers.items():
-        m, v = _matched(bn, sources[name], *targets[name])
-        bn.running_mean.copy_(m)
-        bn.running_var.copy_(v)
-    return adapted.eval(), len(layers)

@@ -81,7 +81,7 @@ class RunJob:
     """One run, in whatever process or node the launcher chose; returns the run directory. When a Slurm task nears
     its time limit, submitit calls `checkpoint` and requeues the same run, which resumes from its last epoch.
     max_threads: torch's thread count before the run, which a run without --threads still reduces to the CPUs free
-    when it starts (engine.choose_threads)."""
+    when it starts (runtime.choose_threads)."""
     max_threads: int | None = None
 
     def __call__(self, config: TrainConfig) -> str:

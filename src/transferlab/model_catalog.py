@@ -161,7 +161,7 @@ def catalog(names: list[str] | None = None, *, measure: bool = False, device: st
                for name in tqdm(names, desc="models", unit="model", disable=not show_bars(progress) or measure)]
     if not measure:
         return entries
-    from .engine import resolve_device
+    from .runtime import resolve_device
 
     settings = dict(device=str(resolve_device(device)), repeats=repeats, warmup=warmup, budget_s=budget_s,
                     threads=threads or torch.get_num_threads(), model_budget_s=model_budget_s)

@@ -50,10 +50,11 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     from .analysis.errors import gradcam_overlays
     from .data.images import load_images
     from .data.transforms import ImageTensorDataset
-    from .engine import predict_probs, resolve_device
     from .ensembles import is_ensemble
     from .evaluation import decide, load_model
+    from .inference import predict_probs
     from .rundir import RunDir, write_csv
+    from .runtime import resolve_device
 
     if cam and out is None:
         raise TransferlabError("Grad-CAM overlays are written beside the CSV: give --out as well")

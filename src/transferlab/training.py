@@ -31,18 +31,19 @@ from .data.discover import DatasetIndex, Sample, discover
 from .data.images import load_images, unreadable_error
 from .data.split import Splits, how_made, leakage_warning, make_splits, split_leakage
 from .distributed import barrier, every_rank, gather_shards, is_global_zero, launch, rank_zero_first
-from .engine import (Classifier, FollowHistory, choose_threads, class_weights_for, cpu_threads, fit,
-                     load_best_weights, make_loader, predict_probs, resolve_device, reuse_freed_memory, seed_all,
-                     whole_epoch_loader, with_index)
+from .engine import Classifier, FollowHistory, fit, load_best_weights
 from .errors import TransferlabError
 from .gpu import pin_memory_for
 from .evaluation import decide, positive_index, split_metrics
+from .inference import predict_probs
+from .loaders import class_weights_for, make_loader, whole_epoch_loader, with_index
 from .loggers import ExperimentLogs, check_available
 from .lrfind import MAX_LR, MIN_LR, STEPS, LRFinding, RangeTest, find_lr, write_finding
 from .metrics import choose_threshold
 from .models.heads import create_model
 from .models.registry import get_spec
 from .rundir import RunDir, environment, peak_rss_mb, write_csv, write_json
+from .runtime import choose_threads, cpu_threads, resolve_device, reuse_freed_memory, seed_all
 from .settings import changed_settings, in_callers_words
 from .strategies import get_strategy
 from .unfreezing import FrozenBatchNorm, GradualUnfreezing, param_groups as block_param_groups

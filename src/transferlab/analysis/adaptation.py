@@ -4,7 +4,7 @@
     prior      posteriors re-weighted to the class proportions EM estimates for the target (Saerens et al. 2002),
                the decision threshold re-chosen with the run's method on validation reweighted to that prior
     bn         BatchNorm statistics re-estimated on the target's unlabelled images, matched to validation's
-               (engine.adapt_batchnorm); weights and threshold unchanged
+               (models.batchnorm.adapt_batchnorm); weights and threshold unchanged
     bn+prior   both, in that order
 
 Each method is a sequence of steps; a step takes the probabilities so far and returns new ones, a threshold and
@@ -74,7 +74,7 @@ def adapted_probabilities(adapt: list[str], model, config: dict, pixels: np.ndar
 def _batchnorm_step(probs: np.ndarray, threshold, *, model, config, pixels: np.ndarray, source: dict, score):
     """Target probabilities from a copy of the model whose BatchNorm layers match the target to validation
     (validation's classes mixed at the target's prior, estimated by EM from `probs`)."""
-    from ..engine import adapt_batchnorm, batchnorm_statistics
+    from ..models.batchnorm import adapt_batchnorm, batchnorm_statistics
 
     if len(pixels) < 8:
         raise TransferlabError(f"--adapt bn needs at least 8 target images to estimate BatchNorm statistics "

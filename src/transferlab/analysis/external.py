@@ -78,7 +78,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     `label_budget` K: choose the K images whose labels tell most and write to-label-NAME.csv; `labels`: that file
     (or any path,label CSV) filled in: whole-set estimates from those labels; `recalibrate`: the threshold and
     temperature re-chosen on them (analysis.target_labels). The result's `next_step` says what to do next."""
-    from ..engine import resolve_device
+    from ..runtime import resolve_device
     from ..evaluation import load_model
 
     check_options(tta=tta, label_budget=label_budget, labels=labels, recalibrate=recalibrate)

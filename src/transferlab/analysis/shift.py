@@ -14,7 +14,7 @@ beside an estimate as the truth it is compared with (`compare_with_truth`).
 - accuracy without labels: ATC (Garg et al., ICLR 2022), DoC (Guillory et al. 2021), average confidence, and
   the label-shift estimate sum_k prior_k x validation recall_k;
 - adaptation: `adapt_prior` (posteriors re-weighted to the EM prior). BatchNorm re-estimation lives in
-  `engine.adapt_batchnorm` (it needs the model).
+  `models.batchnorm.adapt_batchnorm` (it needs the model).
 """
 from __future__ import annotations
 
