@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import sys
 
+from tqdm import tqdm
+
 
 def show_bars(progress: bool) -> bool:
     """Progress bars only when asked for and both stdout and stderr are terminals."""
     return bool(progress) and _tty(sys.stdout) and _tty(sys.stderr)
+
+
+def progress_bar(iterable=None, *, progress: bool, **options) -> tqdm:
+    """A tqdm bar over `iterable` (options: tqdm's) that is drawn only where show_bars(progress) says."""
+    return tqdm(iterable, disable=not show_bars(progress), **options)
 
 
 def _tty(stream) -> bool:

@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from .console import show_bars
+from .console import progress_bar
 from .gpu import pin_memory_for, to_device
 from .runtime import reuse_freed_memory
 from .strategies import inference_model
@@ -22,7 +21,7 @@ def predict_probs(net: torch.nn.Module, dataset: Dataset, *, batch_size: int = 6
     out = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=pin_memory_for(dataset, device))
     with reuse_freed_memory(enabled=device.type == "cpu"):
-        for i, (x, _) in enumerate(tqdm(loader, desc=desc, disable=not show_bars(progress), leave=False)):
+        for i, (x, _) in enumerate(progress_bar(loader, progress=progress, desc=desc, leave=False)):
             x = to_device(x, device)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -32,10 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
 
 from .config import MODEL_BUDGET_S   # measuring one model: at most about this many seconds (model_budget_s)
-from .console import show_bars
+from .console import progress_bar
 from .machine import BUSY_SHARE, OtherLoad
 from .errors import TransferlabError
 from .formatting import MISSING, fmt
@@ -158,7 +157,7 @@ def catalog(names: list[str] | None = None, *, measure: bool = False, device: st
     flops = count_flops if count_flops is not None else (measure or len(names) <= FLOPS_NAMES_LIMIT)
     sizes = image_size if isinstance(image_size, dict) else {name: image_size for name in names}
     entries = [_static_entry(name, flops=flops, image_size=sizes.get(name), num_classes=num_classes)
-               for name in tqdm(names, desc="models", unit="model", disable=not show_bars(progress) or measure)]
+               for name in progress_bar(names, progress=progress and not measure, desc="models", unit="model")]
     if not measure:
         return entries
     from .runtime import resolve_device
@@ -169,7 +168,7 @@ def catalog(names: list[str] | None = None, *, measure: bool = False, device: st
         for group in _latency_groups(entries):
             for entry, result in zip(group, _run_latencies(group, isolate=isolate, **settings)):
                 _apply_measurement(entry, result)
-        bar = tqdm(entries, desc="measuring", unit="model", disable=not show_bars(progress))
+        bar = progress_bar(entries, progress=progress, desc="measuring", unit="model")
         for entry in bar:
             bar.set_postfix_str(entry.name)
             if entry.error is None:

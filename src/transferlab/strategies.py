@@ -19,10 +19,9 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.data import Dataset, TensorDataset
-from tqdm.auto import tqdm
 
 from .data.transforms import ImageTensorDataset, normalize, pixel_tensor, xray_augment
-from .console import show_bars
+from .console import progress_bar
 from .distributed import gather_shards, is_global_zero, world_size
 from .gpu import to_device
 from .models.heads import TransferModel
@@ -150,8 +149,7 @@ def feature_batches(model: TransferModel, pixels: np.ndarray, *, mean, std, devi
     if backbone is None:
         example = _channels_last(normalize(to_device(pixel_tensor(pixels[:1]), device), mean, std))
         backbone = inference_backbone(model.backbone, example, device=device)
-    for start in tqdm(range(0, len(pixels), batch_size), desc="features", disable=not show_bars(progress),
-                      leave=False):
+    for start in progress_bar(range(0, len(pixels), batch_size), progress=progress, desc="features", leave=False):
         x = _channels_last(normalize(to_device(pixel_tensor(pixels[start:start + batch_size]), device), mean, std))
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             out = backbone(x).float().cpu()

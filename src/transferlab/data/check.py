@@ -10,9 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from ..console import show_bars
+from ..console import progress_bar
 from ..errors import DataError
 from .. import formatting
 from .discover import DEFAULT_PATIENT_PATTERN, discover
@@ -94,8 +93,8 @@ def check_data(root, *, manifest=None, patient_pattern: str = DEFAULT_PATIENT_PA
         raise DataError(f"--threads must be at least 1, not {threads}")
     index = discover(root, patient_pattern=patient_pattern, manifest=manifest)
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        results = list(tqdm(pool.map(_inspect, [s.path for s in index.samples]), total=len(index.samples),
-                            desc="check", disable=not show_bars(progress)))
+        results = list(progress_bar(pool.map(_inspect, [s.path for s in index.samples]), progress=progress,
+                                    total=len(index.samples), desc="check"))
 
     bad, shapes, formats, by_hash, digests = [], [], Counter(), defaultdict(list), {}
     for sample, (digest, shape, fmt, reason) in zip(index.samples, results):

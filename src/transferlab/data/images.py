@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm import tqdm
 
-from ..console import show_bars
+from ..console import progress_bar
 from ..errors import DataError, TransferlabError
 
 MIN_SIDE, MAX_SIDE = 8, 12_000
@@ -270,7 +269,7 @@ def _hash_files(paths: list[Path], num_threads: int | None, progress: bool) -> l
     string per file, not a tuple: the list lives as long as the decoding."""
     hashed = []
     with ThreadPoolExecutor(num_threads or min(8, os.cpu_count() or 1)) as pool, \
-            tqdm(total=len(paths), desc="hash", disable=not show_bars(progress), leave=False) as bar:
+            progress_bar(progress=progress, total=len(paths), desc="hash", leave=False) as bar:
         for start in range(0, len(paths), HASH_CHUNK):
             hashed += pool.map(_hash_file, paths[start:start + HASH_CHUNK])
             bar.update(len(hashed) - bar.n)
@@ -352,8 +351,7 @@ def _decode_to_cache(paths, errors, size, cache: Path | None, processes, num_thr
         bad = []
         jobs = _decoded(paths, errors, size, processes, num_threads)
         try:
-            for i, (arr, reason) in enumerate(tqdm(jobs, total=len(paths), desc="decode",
-                                                   disable=not show_bars(progress))):
+            for i, (arr, reason) in enumerate(progress_bar(jobs, progress=progress, total=len(paths), desc="decode")):
                 if reason:
                     bad.append((i, reason))
                 else:

@@ -6,8 +6,8 @@ import copy
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ..console import progress_bar
 from ..data.transforms import normalize, pixel_tensor
 from ..runtime import reuse_freed_memory
 
@@ -84,7 +84,7 @@ def _batchnorm_pass(model, layers, pixels, sources, *, groups=None, n_groups=1, 
         wrappers[name] = _MatchSourceBN(bn, None if sources is None else sources[name], n_groups)
         setattr(model.get_submodule(parent) if parent else model, child, wrappers[name])
     try:
-        for start in tqdm(range(0, len(pixels), batch_size), desc=desc, disable=not progress, leave=False):
+        for start in progress_bar(range(0, len(pixels), batch_size), progress=progress, desc=desc, leave=False):
             if groups is not None:
                 for w in wrappers.values():
                     w.group_of_batch = torch.as_tensor(groups[start:start + batch_size], dtype=torch.long)
