@@ -6,8 +6,8 @@
 
 Within a family of the same architecture (resnet18 < 34 < 50, efficientnet_lite0 < 1 < 2, mobilenet_v3_small <
 large) more multiply-adds take longer, so the measured batch-1 latency (the fastest call, interleaved rounds; see
-transferlab.model_catalog) must rank each family as the FLOPs do. Prints the table, the other processes' CPU use
-while measuring and one line per family, then
+transferlab/model_catalog/timing.py) must rank each family as the FLOPs do. Prints the table, the other
+processes' CPU use while measuring and one line per family, then
     SUMMARY families=<n> agree=<k> busy=<True|False> other_load_cpus=<x>
 Exit code: 0 every family agrees; 1 a family disagrees on a quiet machine (a measurement problem); 3 the machine
 was busy (other processes used more than machine.BUSY_SHARE of the CPUs): the ranking is printed but not judged.
@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import background_load  # noqa: E402
 
-from transferlab.model_catalog import catalog, format_table  # noqa: E402
+from transferlab.model_catalog.build import catalog  # noqa: E402
+from transferlab.model_catalog.output import format_table  # noqa: E402
 
 FAMILIES = {"resnet": ["resnet18", "resnet34", "resnet50"],
             "efficientnet_lite": ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],

@@ -97,7 +97,7 @@ def test_study_help_shows_the_defaults_a_study_uses(monkeypatch):
 
 
 # (command, option) -> the function the command calls with it, whose own default must be the same
-API_DEFAULTS = {"models": "transferlab.model_catalog:catalog", "predict": "transferlab.prediction:predict",
+API_DEFAULTS = {"models": "transferlab.model_catalog.build:catalog", "predict": "transferlab.prediction:predict",
                 "export": "transferlab.exporting:export", "demo": "transferlab.demo:run_demo",
                 "check-data": "transferlab.data.check:check_data"}
 CLI_ONLY = {("predict", "out")}   # the command writes predictions.csv; predict() writes a file only when asked

@@ -12,8 +12,11 @@ import torch
 from torch import nn
 
 from conftest import chelsea_probs
-from transferlab.model_catalog import catalog, count_gflops, format_table, pareto_front, recommend, write_catalog
 from transferlab.errors import ModelError
+from transferlab.model_catalog.build import catalog
+from transferlab.model_catalog.choice import pareto_front, recommend
+from transferlab.model_catalog.entries import count_gflops
+from transferlab.model_catalog.output import format_table, write_catalog
 from transferlab.models import weights as weights_mod
 from transferlab.models.heads import TransferModel, create_model, find_head, to_transfer_model
 from transferlab.models.registry import build_model, get_spec, list_models
@@ -248,9 +251,9 @@ def test_catalog_measure_stops_at_the_model_budget(monkeypatch, capsys):
     assert free.budget_note is None and free.train_ips_features > 0
     # the CLI passes --budget-s (0: no limit) as model_budget_s, 60 s by default
     seen = []
-    monkeypatch.setattr("transferlab.model_catalog.catalog", lambda names, **kw: seen.append(kw) or [])
-    monkeypatch.setattr("transferlab.model_catalog.recommend", lambda entries, **kw: [])
-    monkeypatch.setattr("transferlab.model_catalog.format_table", lambda entries: "")
+    monkeypatch.setattr("transferlab.model_catalog.build.catalog", lambda names, **kw: seen.append(kw) or [])
+    monkeypatch.setattr("transferlab.model_catalog.choice.recommend", lambda entries, **kw: [])
+    monkeypatch.setattr("transferlab.model_catalog.output.format_table", lambda entries: "")
     for argv, budget in ((["models", "resnet18", "--measure"], 60.0),
                          (["models", "resnet18", "--measure", "--budget-s", "5"], 5.0),
                          (["models", "resnet18", "--measure", "--budget-s", "0"], None)):
@@ -330,7 +333,7 @@ def _timed(entries, latencies, busy=False):
 
 
 def test_catalog_draws_no_conclusion_from_noise():
-    from transferlab.model_catalog import busy_note, default_x
+    from transferlab.model_catalog.choice import busy_note, default_x
 
     names = ["efficientnet_lite0", "efficientnet_lite1", "resnet18"]
     # a busy machine: lite1 (the larger model) timed faster than lite0, resnet18 slowest of all
@@ -370,7 +373,7 @@ def test_other_load_sees_a_busy_machine():
 
 
 def test_catalog_plot_keeps_labels_inside_and_off_the_legend():
-    from transferlab.model_catalog import catalog_figure
+    from transferlab.model_catalog.output import catalog_figure
 
     names = ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_lite0", "efficientnet_lite2", "resnet18",
              "resnet50", "resnet152", "regnet_y_400mf", "vgg16", "convnext_tiny"]

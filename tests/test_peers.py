@@ -39,7 +39,8 @@ def test_fastai_is_a_benchmark_extra_never_imported_by_the_package():
             offenders += [f"{path.relative_to(ROOT)}:{node.lineno}" for n in names if n.split(".")[0] == "fastai"]
     assert offenders == []
     # and at run time: the API, training and the command line leave fastai out of sys.modules
-    code = ("import sys, transferlab, transferlab.training, transferlab.cli, transferlab.model_catalog; "
+    code = ("import sys, transferlab, transferlab.training, transferlab.cli, "
+            "transferlab.model_catalog.build, transferlab.model_catalog.output; "
             "transferlab.train; sys.exit('fastai' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0
 

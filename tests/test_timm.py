@@ -12,7 +12,8 @@ from torch import nn
 
 from conftest import chelsea_probs
 from transferlab.errors import ModelError
-from transferlab.model_catalog import catalog, format_table
+from transferlab.model_catalog.build import catalog
+from transferlab.model_catalog.output import format_table
 from transferlab.models import weights as weights_mod
 from transferlab.models.heads import create_model, find_head, last_feature_map
 from transferlab.models.registry import build_model, get_spec, list_models

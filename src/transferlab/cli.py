@@ -276,22 +276,22 @@ def run_study(args) -> None:
 
 
 def run_models(args) -> None:
-    from . import model_catalog as cat
+    from .model_catalog import build, choice, output
     from .models.registry import list_models, matches
 
     names = ([n for n in args.names if matches(n, args.filter)] if args.names
              else list_models(args.source, args.filter))
     if not names:
         raise TransferlabError(f"no model matches --filter {args.filter!r}")
-    entries = cat.catalog(names, measure=args.measure, device=args.device, batch_size=args.batch_size,
-                          repeats=args.repeats, image_size=args.image_size, progress=args.progress,
-                          threads=args.threads, num_classes=args.classes, model_budget_s=args.model_budget_s or None)
+    entries = build.catalog(names, measure=args.measure, device=args.device, batch_size=args.batch_size,
+                            repeats=args.repeats, image_size=args.image_size, progress=args.progress,
+                            threads=args.threads, num_classes=args.classes, model_budget_s=args.model_budget_s or None)
     budget = dict(max_latency_ms=args.max_latency_ms, max_params=args.max_params)
-    shown = cat.sort_entries(cat.filter_entries(entries, **budget), args.sort)
-    print(cat.format_table(shown))
-    print("\n".join(cat.recommend(entries, **budget)))
+    shown = choice.sort_entries(choice.filter_entries(entries, **budget), args.sort)
+    print(output.format_table(shown))
+    print("\n".join(choice.recommend(entries, **budget)))
     if args.out:
-        for path in cat.write_catalog(shown, args.out):
+        for path in output.write_catalog(shown, args.out):
             print(f"wrote {path}")
 
 

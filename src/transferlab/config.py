@@ -11,7 +11,7 @@ import yaml
 from .errors import TransferlabError
 from .settings import SETTINGS, STRATEGIES, in_callers_words, strategy_defaults  # noqa: F401  (STRATEGIES too)
 
-MODEL_BUDGET_S = 60.0   # `models --measure`: seconds of measuring per model (model_catalog.catalog(model_budget_s))
+MODEL_BUDGET_S = 60.0   # `models --measure`: seconds of measuring per model (transferlab.catalog(model_budget_s))
 LR_FIND_RANGE = (1e-7, 1.0, 100)   # the LR finder's defaults: first and last learning rate, steps (lrfind.py)
 TTA_HELP = ("test-time augmentation: also score the mean probability over N views of each image (the image and "
             "N-1 random views from the training augmentation, no flips), beside the plain result; a binary run's "

@@ -445,7 +445,8 @@ def _check_existing(run: RunDir, cfg: TrainConfig, fingerprint: str) -> str:
 def study_catalog(config: StudyConfig, out: Path, num_classes: int = 2) -> list[dict]:
     """Catalogue entries (as dicts) for the study's models with a `num_classes`-class head, written to OUT/catalog;
     reused when already there."""
-    from .model_catalog import catalog, write_catalog
+    from .model_catalog.build import catalog
+    from .model_catalog.output import write_catalog
 
     path = out / "study.json"
     if path.exists():

@@ -189,7 +189,8 @@ def catalog_section(study_dir: Path, info: dict) -> Section:
 
 
 def _blank_accuracy_notes(entries: list[dict]) -> list[str]:
-    from ..model_catalog import CatalogEntry, blank_accuracy_notes
+    from ..model_catalog.entries import CatalogEntry
+    from ..model_catalog.output import blank_accuracy_notes
 
     known = set(CatalogEntry.__dataclass_fields__)
     return blank_accuracy_notes([CatalogEntry(**{k: v for k, v in e.items() if k in known}) for e in entries])
