@@ -21,7 +21,9 @@ from transferlab.analysis import shift
 from transferlab.analysis import comparison as analysis_comparison
 from transferlab.errors import TransferlabError
 from transferlab.rundir import RunDir, read_csv
-from transferlab.study import StudyConfig, add_study_arguments, read_study_file, run_study, run_study_command
+from transferlab.cli.study import add_study_arguments, run_study_command
+from transferlab.study.config import StudyConfig, read_study_file
+from transferlab.study.run import run_study
 
 MODELS = ["efficientnet_lite0", "mobilenet_v3_small"]
 SECTIONS = ["section-A", "section-data", "section-B", "section-C", "section-D", "section-E", "section-methods"]
@@ -228,7 +230,7 @@ def test_cli_options_override_the_study_file(tmp_path, monkeypatch):
     args = parser.parse_args([str(tmp_path / "study.yaml"), "--models", "resnet18,mobilenet_v3_small",
                               "--seeds", "0,4", "--epochs", "3", "--split-seed", "7", "--no-catalog"])
     seen = {}
-    monkeypatch.setattr("transferlab.study.run_study", lambda config: seen.setdefault("config", config))
+    monkeypatch.setattr("transferlab.study.run.run_study", lambda config: seen.setdefault("config", config))
     run_study_command(args)
     config = seen["config"]
     assert config.models == ["resnet18", "mobilenet_v3_small"] and config.seeds == [0, 4]

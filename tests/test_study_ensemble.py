@@ -18,7 +18,7 @@ from transferlab.exporting import export
 from transferlab.metrics import choose_threshold
 from transferlab.prediction import predict
 from transferlab.rundir import RunDir, read_csv
-from transferlab.study import StudyConfig
+from transferlab.study.config import StudyConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 64
