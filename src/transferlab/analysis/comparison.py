@@ -118,23 +118,24 @@ def mcnemar_tests(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
     return out
 
 
-def ensemble_comparison(ensemble: Run, runs: list[Run], n_boot: int | None = None) -> dict:
+def ensemble_comparison(ensemble: Run, chosen: Run, n_boot: int | None = None) -> dict:
     """An ensemble directory as a row of the comparison table (its test metrics, bootstrap CIs), with its members
-    and the exact McNemar test on the test images against the best single run on validation (its best member)."""
+    and the exact McNemar test on the test images against `chosen`, the run chosen on validation (runs.chosen_run),
+    which is its best member when it was made from the same runs (left out otherwise)."""
     row = comparison_table({ensemble.group: [ensemble]}, n_boot)[0]
     row["run"] = ensemble.name
     row["members"] = [Path(m["run"]).name for m in ensemble.config["ensemble"]["members"]]
     vs = ensemble.metrics.get("vs_best_run")
-    best = next((r for r in runs if vs and r.name == Path(vs["run"]).name), None)
-    if best is not None:
-        row["vs_best_run"] = {"run": best.name, "model": best.model, "strategy": best.strategy, "seed": best.seed,
-                              "accuracy_ensemble": ensemble.at("test")["accuracy"],
-                              "accuracy_run": best.at("test")["accuracy"], **vs["test_mcnemar"]}
+    if vs and Path(vs["run"]).name == chosen.name:
+        row["vs_best_run"] = {"run": chosen.name, "model": chosen.model, "strategy": chosen.strategy,
+                              "seed": chosen.seed, "accuracy_ensemble": ensemble.at("test")["accuracy"],
+                              "accuracy_run": chosen.at("test")["accuracy"], **vs["test_mcnemar"]}
     return row
 
 
 def best_on_validation(rows: list[dict]) -> dict:
-    """The model x strategy a user should pick: highest mean validation AUC (never a test metric)."""
+    """The model x strategy a user should pick: highest mean validation AUC (never a test metric). One run of it
+    or of another group may be the run chosen on validation (runs.chosen_run), which is a single run's score."""
     return max(rows, key=lambda r: -1.0 if r["val_roc_auc"]["mean"] is None else r["val_roc_auc"]["mean"])
 
 
@@ -143,7 +144,7 @@ def comparison_findings(table: list[dict], tests: list[dict]) -> list[str]:
     ranked = [r for r in table if r["roc_auc"]["mean"] is not None]
     if ranked:
         best = best_on_validation(ranked)
-        out.append(f"Chosen on validation (highest mean val AUC, {_ms(best['val_roc_auc'])}): {best['model']} "
+        out.append(f"Best on validation (highest mean val AUC, {_ms(best['val_roc_auc'])}): {best['model']} "
                    f"{best['strategy']}; on test: AUC {_ms(best['roc_auc'])}, accuracy at the validation threshold "
                    f"{_ms(best['accuracy'])} over {len(best['seeds'])} seed(s). The test split never chooses.")
         fastest = min(ranked, key=lambda r: r["train_seconds"]["mean"])

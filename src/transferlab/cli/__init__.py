@@ -250,8 +250,8 @@ def run_ensemble(args) -> None:
     print_scores(run)
     if "vs_best_run" in metrics:
         t = metrics["vs_best_run"]["test_mcnemar"]
-        print(f"test, against its best member: McNemar p = {t['p_value']:.3g} (only the ensemble right on "
-              f"{t['only_a_correct']} images, only the member on {t['only_b_correct']})")
+        print(f"test, against its best member (the run chosen on validation): McNemar p = {t['p_value']:.3g} (only "
+              f"the ensemble right on {t['only_a_correct']} images, only the member on {t['only_b_correct']})")
 
 
 def run_evaluate(args) -> None:

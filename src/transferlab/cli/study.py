@@ -34,7 +34,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", type=int, metavar="K", default=S,
                         help="also average the probabilities of the K runs best on validation into STUDY/ensemble-topK, "
                              "scored like a run in results.csv and report section D, with a McNemar test against the "
-                             f"best single run (default: {StudyConfig.ensemble or 'none'})")
+                             f"run chosen on validation, its best member (default: {StudyConfig.ensemble or 'none'})")
     parser.add_argument("--tta", type=int, metavar="N", default=S,
                         help="also score every run (and the ensemble) on validation and test with N-view test-time "
                              "augmentation, the threshold for it re-chosen on validation's views: eval-test-tta.json per "

@@ -54,8 +54,8 @@ def write_report(study_dir: str | Path, *, gradcam: bool = True) -> tuple[Path, 
 
 
 # the measured numbers behind every finding, kept as analysis.json beside the report
-JSON_KEYS = ("per_run", "run_findings", "balance", "leakage", "shift", "same_splits", "data_findings", "comparison",
-             "mcnemar", "comparison_findings", "gradcam_failures", "external_results", "ensemble", "tta")
+JSON_KEYS = ("chosen_run", "per_run", "run_findings", "balance", "leakage", "shift", "same_splits", "data_findings",
+             "comparison", "mcnemar", "comparison_findings", "gradcam_failures", "external_results", "ensemble", "tta")
 
 
 def _subtitle(a: dict, info: dict) -> str:

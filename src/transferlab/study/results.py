@@ -25,7 +25,7 @@ def results_rows(study_dir: Path, runs: list[dict], ensemble: dict | None = None
 
 def ensemble_row(study_dir: Path, name: str) -> dict:
     """The ensemble's results row: its metrics, bootstrap 95% CIs of its test metrics (as section D gives a run)
-    and the exact McNemar test against the best single run on validation (its best member)."""
+    and the exact McNemar test against the run chosen on validation (its best member)."""
     from ..analysis.comparison import test_cis
     from ..analysis.runs import load_run
     from ..ensembles import members

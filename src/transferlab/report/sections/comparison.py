@@ -67,7 +67,7 @@ def _ensemble_table(s: Section, e: dict) -> None:
     if t:
         better = ("the ensemble" if t["only_a_correct"] > t["only_b_correct"] else
                   t["run"] if t["only_b_correct"] > t["only_a_correct"] else "neither")
-        s.findings([f"Against the best single run on validation ({t['run']}): test accuracy "
+        s.findings([f"Against {t['run']}, the run chosen on validation (the ensemble's best member): test accuracy "
                     f"{fmt(t['accuracy_ensemble'])} vs {fmt(t['accuracy_run'])}; {t['only_a_correct']} test images "
                     f"only the ensemble got right, "
                     f"{t['only_b_correct']} only the run (exact McNemar p={fmt(t['p_value'], '.3g')}"

@@ -67,7 +67,7 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
     decision = ext.get("next_step")
     if decision:
         s.p(f"What to do ({ext['best_run']}, the run chosen on validation) — {verdict_text(decision, name)}")
-    s.findings([f"{ext['best_run']} (chosen on validation): {f}" if i == 0 else f
+    s.findings([f"{ext['best_run']}, the run chosen on validation: {f}" if i == 0 else f
                 for i, f in enumerate(ext["findings"])])
     if ext["gallery"] or first.get("has_labels", first.get("labelled") is True):
         error_gallery(s, ext["gallery"], f"{ext['best_run']} on {name}", name, first["positive_class"])

@@ -85,10 +85,12 @@ def _multiclass_analysis(s: Section, a: dict, analysed: list[Run]) -> Section:
 
 
 def _key_findings(s: Section, a: dict) -> tuple[list[Run], Run]:
-    """The findings of the run chosen on validation, then every other group's first run folded away."""
+    """The findings of the run chosen on validation (analysis.runs.chosen_run: the highest validation AUC, then the
+    lowest validation loss), then every group's first run folded away."""
     first_runs = [g[0] for g in a["groups"].values() if a["per_run"].get(g[0].name)]
-    chosen = _chosen_run(a, first_runs)
-    s.h3(f"Key findings: {chosen.model} {chosen.strategy} (seed {chosen.seed}), the run chosen on validation")
+    chosen = next(r for r in a["runs"] if r.name == a["chosen_run"])
+    s.h3(f"Key findings: {chosen.name}, the run chosen on validation (highest validation AUC, then lowest "
+         f"validation loss)")
     s.findings(a["run_findings"][chosen.name])
     for r in first_runs:
         if r is not chosen:
@@ -109,12 +111,3 @@ def _errors_and_external(s: Section, a: dict) -> Section:
         external_subsection(s, name, ext, a)
     return s
 
-
-def _chosen_run(a: dict, candidates: list[Run]) -> Run:
-    ranked = [r for r in a["comparison"] if r["val_roc_auc"]["mean"] is not None]
-    if ranked:
-        best = max(ranked, key=lambda r: r["val_roc_auc"]["mean"])
-        for r in candidates:
-            if (r.model, r.strategy) == (best["model"], best["strategy"]):
-                return r
-    return candidates[0]
