@@ -121,7 +121,8 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
         estimate["image_statistics"] = _image_statistics(source["files"], target.files)
         truth = sh.compare_with_truth(estimate, target.labels if target.labelled else None, pred)
         result["shift"], result["truth"] = estimate, truth
-        result["findings"] = sh.shift_findings(estimate, truth, name=f"the {target.name} set")
+        result["findings"] = sh.shift_findings(estimate, truth, name=f"the {target.name} set",
+                                               positive=metrics_json["positive_class"])
     columns = {"": (probs, pred)}
     if label_budget:
         result["label_budget"] = plan_labels(run.path, target.name, target.files, probs, pred, label_budget, seed)

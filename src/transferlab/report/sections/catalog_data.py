@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ...analysis import Run
+from ...analysis.shift import share_classes
 from ...analysis.splits import SHIFT_FEATURES
 from ...formatting import fmt
 from .. import plots
@@ -78,13 +79,12 @@ def data_section(a: dict, info: dict) -> Section:
     d = run.config["data"]
     method = d.get("splits", {})
     leak = a["leakage"]
+    shown = share_classes(run.classes, run.positive)
     rows = []
     for split, b in a["balance"].items():
-        share = [f"{b['positive_share']:.1%}"] if run.positive else [f"{b['shares'][c]:.1%}" for c in run.classes]
-        rows.append([split, *[fmt(b["counts"][c], ",d") for c in run.classes], fmt(b["n"], ",d"), *share,
-                     fmt(leak["patients"].get(split), ",d")])
-    shares = [f"{run.positive} share"] if run.positive else [f"{c} share" for c in run.classes]
-    s.table(Table(["split", *run.classes, "total", *shares, "patients"], rows,
+        rows.append([split, *[fmt(b["counts"][c], ",d") for c in run.classes], fmt(b["n"], ",d"),
+                     *[f"{b['shares'][c]:.1%}" for c in shown], fmt(leak["patients"].get(split), ",d")])
+    s.table(Table(["split", *run.classes, "total", *[f"{c} share" for c in shown], "patients"], rows,
                   "Images used per split (after --max-images, if set) and distinct patients."))
     s.p(f"How the splits were made (seed {method.get('seed')}): validation — {method.get('val', '?')}; test — "
         f"{method.get('test', '?')}; official val/ folder — {method.get('official_val', '?')}.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ...analysis.decision import verdict_text
+from ...analysis.shift import share_classes
 from ...formatting import MISSING, fmt
 from ..blocks import NOT_APPLICABLE, Section, Table, error_gallery, fmt_ci
 
@@ -26,7 +27,7 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
         + ("; labelled, so each label-free estimate stands beside the truth." if first.get("has_labels", first.get("labelled") is True)
            else "; unlabelled: predictions and label-free estimates only.")
         + (f" {first['n_unreadable']} unreadable files skipped." if first["n_unreadable"] else ""))
-    shown = [first["positive_class"]] if len(classes) == 2 else classes
+    shown = share_classes(classes, first["positive_class"])
     adapt = list(first.get("adapted", {}))
     columns = ["run", "accuracy [95% CI]", "balanced acc.", "AUC"]
     columns += [f"{c} share: true / EM [CI] / BBSE" for c in shown]
