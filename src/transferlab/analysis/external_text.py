@@ -12,9 +12,10 @@ from .shift import share_classes
 
 
 def summary_lines(result: dict) -> list[str]:
-    """What `transferlab evaluate` prints: a few lines, then where the JSON is."""
+    """What `transferlab evaluate` prints: a few lines, then where the JSON is. The notes (images left out or
+    unreadable, classes the run does not know) are said here once; `evaluate` itself prints none."""
     out = [f"{result['name']}: {result['n']} images from {result['data']} ({result['layout']}); scored "
-           f"{result['scored']}" + (f"; {result['n_unreadable']} unreadable skipped" if result["n_unreadable"] else "")]
+           f"{result['scored']}"]
     out += [f"note: {n}" for n in result["notes"]]
     if "next_step" in result:
         out.append("what to do: " + verdict_text(result["next_step"], result["name"]))

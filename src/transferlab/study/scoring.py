@@ -25,8 +25,10 @@ def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[
             if _kept(run.path / f"eval-{name}.json", [run.weights], lambda saved: saved.get("adapt") == adapt):
                 continue
             print(f"external {name}: run {i}/{len(runs)} {r['run']}", flush=True)
-            evaluate(run.path, data=data, name=name, adapt=adapt, device=config.train.get("device", "auto"),
-                     progress=config.train.get("progress", True))
+            result = evaluate(run.path, data=data, name=name, adapt=adapt, device=config.train.get("device", "auto"),
+                              progress=config.train.get("progress", True))
+            for note in result["notes"]:
+                print(f"note: {note}", flush=True)
         annotate([out / r["run"] for r in runs], name)   # what the runs' agreement says about each one's accuracy
     return sets
 
