@@ -16,8 +16,9 @@ def comparison_section(a: dict) -> Section:
                   f"Mean ± sd over seeds; then the first seed's run (seed {seed}) alone, with its 95% CI: percentile "
                   f"bootstrap ({n_boot} resamples of the test images). Accuracy and F1 at each run's validation "
                   f"threshold. Times are wall-clock seconds per run: train = preparing the inputs (for features: the frozen "
-                  f"backbone's one pass over the images, cached and reused by later seeds) + the training epochs; "
-                  f"total adds decoding and evaluation. Peak RSS is the study process's peak resident memory at the "
+                  f"backbone's one pass over the images) + the training epochs; total adds decoding and evaluation; "
+                  f"runs that read their features from the cache (an earlier run's pass) are left out of both (cached "
+                  f"features: not comparable). Peak RSS is the study process's peak resident memory at the "
                   f"end of the run: the runs share one process, so it only grows along the study; CUDA peak memory "
                   f"is per run, and section A measures each model's memory in isolation."))
     s.findings(a["comparison_findings"])
@@ -32,7 +33,7 @@ def comparison_section(a: dict) -> Section:
         s.p("No paired McNemar test: the study needs two strategies or two models.")
     points = [{"label": f"{r['model']} {r['strategy']}", "strategy": r["strategy"], "x": r["train_seconds"]["mean"],
                "x_sd": r["train_seconds"]["sd"], "y": r["accuracy"]["mean"], "y_sd": r["accuracy"]["sd"]}
-              for r in a["comparison"]]
+              for r in a["comparison"] if r["train_seconds"]["mean"] is not None]
     s.image(plots.accuracy_vs_time(points), "Test accuracy vs training time (error bars: sd over seeds).")
     if a.get("ensemble"):
         _ensemble_table(s, a["ensemble"])
@@ -50,8 +51,16 @@ def _comparison_cells(r: dict) -> list[str]:
             fmt_mean_sd(r["roc_auc"]), fmt_ci(first.get("roc_auc"), ci.get("roc_auc")),
             fmt_mean_sd(r["accuracy"]), fmt_ci(first.get("accuracy"), ci.get("accuracy")),
             fmt_mean_sd(r["f1"]), fmt_ci(first.get("f1"), ci.get("f1")),
-            fmt_mean_sd(r["balanced_accuracy"]), fmt_mean_sd(r["train_seconds"], ".1f"), fmt_mean_sd(r["total_seconds"], ".1f"),
+            fmt_mean_sd(r["balanced_accuracy"]), _seconds(r, "train_seconds"), _seconds(r, "total_seconds"),
             memory, fmt(r["trainable_params"], ",d")]
+
+
+def _seconds(r: dict, key: str) -> str:
+    """A time cell: mean ± sd over the runs timed, saying how many read their features from the cache instead."""
+    cached = len(r.get("cached_features") or [])
+    if r[key]["mean"] is None and cached:
+        return "cached features: not comparable"
+    return fmt_mean_sd(r[key], ".1f") + (f" ({cached} cached left out)" if cached else "")
 
 
 def _ensemble_table(s: Section, e: dict) -> None:
