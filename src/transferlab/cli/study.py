@@ -12,6 +12,7 @@ from ..launchers import LAUNCHERS, LaunchSettings
 from ..settings import STRATEGIES, add_options
 from ..study.config import DEFAULT_STRATEGIES, STUDY_OWNED, StudyConfig, normalise
 
+
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """`transferlab study [STUDY.yaml] --data ... --models a,b --strategies finetune,features --seeds 3 --out ...`
     plus every training option (applied to each run). Options given on the command line override the file."""

@@ -16,6 +16,7 @@ from ..rundir import RunDir
 from ..settings import changed_settings
 from .config import StudyConfig, train_config
 
+
 @dataclass
 class PlannedRun:
     model: str

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..rundir import RunDir, flatten_metrics, flatten_split, read_csv
 
+
 def results_rows(study_dir: Path, runs: list[dict], ensemble: dict | None = None) -> list[dict]:
     """One row per run (with --tta its test_tta_* columns), then the ensemble's, if any (strategy "ensemble")."""
     rows = []

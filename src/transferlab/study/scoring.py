@@ -8,6 +8,7 @@ from pathlib import Path
 from ..rundir import RunDir
 from .config import StudyConfig
 
+
 def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[dict]:
     """Every run on every --external set (every image scored; shift estimates; --adapt beside). A result newer
     than the run's model and made with the same adaptations is kept."""
