@@ -436,7 +436,7 @@ def full_features_run(args, work: Path) -> dict:
     out, cache = work / "full-features", work / "cache-full"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
-    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "transferlab.cli"]),
+    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "transferlab"]),
            "train", "--data", args.data, "--model", args.model, "--weights", args.weights, "--strategy", "features",
            "--epochs", str(args.epochs), "--patience", str(args.epochs), "--seed", str(args.seed),
            "--out", str(out), "--cache-dir", str(cache), "--no-progress"]

@@ -16,9 +16,10 @@ import pytest
 from conftest import make_xray_dataset
 
 from transferlab import __version__, cli
+from transferlab.cli.study import LAUNCH_DEFAULT_WORDS, LAUNCH_OPTIONS
 from transferlab.config import STRATEGIES, TrainConfig
 from transferlab.settings import SETTINGS
-from transferlab.study import LAUNCH_DEFAULT_WORDS, LAUNCH_OPTIONS, train_config
+from transferlab.study.config import train_config
 
 DEFAULT = re.compile(r"\(default: (.*)\)$")   # the end of the help text
 
@@ -69,7 +70,7 @@ def test_study_help_shows_the_defaults_a_study_uses(monkeypatch):
     parser = _subparsers()["study"]
     shown = _options(parser)
     seen = {}
-    monkeypatch.setattr("transferlab.study.run_study", lambda config: seen.setdefault("config", config))
+    monkeypatch.setattr("transferlab.study.run.run_study", lambda config: seen.setdefault("config", config))
     cli.run_study(parser.parse_args(["--data", "d", "--models", "resnet18", "--out", "o"]))
     study = seen["config"]
     assert shown["strategies"] == ",".join(study.strategies) and shown["seeds"] == "3" and study.seeds == [0, 1, 2]

@@ -52,7 +52,7 @@ def test_features_two_gloo_processes_equal_one_process(xray_dir, tmp_path):
     on all images, each once. Separate feature caches: each run extracts its own features."""
     settings = dict(model="efficientnet_lite0", strategy="features", epochs=4, **FAST)
     one = train(data=str(xray_dir), out=str(tmp_path / "one"), cache_dir=str(tmp_path / "cache-one"), **settings)
-    done = _run(["-m", "transferlab.cli", "train", "--data", str(xray_dir), "--out", str(tmp_path / "two"),
+    done = _run(["-m", "transferlab", "train", "--data", str(xray_dir), "--out", str(tmp_path / "two"),
                  "--devices", "2", *_cli_args(settings)], tmp_path / "cache-two")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run directory:") == 1             # only rank 0 reports
@@ -118,7 +118,7 @@ def test_finetune_two_gloo_processes_interrupted_resumed_and_close_to_one_proces
     assert (run / "checkpoints" / "last.ckpt").exists() and not (run / "metrics.json").exists()
     before = load_checkpoint(run / "checkpoints" / "last.ckpt")["history"]   # the epochs finished before the kill
     assert len(before) == 2
-    done = _run(["-m", "transferlab.cli", *argv, "--resume"], tmp_path / "cache")
+    done = _run(["-m", "transferlab", *argv, "--resume"], tmp_path / "cache")
     assert done.returncode == 0, done.stderr[-3000:]
     history = _without_seconds(read_csv(run / "history.csv"))
     assert [int(r["epoch"]) for r in history] == [1, 2, 3]

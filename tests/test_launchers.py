@@ -17,7 +17,8 @@ from transferlab.analysis import comparison as analysis_comparison
 from transferlab.errors import TransferlabError
 from transferlab.launchers import LaunchSettings
 from transferlab.rundir import RunDir, read_csv
-from transferlab.study import StudyConfig, read_study_file, run_study
+from transferlab.study.config import StudyConfig, read_study_file
+from transferlab.study.run import run_study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,7 +87,7 @@ def test_plan_commands_then_collect_rebuild_the_study(xray_dir, tmp_path, refere
     assert ("2 of 2 runs of" in capsys.readouterr().err and not (out / "results.csv").exists())
     for command in commands:   # what any scheduler would do with them
         argv = shlex.split(command)
-        subprocess.run([sys.executable, "-m", "transferlab.cli", *argv[1:]], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "transferlab", *argv[1:]], check=True, capture_output=True)
     assert cli.main(["study", str(out / "study.yaml"), "--collect"]) == 0
     assert _results(out) == reference
     assert (out / "report.html").exists()

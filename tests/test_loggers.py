@@ -14,7 +14,8 @@ from transferlab import cli
 from transferlab.errors import TransferlabError
 from transferlab.loggers import final_metrics
 from transferlab.rundir import RunDir, read_csv
-from transferlab.study import read_study_file, run_study, train_config
+from transferlab.study.config import read_study_file, train_config
+from transferlab.study.run import run_study
 from transferlab.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,7 +159,7 @@ def test_missing_package_and_unknown_logger_are_one_line_errors(xray_dir, tmp_pa
 def test_study_command_line_passes_loggers_to_every_run(monkeypatch):
     parser = cli.build_parser()
     seen = {}
-    monkeypatch.setattr("transferlab.study.run_study", lambda config: seen.setdefault("config", config))
+    monkeypatch.setattr("transferlab.study.run.run_study", lambda config: seen.setdefault("config", config))
     cli.run_study(parser.parse_args(["study", "--data", "d", "--models", "resnet18", "--out", "studies/hw4",
                                      "--logger", "tensorboard", "--logger", "mlflow"]))
     cfg = train_config(seen["config"], "resnet18", "features", 0)

@@ -140,7 +140,8 @@ def test_predict_and_export_three_classes(run, tmp_path):
 def test_three_class_study_report(manifest, tmp_path):
     """A 3-class study end to end: every section of the report is written for three classes."""
     from transferlab.analysis import comparison
-    from transferlab.study import StudyConfig, run_study
+    from transferlab.study.config import StudyConfig
+    from transferlab.study.run import run_study
 
     config = StudyConfig(data=str(sample_path()), models=["efficientnet_lite0", "mobilenet_v3_small"],
                          strategies=["features"], seeds=1, out=str(tmp_path / "s"), measure_catalog=False,

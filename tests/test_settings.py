@@ -21,8 +21,8 @@ def no_work(monkeypatch):
     def work(*args, **kwargs):
         raise AssertionError("work started before the settings were checked")
 
-    for target in ("transferlab.training.prepare_data", "transferlab.training.discover", "transferlab.study.plan_study",
-                   "transferlab.data.discover.discover"):
+    for target in ("transferlab.training.prepare_data", "transferlab.training.discover", "transferlab.study.run.plan_study",
+                   "transferlab.study.plan.plan_study", "transferlab.data.discover.discover"):
         monkeypatch.setattr(target, work)
 
 

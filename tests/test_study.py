@@ -10,6 +10,7 @@ import math
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,9 +20,14 @@ from PIL import Image
 from conftest import make_xray_dataset
 from transferlab.analysis import shift
 from transferlab.analysis import comparison as analysis_comparison
+from transferlab.analysis.comparison import comparison_findings, comparison_table
+from transferlab.analysis.runs import Run
+from transferlab.cli.study import add_study_arguments, run_study_command
+from transferlab.ensembles import rank_runs
 from transferlab.errors import TransferlabError
 from transferlab.rundir import RunDir, read_csv
-from transferlab.study import StudyConfig, add_study_arguments, read_study_file, run_study, run_study_command
+from transferlab.study.config import StudyConfig, read_study_file
+from transferlab.study.run import run_study
 
 MODELS = ["efficientnet_lite0", "mobilenet_v3_small"]
 SECTIONS = ["section-A", "section-data", "section-B", "section-C", "section-D", "section-E", "section-methods"]
@@ -71,8 +77,47 @@ def test_external_set_in_every_run_and_in_section_e(study):
     assert "adapt bn: acc. / bal. acc." in table and "PNEUMONIA share: true / EM" in table
     assert "What to do (" in table and "accuracy without labels" in table
     analysis_json = json.loads((study / "analysis.json").read_text())
+    # one run chosen on validation, named so in every sentence of E; the class mix said as the PNEUMONIA share
+    assert set(re.findall(r"([\w.-]+), the run chosen on validation", section_e)) == {analysis_json["chosen_run"]}
+    assert analysis_json["chosen_run"] == rank_runs([run.path for run in runs])[0].path.name
+    assert "% PNEUMONIA" in section_e and "% NORMAL" not in section_e
     assert set(analysis_json["external_results"]["hospital_b"]) == {run.path.name for run in runs}
     assert json.loads((study / "study.json").read_text())["external"][0]["name"] == "hospital_b"
+
+
+def test_timings_compare_runs_whose_features_were_computed(study):
+    """A features run that read its features from the cache (here: seed 1, from seed 0's pass) says so in its
+    metrics.json, and section D leaves it out of the times, in one sentence."""
+    cached = {p.name: RunDir(p).read_metrics()["features_from_cache"] for p in (study / "runs").iterdir()}
+    assert cached["efficientnet_lite0-features-seed1"] is True
+    assert not any(v for name, v in cached.items() if "-finetune-" in name)
+    rows = json.loads((study / "analysis.json").read_text())["comparison"]
+    for row in rows:
+        seeds = [s for s in row["seeds"] if cached[f"{row['model']}-{row['strategy']}-seed{s}"]]
+        assert row["cached_features"] == seeds and row["train_seconds"]["n"] == len(row["seeds"]) - len(seeds)
+    md = (study / "report.md").read_text()
+    assert md.count("cached features: not comparable): ") == 1 and "efficientnet_lite0 features seed" in md
+
+
+def _timed_run(model: str, strategy: str, seed: int, prepare: float, from_cache: bool) -> Run:
+    metrics = {"classes": ["NORMAL", "PNEUMONIA"], "positive_class": "PNEUMONIA", "threshold": 0.5,
+               "val": {"roc_auc": 0.9}, "test": {"accuracy": 0.8, "roc_auc": 0.85}, "peak_rss_mb": 100.0,
+               "seconds": {"prepare": prepare, "fit": 1.0, "total": prepare + 2.0}, "trainable_params": 10,
+               "features_from_cache": from_cache}
+    return Run(Path(f"{model}-{strategy}-seed{seed}"), model, strategy, seed, {}, metrics, [])
+
+
+def test_fastest_to_train_leaves_out_cached_features():
+    groups = {("a", "features"): [_timed_run("a", "features", 0, 5.0, False), _timed_run("a", "features", 1, 0.1, True)],
+              ("a", "finetune"): [_timed_run("a", "finetune", 0, 3.0, False)],
+              ("b", "features"): [_timed_run("b", "features", 0, 0.2, True)]}
+    table = {(r["model"], r["strategy"]): r for r in comparison_table(groups)}
+    assert table[("a", "features")]["train_seconds"]["mean"] == 6.0 and table[("a", "features")]["cached_features"] == [1]
+    assert table[("b", "features")]["train_seconds"]["mean"] is None
+    findings = comparison_findings(list(table.values()), [])
+    assert any(f.startswith("Fastest to train: a finetune (4.0 s per run") for f in findings)
+    notes = [f for f in findings if "cached features: not comparable" in f]
+    assert len(notes) == 1 and notes[0].endswith(": a features seed 1; b features seed 0.")
 
 
 def test_results_and_summary(study):
@@ -228,7 +273,7 @@ def test_cli_options_override_the_study_file(tmp_path, monkeypatch):
     args = parser.parse_args([str(tmp_path / "study.yaml"), "--models", "resnet18,mobilenet_v3_small",
                               "--seeds", "0,4", "--epochs", "3", "--split-seed", "7", "--no-catalog"])
     seen = {}
-    monkeypatch.setattr("transferlab.study.run_study", lambda config: seen.setdefault("config", config))
+    monkeypatch.setattr("transferlab.study.run.run_study", lambda config: seen.setdefault("config", config))
     run_study_command(args)
     config = seen["config"]
     assert config.models == ["resnet18", "mobilenet_v3_small"] and config.seeds == [0, 4]

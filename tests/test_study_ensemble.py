@@ -3,6 +3,7 @@ scored like the runs (results.csv, report section D), idempotent, on the --colle
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -18,7 +19,7 @@ from transferlab.exporting import export
 from transferlab.metrics import choose_threshold
 from transferlab.prediction import predict
 from transferlab.rundir import RunDir, read_csv
-from transferlab.study import StudyConfig
+from transferlab.study.config import StudyConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 64
@@ -89,6 +90,19 @@ def test_report_shows_the_ensemble_and_the_tta_table(study):
     assert analysis["ensemble"]["members"] == read_csv(study / "results.csv")[-1]["ensemble_of"].split()
     assert [(r["strategy"], r["seeds"]) for r in analysis["tta"]] == [("features", 3), ("ensemble", 1)]
     assert "Ensemble of the 2 runs" in (study / "report.md").read_text()
+
+
+def test_sections_d_and_e_name_the_same_run_chosen_on_validation(study):
+    """One rule (analysis.runs.chosen_run): the ensemble's best member, tested against it in D, is the run whose
+    findings E gives, named in the same words."""
+    md = (study / "report.md").read_text()
+    section_d, section_e = md[md.index("## D "):md.index("## E ")], md[md.index("## E "):md.index("## Methods")]
+    in_d = re.findall(r"Against (\S+), the run chosen on validation", section_d)
+    in_e = re.findall(r"Key findings: (\S+), the run chosen on validation", section_e)
+    runs = [study / r["run"] for r in read_csv(study / "results.csv") if r["strategy"] != "ensemble"]
+    best = rank_runs(runs)[0].path.name
+    assert in_d == in_e == [best] == [json.loads((study / "analysis.json").read_text())["chosen_run"]]
+    assert "best single run" not in md
 
 
 def test_running_the_study_again_rebuilds_nothing(study, tmp_path, capsys):

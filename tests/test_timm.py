@@ -223,7 +223,8 @@ def test_cli_lists_timm_models(capsys):
 @pytest.fixture(scope="module")
 def mixed_study(xray_dir, tmp_path_factory):
     """timm:resnet18 + torchvision's mobilenet_v3_small, random weights, both strategies, 1 seed, tiny data."""
-    from transferlab.study import StudyConfig, run_study
+    from transferlab.study.config import StudyConfig
+    from transferlab.study.run import run_study
 
     config = StudyConfig(data=str(xray_dir), models=["timm:resnet18", "mobilenet_v3_small"],
                          strategies=["finetune", "features"], seeds=1, out=str(tmp_path_factory.mktemp("mixed") / "s"),

@@ -35,10 +35,10 @@ _API = {
     "train": "training", "lr_find": "training", "TrainConfig": "config", "evaluate": "analysis.external",
     "load_model": "evaluation",
     "create_model": "models.heads", "list_models": "models.registry", "get_spec": "models.registry",
-    "catalog": "model_catalog.build", "run_study": "study", "StudyConfig": "study", "write_report": "report",
+    "catalog": "model_catalog.build", "run_study": "study.run", "StudyConfig": "study.config", "write_report": "report",
     "predict": "prediction", "export": "exporting", "run_demo": "demo", "check_data": "data.check",
-    "RunDir": "rundir", "TransferlabError": "errors", "ensemble": "ensembles", "plan_commands": "study",
-    "collect_study": "study", "LaunchSettings": "launchers",
+    "RunDir": "rundir", "TransferlabError": "errors", "ensemble": "ensembles", "plan_commands": "study.plan",
+    "collect_study": "study.run", "LaunchSettings": "launchers",
 }
 
 

@@ -39,7 +39,8 @@ def run_demo(out="demo-out", *, models=DEMO_MODELS, strategies=DEMO_STRATEGIES, 
     `threads`: torch's CPU threads for every run and the report (default: see TrainConfig.threads)."""
     import torch
 
-    from .study import StudyConfig, run_study
+    from .study.config import StudyConfig
+    from .study.run import run_study
 
     out = Path(out)
     resuming = _interrupted_demo(out)

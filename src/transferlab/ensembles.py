@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .analysis.runs import validation_score
 from .errors import TransferlabError
 from .evaluation import decide, positive_index, split_metrics
 from .metrics import choose_threshold, mcnemar
@@ -34,20 +35,13 @@ def members(run: RunDir) -> list[Path]:
     return [run.path / m["run"] for m in run.read_config()["ensemble"]["members"]]
 
 
-def validation_score(run: RunDir) -> tuple[float, float]:
-    """What runs are ranked by, higher is better: validation AUC (macro for three or more classes), then lower
-    validation loss. Never a test number."""
-    val = run.read_metrics()["val"]
-    return (val.get("roc_auc") if val.get("roc_auc") is not None else -np.inf, -val.get("loss", np.inf))
-
-
 def rank_runs(run_dirs) -> list[RunDir]:
-    """Finished runs, best on validation first."""
+    """Finished runs, best on validation first (the first is the run chosen on validation, analysis.runs)."""
     runs = [RunDir(d) for d in run_dirs]
     unfinished = [str(r.path) for r in runs if not r.metrics.exists()]
     if unfinished:
         raise TransferlabError(f"{unfinished[0]} has not finished (no metrics.json): finish or leave it out")
-    return sorted(runs, key=validation_score, reverse=True)
+    return sorted(runs, key=lambda r: validation_score(r.read_metrics()), reverse=True)
 
 
 def ensemble(run_dirs, out: str | Path, *, k: int = 3) -> RunDir:
@@ -177,7 +171,8 @@ def evaluate_tta(run_dir, *, views: int, n_boot: int = 1000, seed: int = 0) -> d
 
 
 def _mcnemar_vs_best(rows: list[dict], best: RunDir, classes: list[str], pos: int | None, threshold) -> dict:
-    """Exact McNemar test on the test images: the ensemble's decisions against those of its best member."""
+    """Exact McNemar test on the test images: the ensemble's decisions against those of its best member, the run
+    chosen on validation."""
     labels, probs = _arrays(rows, classes)
     theirs = {r["file"]: classes.index(r["predicted"]) for r in read_csv(best.predictions) if r["split"] == "test"}
     test = mcnemar(labels, decide(probs, pos, threshold), np.array([theirs[r["file"]] for r in rows]))

@@ -4,9 +4,9 @@ text and flag, whether a different value changes what a run computes, and whethe
 Who reads SETTINGS:
     config.py       TrainConfig has one field per setting and checks every value on construction, so the CLI, a
                     YAML file and the Python API get the same one-line error before any work starts
-    cli.py, study.py   the options of `train`, `lr-find` and `study` (add_options) and their "(default: ...)"
-    training.py, study.py   which settings may differ in a run that is resumed or kept (changed_settings)
-    report/html.py  the rows of the Methods table (report=True)
+    cli/            the options of `train`, `lr-find` and `study` (add_options) and their "(default: ...)"
+    training.py, study/plan.py   which settings may differ in a run that is resumed or kept (changed_settings)
+    report/sections/methods.py   the rows of the Methods table (report=True)
 
 Adding a setting is one Setting(...) below, placed where its --help line should appear, plus its use (cfg.NAME).
 Declare what its values may be (choices, a range, or parse), changes_results=False when a run made with another

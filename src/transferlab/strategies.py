@@ -56,6 +56,7 @@ class FixedFeatures:
     augments = False        # each image's features are computed once
     cached = True           # each epoch is one batch of cached features, split by Classifier itself
     probe = None
+    cache_hits = 0          # splits whose features this instance read from the disk cache (no backbone pass timed)
 
     def trainable(self, model: TransferModel) -> nn.Module:
         model.backbone.requires_grad_(False).eval()
@@ -82,6 +83,7 @@ class FixedFeatures:
         key = _digest(pixels, model.backbone)
         path = cache_dir / "features" / f"{key}.npy" if cache_dir else None
         if path is not None and path.exists():
+            self.cache_hits += 1
             return torch.from_numpy(np.load(path, mmap_mode="c"))
         fast = self._inference_backbone(model, pixels, mean, std, device)
         if world_size() > 1:

@@ -19,12 +19,11 @@ from pathlib import Path
 from ..errors import TransferlabError
 from ..formatting import fmt as _f
 from .calibration import _calibration_sentence, _threshold_sentence, calibration, threshold_curve, top_label_calibration
-from .comparison import (best_on_validation, comparison_findings, comparison_table, ensemble_comparison,
-                         mcnemar_tests, tta_table)
+from .comparison import comparison_findings, comparison_table, ensemble_comparison, mcnemar_tests, tta_table
 from .errors import confused_pairs, error_overlays, top_errors
 from .external_text import adaptation_findings, external_errors, external_results
 from .gap import _fitting_sentence, class_mix_effect, fitting, prevalence_effect, split_balance, val_test_gap
-from .runs import Run, group_runs, load_run, load_study_runs
+from .runs import Run, chosen_run, group_runs, load_run, load_study_runs
 from .splits import data_findings, distribution_shift, image_statistics, leakage, same_splits, splits_table
 
 def analyze_run(run: Run) -> dict:
@@ -135,10 +134,12 @@ def analyze_study(study_dir: str | Path, runs: list[dict], *, gradcam: bool = Tr
                                                                [e["predicted"] for e in errors])))
             except (RuntimeError, ValueError, TransferlabError) as exc:   # an architecture Grad-CAM cannot handle: say so, go on
                 gradcam_failures.append(f"Grad-CAM failed for {run.name}: {str(exc).splitlines()[0][:200]}")
-    ext = external_section_data(loaded, groups, table, list(external), gradcam, gradcam_failures)
+    chosen = chosen_run(loaded)
+    ext = external_section_data(loaded, chosen, list(external), gradcam, gradcam_failures)
     combined = load_run(Path(study_dir) / ensemble) if ensemble else None
     return {
-        "ensemble": ensemble_comparison(combined, loaded) if combined else None,
+        "chosen_run": chosen.name,
+        "ensemble": ensemble_comparison(combined, chosen) if combined else None,
         "tta": tta_table({**groups, **({combined.group: [combined]} if combined else {})}),
         "runs": loaded, "groups": groups, "per_run": per_run, "external": ext,
         "run_findings": {r.name: run_findings(r, per_run[r.name]) for r in loaded},
@@ -149,16 +150,12 @@ def analyze_study(study_dir: str | Path, runs: list[dict], *, gradcam: bool = Tr
     }
 
 
-def external_section_data(loaded: list[Run], groups: dict, table: list[dict], sets: list[dict], gradcam: bool,
-                          failures: list[str]) -> dict:
-    """Per external set: every run's result, and for the run chosen on validation its findings and its most
-    confident errors with Grad-CAM."""
+def external_section_data(loaded: list[Run], best: Run, sets: list[dict], gradcam: bool, failures: list[str]) -> dict:
+    """Per external set: every run's result, and for `best`, the run chosen on validation, its findings and its
+    most confident errors with Grad-CAM."""
     results = external_results([r.path for r in loaded], sets)
     if not results:
         return {}
-    ranked = [r for r in table if r["val_roc_auc"]["mean"] is not None]
-    best_group = (best_on_validation(ranked)["model"], best_on_validation(ranked)["strategy"]) if ranked else next(iter(groups))
-    best = groups[best_group][0]
     out = {}
     for s in sets:
         if s["name"] not in results:

@@ -105,7 +105,8 @@ def annotate(run_dirs: list[str | Path], name: str) -> int:
             acc = result["truth"]["accuracy"]
             result["truth"]["accuracy_error"].update({m: shift["accuracy"][m] - acc for m in ("gde", "aline_d")
                                                       if m in shift["accuracy"]})
-        result["findings"] = shift_findings(shift, result.get("truth"), name=f"the {name} set")
+        result["findings"] = shift_findings(shift, result.get("truth"), name=f"the {name} set",
+                                            positive=result.get("positive_class"))
         result["next_step"] = verdict(result, RunDir(path).read_metrics().get("val", {}))
         write_json(file, result)
         done += 1

@@ -19,7 +19,8 @@ CI_METRICS = ("accuracy", "f1", "roc_auc")
 
 def comparison_table(groups: dict[tuple[str, str], list[Run]], n_boot: int | None = None) -> list[dict]:
     """Per model x strategy: test metrics at the validation threshold (mean and sd over seeds), bootstrap 95%
-    CIs over the test images of the first seed's run, training time and peak memory."""
+    CIs over the test images of the first seed's run, training time and peak memory. The times leave out the runs
+    whose features were read from the cache (`cached_features`: their seeds), which skipped the backbone's pass."""
     out = []
     for (model, strategy), runs in groups.items():
         row = {"model": model, "strategy": strategy, "seeds": [r.seed for r in runs]}
@@ -29,8 +30,10 @@ def comparison_table(groups: dict[tuple[str, str], list[Run]], n_boot: int | Non
         row["val_roc_auc"] = _mean_sd([r.metrics["val"].get("roc_auc") for r in runs
                                        if r.metrics["val"].get("roc_auc") is not None])
         # training = preparing the inputs (the frozen backbone's pass for `features`) + fitting
-        row["train_seconds"] = _mean_sd([r.metrics["seconds"]["prepare"] + r.metrics["seconds"]["fit"] for r in runs])
-        row["total_seconds"] = _mean_sd([r.metrics["seconds"]["total"] for r in runs])
+        timed = [r for r in runs if not r.metrics.get("features_from_cache")]
+        row["train_seconds"] = _mean_sd([r.metrics["seconds"]["prepare"] + r.metrics["seconds"]["fit"] for r in timed])
+        row["total_seconds"] = _mean_sd([r.metrics["seconds"]["total"] for r in timed])
+        row["cached_features"] = [r.seed for r in runs if r.metrics.get("features_from_cache")]
         row["peak_rss_mb"] = _mean_sd([r.metrics["peak_rss_mb"] for r in runs])
         cuda = [r.metrics.get("cuda_peak_mb") for r in runs if r.metrics.get("cuda_peak_mb") is not None]
         row["cuda_peak_mb"] = _mean_sd(cuda) if cuda else None
@@ -118,23 +121,24 @@ def mcnemar_tests(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
     return out
 
 
-def ensemble_comparison(ensemble: Run, runs: list[Run], n_boot: int | None = None) -> dict:
+def ensemble_comparison(ensemble: Run, chosen: Run, n_boot: int | None = None) -> dict:
     """An ensemble directory as a row of the comparison table (its test metrics, bootstrap CIs), with its members
-    and the exact McNemar test on the test images against the best single run on validation (its best member)."""
+    and the exact McNemar test on the test images against `chosen`, the run chosen on validation (runs.chosen_run),
+    which is its best member when it was made from the same runs (left out otherwise)."""
     row = comparison_table({ensemble.group: [ensemble]}, n_boot)[0]
     row["run"] = ensemble.name
     row["members"] = [Path(m["run"]).name for m in ensemble.config["ensemble"]["members"]]
     vs = ensemble.metrics.get("vs_best_run")
-    best = next((r for r in runs if vs and r.name == Path(vs["run"]).name), None)
-    if best is not None:
-        row["vs_best_run"] = {"run": best.name, "model": best.model, "strategy": best.strategy, "seed": best.seed,
-                              "accuracy_ensemble": ensemble.at("test")["accuracy"],
-                              "accuracy_run": best.at("test")["accuracy"], **vs["test_mcnemar"]}
+    if vs and Path(vs["run"]).name == chosen.name:
+        row["vs_best_run"] = {"run": chosen.name, "model": chosen.model, "strategy": chosen.strategy,
+                              "seed": chosen.seed, "accuracy_ensemble": ensemble.at("test")["accuracy"],
+                              "accuracy_run": chosen.at("test")["accuracy"], **vs["test_mcnemar"]}
     return row
 
 
 def best_on_validation(rows: list[dict]) -> dict:
-    """The model x strategy a user should pick: highest mean validation AUC (never a test metric)."""
+    """The model x strategy a user should pick: highest mean validation AUC (never a test metric). One run of it
+    or of another group may be the run chosen on validation (runs.chosen_run), which is a single run's score."""
     return max(rows, key=lambda r: -1.0 if r["val_roc_auc"]["mean"] is None else r["val_roc_auc"]["mean"])
 
 
@@ -143,12 +147,15 @@ def comparison_findings(table: list[dict], tests: list[dict]) -> list[str]:
     ranked = [r for r in table if r["roc_auc"]["mean"] is not None]
     if ranked:
         best = best_on_validation(ranked)
-        out.append(f"Chosen on validation (highest mean val AUC, {_ms(best['val_roc_auc'])}): {best['model']} "
+        out.append(f"Best on validation (highest mean val AUC, {_ms(best['val_roc_auc'])}): {best['model']} "
                    f"{best['strategy']}; on test: AUC {_ms(best['roc_auc'])}, accuracy at the validation threshold "
                    f"{_ms(best['accuracy'])} over {len(best['seeds'])} seed(s). The test split never chooses.")
-        fastest = min(ranked, key=lambda r: r["train_seconds"]["mean"])
-        out.append(f"Fastest to train: {fastest['model']} {fastest['strategy']} ({fastest['train_seconds']['mean']:.1f} s "
-                   f"per run, test accuracy {_ms(fastest['accuracy'])}).")
+        timed = [r for r in ranked if r["train_seconds"]["mean"] is not None]
+        if timed:
+            fastest = min(timed, key=lambda r: r["train_seconds"]["mean"])
+            out.append(f"Fastest to train: {fastest['model']} {fastest['strategy']} "
+                       f"({fastest['train_seconds']['mean']:.1f} s per run, test accuracy {_ms(fastest['accuracy'])}).")
+        out += cached_features_note(table)
     if tests:
         significant = [t for t in tests if t["p_value"] < 0.05]
         out.append(f"{len(significant)} of {len(tests)} paired McNemar tests have p < 0.05 (uncorrected; with "
@@ -158,6 +165,16 @@ def comparison_findings(table: list[dict], tests: list[dict]) -> list[str]:
             out.append(f"Seed {t['seed']}: {t['a']} vs {t['b']}: {t['only_a_correct']} test images only the first got "
                        f"right, {t['only_b_correct']} only the second (p={t['p_value']:.3g}): {better} is better.")
     return out
+
+
+def cached_features_note(table: list[dict]) -> list[str]:
+    """One sentence naming the runs left out of the timings because their features came from the cache."""
+    left_out = [f"{r['model']} {r['strategy']} seed{'s' * (len(r['cached_features']) > 1)} "
+                f"{', '.join(map(str, r['cached_features']))}" for r in table if r.get("cached_features")]
+    if not left_out:
+        return []
+    return [f"Times compare like with like: left out are the runs whose frozen-backbone features were read from the "
+            f"cache, computed by an earlier run (cached features: not comparable): {'; '.join(left_out)}."]
 
 
 def _ms(d: dict | None, digits: int = 3) -> str:

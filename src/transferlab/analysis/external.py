@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +120,8 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
         estimate["image_statistics"] = _image_statistics(source["files"], target.files)
         truth = sh.compare_with_truth(estimate, target.labels if target.labelled else None, pred)
         result["shift"], result["truth"] = estimate, truth
-        result["findings"] = sh.shift_findings(estimate, truth, name=f"the {target.name} set")
+        result["findings"] = sh.shift_findings(estimate, truth, name=f"the {target.name} set",
+                                               positive=metrics_json["positive_class"])
     columns = {"": (probs, pred)}
     if label_budget:
         result["label_budget"] = plan_labels(run.path, target.name, target.files, probs, pred, label_budget, seed)
@@ -222,7 +222,6 @@ def load_target(run: RunDir, config: dict, *, data=None, split=None, manifest=No
     if len(kept) < len(samples):
         notes.append(f"left out {len(samples) - len(kept)} image(s) the run was trained or validated on (the same "
                      f"file or the same bytes; its splits.csv): only the other images are scored")
-        print(f"note: {notes[-1]}", file=sys.stderr)
         if not kept:
             raise TransferlabError(f"{index.root}: every image is one the run was trained or validated on")
     samples = kept
@@ -232,13 +231,13 @@ def load_target(run: RunDir, config: dict, *, data=None, split=None, manifest=No
     if unknown:
         notes.append(f"classes {', '.join(unknown)} are not among the run's classes ({', '.join(run_classes)}): "
                      f"scored as an unlabelled set (predictions and shift only)")
-        print(f"note: {notes[-1]}", file=sys.stderr)
     labels = np.array([-1 if unknown or s.label < 0 else lookup[index.classes[s.label].lower()] for s in samples],
                       dtype=np.int64)
     loaded = load_images([s.path for s in samples], size, skip_bad=True, progress=progress)
     if loaded.bad:
-        notes.append(f"skipped {len(loaded.bad)} unreadable file(s) of {len(samples)} (listed in the JSON)")
-        print(f"warning: {notes[-1]}: " + "; ".join(f"{p} ({r})" for p, r in loaded.bad[:3]), file=sys.stderr)
+        notes.append(f"skipped {len(loaded.bad)} unreadable file(s) of {len(samples)}: "
+                     + "; ".join(f"{p} ({r})" for p, r in loaded.bad[:3])
+                     + ("; ... (all listed in the JSON)" if len(loaded.bad) > 3 else ""))
     if not loaded.kept:
         raise TransferlabError(f"{index.root}: none of the {len(samples)} images could be read")
     return Target(name or default_name(index.root, split), index.root, layout,

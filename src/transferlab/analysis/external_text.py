@@ -8,12 +8,14 @@ from pathlib import Path
 from ..formatting import fmt
 from ..rundir import read_csv
 from .decision import verdict_text
+from .shift import share_classes
 
 
 def summary_lines(result: dict) -> list[str]:
-    """What `transferlab evaluate` prints: a few lines, then where the JSON is."""
+    """What `transferlab evaluate` prints: a few lines, then where the JSON is. The notes (images left out or
+    unreadable, classes the run does not know) are said here once; `evaluate` itself prints none."""
     out = [f"{result['name']}: {result['n']} images from {result['data']} ({result['layout']}); scored "
-           f"{result['scored']}" + (f"; {result['n_unreadable']} unreadable skipped" if result["n_unreadable"] else "")]
+           f"{result['scored']}"]
     out += [f"note: {n}" for n in result["notes"]]
     if "next_step" in result:
         out.append("what to do: " + verdict_text(result["next_step"], result["name"]))
@@ -21,8 +23,7 @@ def summary_lines(result: dict) -> list[str]:
     rows += [(f"TTA x{result['tta']['views']}", result["tta"])] if "tta" in result else []
     for label, r in rows:
         if "accuracy" not in r:
-            shares = ", ".join(f"{c} {v:.1%}" for c, v in r["predicted_share"].items())
-            out.append(f"{label:>16}: predicted {shares} (no labels)")
+            out.append(f"{label:>16}: predicted {_shares(r['predicted_share'], result, '.1%')} (no labels)")
             continue
         at = r.get("at_threshold", r)
         ci = r.get("ci", {})
@@ -133,6 +134,12 @@ def adaptation_findings(result: dict) -> list[str]:
                        f"accuracy {_num(before.get('balanced_accuracy'))} -> {_num(after.get('balanced_accuracy'))}, AUC "
                        f"{_num(result.get('roc_auc'))} -> {_num(r.get('roc_auc'))}: {verdict} here.")
         else:
-            shares = ", ".join(f"{c} {v:.0%}" for c, v in r["predicted_share"].items())
-            out.append(f"--adapt {method}: predicted {shares} (no labels to measure the effect).")
+            out.append(f"--adapt {method}: predicted {_shares(r['predicted_share'], result, '.0%')} (no labels to "
+                       f"measure the effect).")
     return out
+
+
+def _shares(predicted: dict, result: dict, spec: str) -> str:
+    """Predicted class shares, of the classes shift.share_classes names: 'PNEUMONIA 61.0%'."""
+    shown = share_classes(result["classes"], result.get("positive_class"))
+    return ", ".join(f"{c} {predicted[c]:{spec}}" for c in shown)

@@ -108,6 +108,20 @@ def load_study_runs(study_dir: str | Path, runs: list[dict]) -> list[Run]:
             for r in runs]
 
 
+def validation_score(metrics: dict) -> tuple[float, float]:
+    """What runs are ranked by (a run's metrics.json), higher is better: validation AUC (macro for three or more
+    classes), then lower validation loss. Never a test number."""
+    val = metrics["val"]
+    return (val.get("roc_auc") if val.get("roc_auc") is not None else -np.inf, -val.get("loss", np.inf))
+
+
+def chosen_run(runs: list[Run]) -> Run:
+    """The run chosen on validation: the best by `validation_score`, the first of equals. Section E analyses it in
+    detail, and it is the best member of an ensemble of the same runs (ensembles.rank_runs), against which section
+    D tests the ensemble."""
+    return max(runs, key=lambda r: validation_score(r.metrics))
+
+
 def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
     """Runs by (model, strategy), in study order, each group sorted by seed."""
     groups: dict[tuple[str, str], list[Run]] = {}

@@ -314,16 +314,24 @@ def compare_with_truth(shift: dict, target_y: np.ndarray | None, target_pred: np
     }
 
 
-def shift_findings(shift: dict, truth: dict | None = None, *, name: str = "the target") -> list[str]:
+def share_classes(classes: list[str], positive: str | None) -> list[str]:
+    """The classes whose shares are named, in the report's tables, the findings and the command line: with two
+    classes the positive class's alone (the other's is 1 minus it), with more every class."""
+    return [positive] if positive and len(classes) == 2 else list(classes)
+
+
+def shift_findings(shift: dict, truth: dict | None = None, *, name: str = "the target",
+                   positive: str | None = None) -> list[str]:
     """Plain sentences, one per finding, from the measured numbers of `estimate_shift`. The accuracy headline
-    comes first; on a set the domain classifier flags, no estimate is stated as the answer."""
+    comes first; on a set the domain classifier flags, no estimate is stated as the answer. The class mix is said
+    as the share of the positive class (two classes) or of the class whose share moved most."""
     classes, prev, acc = shift["classes"], shift["prevalence"], shift["accuracy"]
     h = shift.get("headline") or accuracy_headline(shift)
     truth = truth or {}
     out = [headline_text(h, name)]
     if truth:
         out[-1] += f" Measured with the labels: {truth['accuracy']:.3f}."
-    moved = max(classes, key=lambda c: abs(prev["em"][c]["estimate"] - prev["source"][c]))
+    moved = max(share_classes(classes, positive), key=lambda c: abs(prev["em"][c]["estimate"] - prev["source"][c]))
     e = prev["em"][moved]
     change = e["estimate"] - prev["source"][moved]
     d = shift.get("domain") or {}

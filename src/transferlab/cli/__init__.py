@@ -1,4 +1,4 @@
-"""Command line: argument parsing only; every command calls the Python API."""
+"""Command line: argument parsing only; every command calls the Python API (`study`'s options: cli/study.py)."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +8,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import LR_FIND_RANGE, MODEL_BUDGET_S, TTA_HELP, TrainConfig, read_settings
-from .distributed import is_global_zero
-from .errors import TransferlabError
-from .formatting import fmt
-from .models.spec import SOURCES
-from .settings import add_options, at_least, command_line
+from ..config import LR_FIND_RANGE, MODEL_BUDGET_S, TTA_HELP, TrainConfig, read_settings
+from ..distributed import is_global_zero
+from ..errors import TransferlabError
+from ..formatting import fmt
+from ..models.spec import SOURCES
+from ..settings import add_options, at_least, command_line
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -28,7 +28,7 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="transferlab",
@@ -165,9 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=at_least(1, "--threads"),
                    help="threads reading the images (default: one per CPU, up to 8)")
 
-    from .demo import add_demo_arguments
-    from .exporting import add_export_arguments
-    from .prediction import add_predict_arguments
+    from ..demo import add_demo_arguments
+    from ..exporting import add_export_arguments
+    from ..prediction import add_predict_arguments
     for add_arguments in (add_demo_arguments, add_predict_arguments, add_export_arguments):
         add_arguments(sub)
     for command in sub.choices.values():
@@ -197,7 +197,7 @@ def _train_settings(args, leave_out: tuple[str, ...] = ()) -> TrainConfig:
 
 
 def run_train(args) -> None:
-    from .training import train
+    from ..training import train
 
     run = train(_train_settings(args))
     if not is_global_zero():   # DDP: the other processes have nothing new to say
@@ -225,8 +225,8 @@ def print_scores(run) -> None:
 
 
 def run_lr_find(args) -> None:
-    from .lrfind import FILES
-    from .training import lr_find
+    from ..lrfind import FILES
+    from ..training import lr_find
 
     cfg = _train_settings(args, leave_out=("min_lr", "max_lr", "steps"))
     finding = lr_find(cfg, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
@@ -237,7 +237,7 @@ def run_lr_find(args) -> None:
 
 
 def run_ensemble(args) -> None:
-    from .ensembles import candidate_runs, ensemble
+    from ..ensembles import candidate_runs, ensemble
 
     candidates, study = candidate_runs(args.runs)
     if not args.out and study is None:
@@ -250,13 +250,13 @@ def run_ensemble(args) -> None:
     print_scores(run)
     if "vs_best_run" in metrics:
         t = metrics["vs_best_run"]["test_mcnemar"]
-        print(f"test, against its best member: McNemar p = {t['p_value']:.3g} (only the ensemble right on "
-              f"{t['only_a_correct']} images, only the member on {t['only_b_correct']})")
+        print(f"test, against its best member (the run chosen on validation): McNemar p = {t['p_value']:.3g} (only "
+              f"the ensemble right on {t['only_a_correct']} images, only the member on {t['only_b_correct']})")
 
 
 def run_evaluate(args) -> None:
-    from .analysis.external import evaluate
-    from .analysis.external_text import summary_lines
+    from ..analysis.external import evaluate
+    from ..analysis.external_text import summary_lines
 
     result = evaluate(args.run, data=args.data, split=args.split, manifest=args.manifest, name=args.name,
                       adapt=args.adapt, unlabelled=args.unlabelled, shift=args.shift, device=args.device,
@@ -276,8 +276,8 @@ def run_study(args) -> None:
 
 
 def run_models(args) -> None:
-    from .model_catalog import build, choice, output
-    from .models.registry import list_models, matches
+    from ..model_catalog import build, choice, output
+    from ..models.registry import list_models, matches
 
     names = ([n for n in args.names if matches(n, args.filter)] if args.names
              else list_models(args.source, args.filter))
@@ -296,7 +296,7 @@ def run_models(args) -> None:
 
 
 def run_check_data(args) -> None:
-    from .data.check import check_data
+    from ..data.check import check_data
 
     report = check_data(args.data, manifest=args.manifest, threads=args.threads)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
@@ -304,19 +304,19 @@ def run_check_data(args) -> None:
 
 
 def run_demo(args) -> None:
-    from .demo import run_demo_command
+    from ..demo import run_demo_command
 
     run_demo_command(args)
 
 
 def run_predict(args) -> None:
-    from .prediction import run_predict as run
+    from ..prediction import run_predict as run
 
     run(args)
 
 
 def run_export(args) -> None:
-    from .exporting import run_export as run
+    from ..exporting import run_export as run
 
     run(args)
 
@@ -328,7 +328,7 @@ def _torch_threads(args) -> contextlib.AbstractContextManager:
     """--threads N of a command whose function does not take it: torch's CPU threads while it runs."""
     if not (getattr(args, "torch_threads", False) and args.threads):
         return contextlib.nullcontext()
-    from .runtime import cpu_threads
+    from ..runtime import cpu_threads
 
     return cpu_threads(args.threads)
 
@@ -348,7 +348,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: {again}", file=sys.stderr)
         return 130
     return code or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
