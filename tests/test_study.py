@@ -17,7 +17,7 @@ from conftest import skip_unless_ci
 from PIL import Image
 
 from conftest import make_xray_dataset
-from transferlab.analysis import shift
+from transferlab.analysis import domain, shift
 from transferlab.analysis import comparison as analysis_comparison
 from transferlab.errors import TransferlabError
 from transferlab.rundir import RunDir, read_csv
@@ -49,7 +49,7 @@ def study(xray_dir, external_set, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(analysis_comparison, "N_BOOT", 100)
         mp.setattr(shift, "N_BOOT", 30)
-        mp.setattr(shift, "N_PERMUTATIONS", 20)
+        mp.setattr(domain, "N_PERMUTATIONS", 20)
         return run_study(config)
 
 
