@@ -280,6 +280,7 @@ def test_split_check_and_external_sets_use_the_one_domain_test(monkeypatch):
 
     monkeypatch.setattr(splits, "domain_classifier", spy)
     monkeypatch.setattr(sh, "domain_classifier", spy)
+    monkeypatch.setattr(domain, "N_PERMUTATIONS", 100)   # p can reach 1/101 < DOMAIN_P_FLAG
     rng = np.random.default_rng(0)
     stats = {s: {"mean": rng.normal(m, 0.05, 60), "contrast": rng.normal(0.2, 0.02, 60),
                  "width": np.full(60, 224.0), "height": np.full(60, 224.0)}
