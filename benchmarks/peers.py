@@ -2,7 +2,7 @@
 """transferlab side by side with the tools a user would pick instead: fastai and the torchvision tutorial loop.
 
     pip install -e '.[peers]'        # fastai 2.8: a benchmark dependency only; src/transferlab never imports it
-    python benchmarks/peers.py --data ../shared/data/chest_xray --max-images 300 --epochs 3 [--test DIR]
+    python benchmarks/peers.py --data ../shared/data/chest_xray --max-images 1000 --epochs 4 [--test DIR]
 
 Every contender gets the same things:
   - the files: transferlab's patient-disjoint train / val / test split of --data (its own split code, seed

@@ -8,10 +8,8 @@ from pathlib import Path
 import transferlab
 
 PACKAGE = Path(transferlab.__file__).resolve().parent
-# The aim is 500 lines. Today model_catalog.py (706), report/html.py, study.py and engine.py (630-690) and
-# analysis/external.py are over it, each waiting for its own split; the limit is the largest today's, so that no module
-# grows past it. Lower it as they are split.
-MAX_LINES = 706
+# A module a newcomer reads in one sitting: no source module of the package is longer than this.
+MAX_LINES = 500
 
 
 def modules() -> dict[str, Path]:

@@ -11,6 +11,7 @@ import pytest
 from conftest import external_hospital, features_run
 from transferlab import cli
 from transferlab.analysis import agreement
+from transferlab.analysis import domain
 from transferlab.analysis import shift as sh
 from transferlab.analysis.decision import verdict
 from transferlab.analysis.external import evaluate
@@ -167,7 +168,7 @@ def external(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _fewer_resamples(monkeypatch):
     monkeypatch.setattr(sh, "N_BOOT", 30)
-    monkeypatch.setattr(sh, "N_PERMUTATIONS", 30)
+    monkeypatch.setattr(domain, "N_PERMUTATIONS", 30)
 
 
 def _fill(to_label, root, every=1):

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import external_hospital, features_run
 from transferlab import cli
+from transferlab.analysis import domain
 from transferlab.analysis import shift as sh
 from transferlab.analysis.adaptation import parse_adapt
 from transferlab.analysis.external import evaluate
@@ -148,7 +149,7 @@ def external(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _fewer_resamples(monkeypatch):
     monkeypatch.setattr(sh, "N_BOOT", 40)
-    monkeypatch.setattr(sh, "N_PERMUTATIONS", 40)
+    monkeypatch.setattr(domain, "N_PERMUTATIONS", 40)
 
 
 def _quick(**kw):
@@ -249,6 +250,53 @@ def test_missing_split_folder_is_one_line(run, external, capsys):
     code = cli.main(["evaluate", str(run.path), "--data", str(external), "--split", "test", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no test/ folder" in err
+
+
+def test_unreadable_images_stop_evaluate_as_they_stop_train_unless_skip_bad(run, external, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(external, broken)
+    (broken / "NORMAL" / "corrupt.jpeg").write_bytes(b"not a jpeg")
+    code = cli.main(["evaluate", str(run.path), "--data", str(broken), "--no-shift", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "corrupt.jpeg" in err and "--skip-bad" in err
+    assert not (run.path / "eval-broken.json").exists()
+    code = cli.main(["evaluate", str(run.path), "--data", str(broken), "--no-shift", "--no-progress", "--skip-bad"])
+    assert code == 0
+    saved = json.loads((run.path / "eval-broken.json").read_text())
+    assert saved["n"] == 32 and saved["n_unreadable"] == 1 and "corrupt.jpeg" in saved["unreadable"][0][0]
+
+
+def test_split_check_and_external_sets_use_the_one_domain_test(monkeypatch):
+    """analysis.splits (train vs test of a run) and analysis.shift (validation vs an external set) both call
+    analysis.domain: one rule for "distinguishable"."""
+    from transferlab.analysis import splits
+
+    calls = []
+    original = domain.domain_classifier
+
+    def spy(source, target, **kw):
+        calls.append((source.shape, target.shape))
+        return original(source, target, **kw)
+
+    monkeypatch.setattr(splits, "domain_classifier", spy)
+    monkeypatch.setattr(sh, "domain_classifier", spy)
+    monkeypatch.setattr(domain, "N_PERMUTATIONS", 100)   # p can reach 1/101 < DOMAIN_P_FLAG
+    rng = np.random.default_rng(0)
+    stats = {s: {"mean": rng.normal(m, 0.05, 60), "contrast": rng.normal(0.2, 0.02, 60),
+                 "width": np.full(60, 224.0), "height": np.full(60, 224.0)}
+             for s, m in (("train", 0.4), ("val", 0.4), ("test", 0.6))}
+    found = splits.distribution_shift(stats)
+    assert found["domain"]["distinguishable"] and set(found["ks"]) == {"train/val", "train/test", "val/test"}
+    assert found["ks"]["train/test"]["mean"]["p_value"] < 1e-6 and found["ks"]["train/val"]["width"]["ks"] == 0
+    finding = splits.data_findings({}, {"duplicate_groups_across_splits": 0, "files_hashed": 1,
+                                        "duplicate_groups": 0, "patient_overlap": {}, "patients": {}},
+                                   found, {"different": [], "same_test_images": True, "runs": 1, "n_test": 60}, None)
+    assert any("the rule external sets are flagged by" in f for f in finding)
+    features = rng.normal(size=(80, 8))
+    sh.estimate_shift(classes=["a", "b"], val_y=np.r_[np.zeros(40, int), np.ones(40, int)],
+                      val_probs=np.full((80, 2), 0.5), val_pred=np.zeros(80, int), target_probs=np.full((80, 2), 0.5),
+                      target_pred=np.zeros(80, int), val_features=features, target_features=features + 1, n_boot=2)
+    assert [c[0] for c in calls] == [(60, 4), (80, 8)]
 
 
 def test_predict_with_adaptation(run, external, tmp_path, capsys):

@@ -18,7 +18,7 @@ from conftest import skip_unless_ci
 from PIL import Image
 
 from conftest import make_xray_dataset
-from transferlab.analysis import shift
+from transferlab.analysis import domain, shift
 from transferlab.analysis import comparison as analysis_comparison
 from transferlab.analysis.comparison import comparison_findings, comparison_table
 from transferlab.analysis.runs import Run
@@ -55,7 +55,7 @@ def study(xray_dir, external_set, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(analysis_comparison, "N_BOOT", 100)
         mp.setattr(shift, "N_BOOT", 30)
-        mp.setattr(shift, "N_PERMUTATIONS", 20)
+        mp.setattr(domain, "N_PERMUTATIONS", 20)
         return run_study(config)
 
 

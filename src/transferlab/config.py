@@ -13,9 +13,10 @@ from .settings import SETTINGS, STRATEGIES, in_callers_words, strategy_defaults 
 
 MODEL_BUDGET_S = 60.0   # `models --measure`: seconds of measuring per model (transferlab.catalog(model_budget_s))
 LR_FIND_RANGE = (1e-7, 1.0, 100)   # the LR finder's defaults: first and last learning rate, steps (lrfind.py)
-TTA_HELP = ("test-time augmentation: also score the mean probability over N views of each image (the image and "
-            "N-1 random views from the training augmentation, no flips), beside the plain result; a binary run's "
-            "threshold for it is re-chosen on validation's N-view probabilities; 1 = none (default: 1)")
+TTA_HOW = ("the mean probability over N views of each image: the image and N-1 random views from the training "
+           "augmentation (small affine, brightness/contrast; no flips)")
+TTA_HELP = (f"test-time augmentation: also score {TTA_HOW}, beside the plain result; a binary run's threshold for it "
+            "is re-chosen on validation's N-view probabilities; 1 = none (default: 1)")
 STRATEGY_DEFAULTS = strategy_defaults()   # {strategy: {setting: default}} where the default depends on it
 
 

@@ -255,7 +255,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
       none_means="torch's own count, reduced to the CPUs free when the run starts", changes_results=False),
     S("max_images", int, None, "use at most this many images per split (quick trials)", at_least=1, none_means="all",
       report=True),
-    S("skip_bad", bool, False, "skip unreadable images (listed in bad_files.csv) instead of stopping"),
+    S("skip_bad", bool, False, "skip unreadable images, counted and listed (train: bad_files.csv; evaluate: "
+                               "eval-NAME.json; predict: a warning), instead of stopping with one line naming them"),
     S("cache_dir", str, None, "cache of decoded images and features",
       none_means="$TRANSFERLAB_CACHE, else ~/.cache/transferlab", changes_results=False),
     S("resume", bool, False, "continue an interrupted run from its last checkpoint", changes_results=False),
@@ -298,15 +299,15 @@ def default_text(setting: Setting) -> str:
 
 # --- the command line: options built from SETTINGS --------------------------------------------------------------
 
-def add_options(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (),
+def add_options(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
                 defaults: dict[str, str] | None = None) -> None:
-    """Every setting as an option of `parser` (valued options first, then flags), except those in `skip`. An option
-    left out is absent from the parsed arguments, so TrainConfig's (per-strategy) default applies. `defaults`: the
-    --help default of options whose default the command sets itself (a study's split seed).
+    """Every setting (or those in `only`) as an option of `parser` (valued options first, then flags), except those
+    in `skip`. An option left out is absent from the parsed arguments, so TrainConfig's (per-strategy) default
+    applies. `defaults`: the --help default of options whose default the command sets itself (a study's split seed).
 
     argparse only turns the text into a number; TrainConfig checks choices, ranges and parse, so that a bad value
     gets the same one-line error from the command line as from a settings file or Python."""
-    chosen = [s for s in SETTINGS.values() if s.option and s.name not in skip]
+    chosen = [s for s in SETTINGS.values() if s.option and s.name not in skip and (only is None or s.name in only)]
     for s in [s for s in chosen if s.type is not bool]:
         shown = (defaults or {}).get(s.name) or default_text(s)
         repeatable = s.type is list   # the option once per item

@@ -13,6 +13,8 @@ and none reads a target label.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from ..errors import TransferlabError
@@ -46,10 +48,25 @@ def run_threshold_method(config: dict) -> str:
 
 
 def calibration_of(source: dict) -> tuple[float, np.ndarray]:
-    """Validation's bias-corrected temperature scaling, fitted once per source."""
+    """Validation's bias-corrected temperature scaling, fitted once per source (shift estimates and every
+    adaptation read this one)."""
     if "calibration" not in source:
         source["calibration"] = sh.fit_calibration(source["probs"], source["y"])
     return source["calibration"]
+
+
+def target_prior_of(probs: np.ndarray, source: dict) -> np.ndarray:
+    """EM estimate of a target's class prior on its probabilities calibrated on validation: fitted once per
+    distinct set of probabilities (the shift estimate, --adapt prior and --adapt bn share it)."""
+    fitted = source.setdefault("target_priors", {})
+    key = hashlib.sha1(np.ascontiguousarray(probs).tobytes()).hexdigest()
+    if key not in fitted:
+        fitted[key] = sh.em_prior(sh.calibrate(probs, calibration_of(source)), source_prior_of(source))
+    return fitted[key]
+
+
+def source_prior_of(source: dict) -> np.ndarray:
+    return np.bincount(source["y"], minlength=source["probs"].shape[1]) / len(source["y"])
 
 
 def adapted_probabilities(adapt: list[str], model, config: dict, pixels: np.ndarray, probs: np.ndarray,
@@ -85,19 +102,10 @@ def _batchnorm_step(probs: np.ndarray, threshold, *, model, config, pixels: np.n
     if "batchnorm" not in source:
         source["batchnorm"] = batchnorm_statistics(model, source["pixels"], source["y"], k, **norm)
     # validation's classes mixed at the target's estimated prior: a change of prevalence alone changes nothing
-    prior = _em_prior(probs, source)
+    prior = target_prior_of(probs, source)
     adapted, layers = adapt_batchnorm(model, pixels, source["batchnorm"], prior=prior, **norm)
     return score(pixels, model=adapted)[0], threshold, {
         "batchnorm_layers": layers, "batchnorm_source_mixed_at": dict(zip(config["data"]["classes"], prior.tolist()))}
-
-
-def _source_prior(source: dict, k: int) -> np.ndarray:
-    return np.bincount(source["y"], minlength=k) / len(source["y"])
-
-
-def _em_prior(probs: np.ndarray, source: dict) -> np.ndarray:
-    """EM estimate of the target's class prior, on probabilities calibrated on validation."""
-    return sh.em_prior(sh.calibrate(probs, calibration_of(source)), _source_prior(source, probs.shape[1]))
 
 
 def _prior_step(probs: np.ndarray, threshold, *, config, source: dict, **_):
@@ -105,10 +113,10 @@ def _prior_step(probs: np.ndarray, threshold, *, config, source: dict, **_):
     binary run, the threshold re-chosen with the run's own method on validation reweighted to that prior."""
     k = probs.shape[1]
     calibration = calibration_of(source)
-    source_prior = _source_prior(source, k)
+    source_prior = source_prior_of(source)
     # EM's prior can reach 0 or 1 (a strong covariate shift): floored, so that the adapted posteriors keep their
     # order and validation's reweighting keeps both classes (an empty class made the threshold a rounding artefact)
-    target_prior = np.clip(_em_prior(probs, source), sh.PRIOR_FLOOR, None)
+    target_prior = np.clip(target_prior_of(probs, source), sh.PRIOR_FLOOR, None)
     target_prior /= target_prior.sum()
     adapted = sh.adapt_prior(sh.calibrate(probs, calibration), source_prior, target_prior)
     info = {"prior": dict(zip(config["data"]["classes"], target_prior.tolist()))}

@@ -21,13 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import TTA_HOW
 from ..errors import TransferlabError
 from ..evaluation import positive_index
 from ..metrics import choose_threshold
 from ..rundir import RunDir, read_csv, write_csv
 from . import shift as sh
-from .adaptation import ADAPT_HELP, adapted_probabilities, parse_adapt, run_threshold_method
+from .adaptation import (ADAPT_HELP, adapted_probabilities, calibration_of, parse_adapt, run_threshold_method,
+                         target_prior_of)
 from .decision import verdict
+from .domain import file_statistics, statistics_shift
 from .target_labels import labelled_blocks, plan_labels
 
 
@@ -66,7 +69,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
              manifest: str | None = None, name: str | None = None, adapt=None, unlabelled: bool = False,
              shift: bool = True, device: str = "auto", progress: bool = True, n_boot: int = 1000,
              seed: int = 0, tta: int = 1, label_budget: int | None = None, labels: str | Path | None = None,
-             recalibrate: bool = False) -> dict:
+             recalibrate: bool = False, skip_bad: bool = False) -> dict:
     """Metrics of a finished run (labels permitting), the label-free shift estimates, and any adaptation.
 
     Without `data` (or with the run's own data and no manifest) the run's `split` (default "test") is rebuilt
@@ -76,7 +79,9 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     `tta` > 1 also scores the mean probabilities over that many test-time views, beside the plain result.
     `label_budget` K: choose the K images whose labels tell most and write to-label-NAME.csv; `labels`: that file
     (or any path,label CSV) filled in: whole-set estimates from those labels; `recalibrate`: the threshold and
-    temperature re-chosen on them (analysis.target_labels). The result's `next_step` says what to do next."""
+    temperature re-chosen on them (analysis.target_labels). The result's `next_step` says what to do next.
+    Unreadable images stop it with one line naming them, as `train` and `predict` do; `skip_bad` scores the others
+    and lists the skipped ones in the result (n_unreadable, unreadable)."""
     from ..runtime import resolve_device
     from ..evaluation import load_model
 
@@ -88,7 +93,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     adapt = parse_adapt(adapt)
     dev = resolve_device(device)
     target = load_target(run, config, data=data, split=split, manifest=manifest, name=name, unlabelled=unlabelled,
-                         progress=progress)
+                         progress=progress, skip_bad=skip_bad)
     classes = config["data"]["classes"]
     pos = positive_index(classes, metrics_json["positive_class"])
     threshold = metrics_json.get("threshold")
@@ -116,8 +121,10 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     if shift and source is not None:
         estimate = sh.estimate_shift(classes=classes, val_y=source["y"], val_probs=source["probs"],
                                      val_pred=source["pred"], target_probs=probs, target_pred=pred,
-                                     val_features=source["feats"], target_features=feats, seed=seed)
-        estimate["image_statistics"] = _image_statistics(source["files"], target.files)
+                                     val_features=source["feats"], target_features=feats, seed=seed,
+                                     calibration=calibration_of(source), target_prior=target_prior_of(probs, source))
+        estimate["image_statistics"] = statistics_shift(file_statistics(source["files"]),
+                                                        file_statistics(target.files))
         truth = sh.compare_with_truth(estimate, target.labels if target.labelled else None, pred)
         result["shift"], result["truth"] = estimate, truth
         result["findings"] = sh.shift_findings(estimate, truth, name=f"the {target.name} set",
@@ -181,10 +188,10 @@ def _versus_init(started_from: str, target: Target, pred: np.ndarray, device, pr
 # --- the target images ------------------------------------------------------------------------------------------
 
 def load_target(run: RunDir, config: dict, *, data=None, split=None, manifest=None, name=None,
-                unlabelled: bool = False, progress: bool = True) -> Target:
+                unlabelled: bool = False, progress: bool = True, skip_bad: bool = False) -> Target:
     from ..config import TrainConfig
     from ..data.discover import discover, discover_unlabelled, has_class_folders
-    from ..data.images import load_images
+    from ..data.images import load_images, unreadable_error
     from ..training import prepare_data
 
     settings = config["settings"]
@@ -234,6 +241,8 @@ def load_target(run: RunDir, config: dict, *, data=None, split=None, manifest=No
     labels = np.array([-1 if unknown or s.label < 0 else lookup[index.classes[s.label].lower()] for s in samples],
                       dtype=np.int64)
     loaded = load_images([s.path for s in samples], size, skip_bad=True, progress=progress)
+    if loaded.bad and not skip_bad:
+        raise unreadable_error(loaded.bad, len(samples))
     if loaded.bad:
         notes.append(f"skipped {len(loaded.bad)} unreadable file(s) of {len(samples)}: "
                      + "; ".join(f"{p} ({r})" for p, r in loaded.bad[:3])
@@ -333,10 +342,6 @@ def source_side(run: RunDir, config: dict, score) -> dict | None:
     return _SOURCES[key]
 
 
-TTA_HELP = ("mean probability over the image and random views from the training augmentation (small affine, "
-            "brightness/contrast; no flips)")
-
-
 _TTA_SEEN: dict = {}   # (weights file and its mtime, views, seed, pixels' digest) -> probabilities; a few entries
 
 
@@ -363,7 +368,7 @@ def _tta(views: int, model, config: dict, target: Target, source: dict | None, p
         return _TTA_SEEN[key]
 
     probs = tta_probabilities_once(target.pixels)
-    info = {"views": views, "how": TTA_HELP, "threshold_chosen_on": "val" if threshold is not None else None}
+    info = {"views": views, "how": TTA_HOW, "threshold_chosen_on": "val" if threshold is not None else None}
     if threshold is None or pos is None:
         return probs, threshold, info
     if target.own_split == "val":
@@ -434,10 +439,3 @@ def _prediction_rows(target: Target, classes: list[str], columns: dict) -> list[
             row[f"predicted{suffix}"] = classes[pred[i]]
         rows.append(row)
     return rows
-
-
-def _image_statistics(source_files: list[Path], target_files: list[Path]) -> dict:
-    """Mean intensity, contrast and stored size of source (validation) and target images, compared by KS tests."""
-    from .splits import SHIFT_FEATURES, file_statistics
-
-    return sh.statistics_shift(file_statistics(source_files), file_statistics(target_files), SHIFT_FEATURES)

@@ -8,9 +8,9 @@ beside an estimate as the truth it is compared with (`compare_with_truth`).
 - label shift (the target's class proportions): BBSE (Lipton et al. 2018: invert the validation confusion
   matrix) and maximum-likelihood EM (Saerens et al. 2002) on probabilities calibrated on validation (bias-
   corrected temperature scaling, Alexandari et al. 2020); both assume pure label shift;
-- covariate shift: a domain classifier on backbone features (validation vs target; cross-validated AUC with a
-  permutation p-value; validation reweighted to the estimated target class mix, so that a pure change of
-  prevalence is not mistaken for a change of the images), plus image statistics (KS tests);
+- covariate shift: `domain.domain_classifier` on backbone features (validation vs target; validation reweighted
+  to the estimated target class mix, so that a pure change of prevalence is not mistaken for a change of the
+  images), plus image statistics (KS tests, `domain.statistics_shift`);
 - accuracy without labels: ATC (Garg et al., ICLR 2022), DoC (Guillory et al. 2021), average confidence, and
   the label-shift estimate sum_k prior_k x validation recall_k;
 - adaptation: `adapt_prior` (posteriors re-weighted to the EM prior). BatchNorm re-estimation lives in
@@ -21,13 +21,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
-from scipy.stats import ks_2samp
-from sklearn import metrics as skm
+
+from .domain import domain_classifier
 
 N_BOOT = 200              # bootstrap resamples for the CIs of the prevalence estimates
-N_PERMUTATIONS = 100      # label permutations for the domain classifier's p-value
-DOMAIN_AUC_FLAG = 0.6     # a target is "distinguishable" at this cross-validated AUC and p < DOMAIN_P_FLAG
-DOMAIN_P_FLAG = 0.01
 EPS = 1e-12
 # What the accuracy estimators may mean on a flagged set (decided on benchmarks/shift.py; BENCHMARKS.md "Shift"):
 # the range is the estimators' own spread widened by RANGE_WIDEN x (domain AUC - 0.5) / 0.5 on each side; at
@@ -133,65 +130,17 @@ def label_shift_accuracy(val_y: np.ndarray, val_pred: np.ndarray, prior: np.ndar
 
 # --- covariate shift -------------------------------------------------------------------------------------------------
 
-def domain_classifier(source: np.ndarray, target: np.ndarray, *, source_weight: np.ndarray | None = None,
-                      n_permutations: int = N_PERMUTATIONS, max_per_side: int = 1000, seed: int = 0) -> dict:
-    """How well a logistic regression on backbone features tells target from source images: cross-validated
-    (5-fold, weighted) AUC, 0.5 = indistinguishable, with a permutation p-value (domain labels shuffled)."""
-    from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.preprocessing import StandardScaler
-
-    rng = np.random.default_rng(seed)
-    w_source = np.ones(len(source)) if source_weight is None else np.asarray(source_weight, dtype=float)
-    keep_s = rng.permutation(len(source))[:max_per_side]
-    keep_t = rng.permutation(len(target))[:max_per_side]
-    x = np.concatenate([source[keep_s], target[keep_t]]).astype(np.float64)
-    d = np.r_[np.zeros(len(keep_s), int), np.ones(len(keep_t), int)]
-    w = np.r_[w_source[keep_s] * len(keep_s) / max(w_source[keep_s].sum(), EPS), np.ones(len(keep_t))]
-    folds = min(5, int(np.bincount(d, minlength=2).min()))
-    if folds < 2:
-        return {"auc": None, "p_value": None, "n_source": len(keep_s), "n_target": len(keep_t),
-                "note": "too few images on one side for a cross-validated domain classifier"}
-    # PCA over both sides ignores which side an image is on, so it leaves the permutation test valid
-    x = StandardScaler().fit_transform(PCA(min(32, x.shape[1], len(x) - 1), random_state=seed).fit_transform(x))
-
-    def cv_auc(labels: np.ndarray) -> float:
-        scores = np.zeros(len(labels))
-        for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, labels):
-            clf = LogisticRegression(C=0.1, max_iter=500).fit(x[train], labels[train], sample_weight=w[train])
-            scores[test] = clf.decision_function(x[test])
-        return float(skm.roc_auc_score(labels, scores, sample_weight=w))
-
-    auc = cv_auc(d)
-    null = np.array([cv_auc(rng.permutation(d)) for _ in range(n_permutations)])
-    p = float((1 + np.sum(null >= auc)) / (1 + n_permutations))
-    return {"auc": auc, "p_value": p, "null_auc_95": float(np.quantile(null, 0.95)) if n_permutations else None,
-            "n_source": len(keep_s), "n_target": len(keep_t), "n_permutations": n_permutations,
-            "distinguishable": bool(auc >= DOMAIN_AUC_FLAG and p < DOMAIN_P_FLAG)}
-
-
-def statistics_shift(source: dict, target: dict, names: dict[str, str]) -> dict:
-    """Two-sample KS tests of per-image statistics (mean intensity, contrast, size) between source and target."""
-    out = {}
-    for key in names:
-        if key in source and key in target and len(source[key]) and len(target[key]):
-            stat, p = ks_2samp(source[key], target[key])
-            out[key] = {"source_mean": float(np.mean(source[key])), "target_mean": float(np.mean(target[key])),
-                        "ks": float(stat), "p_value": float(p)}
-    return out
-
-
 # --- everything for one target ------------------------------------------------------------------------------------
 
 def estimate_shift(*, classes: list[str], val_y: np.ndarray, val_probs: np.ndarray, val_pred: np.ndarray,
                    target_probs: np.ndarray, target_pred: np.ndarray, val_features: np.ndarray | None = None,
                    target_features: np.ndarray | None = None, n_boot: int | None = None,
-                   n_permutations: int | None = None, seed: int = 0) -> dict:
+                   n_permutations: int | None = None, seed: int = 0,
+                   calibration: tuple[float, np.ndarray] | None = None, target_prior: np.ndarray | None = None) -> dict:
     """Every label-free estimate for one target set, with bootstrap CIs and the assumption each one makes.
-    Takes no target labels."""
+    Takes no target labels. `calibration` (fit_calibration on all of validation) and `target_prior` (EM on the
+    target's probabilities under that calibration) are fitted here unless the caller already has them."""
     n_boot = N_BOOT if n_boot is None else n_boot
-    n_permutations = N_PERMUTATIONS if n_permutations is None else n_permutations
     k = len(classes)
     val_y, val_pred, target_pred = (np.asarray(a, dtype=int) for a in (val_y, val_pred, target_pred))
     source_prior = np.bincount(val_y, minlength=k) / len(val_y)
@@ -201,8 +150,11 @@ def estimate_shift(*, classes: list[str], val_y: np.ndarray, val_probs: np.ndarr
         return {"bbse": bbse(val_y[vi], val_pred[vi], target_pred[ti], k),
                 "em": em_prior(calibrate(target_probs[ti], cal), np.bincount(val_y[vi], minlength=k) / len(vi))}
 
+    calibration = fit_calibration(val_probs, val_y) if calibration is None else calibration
+    if target_prior is None:
+        target_prior = em_prior(calibrate(target_probs, calibration), source_prior)
+    point = {"bbse": bbse(val_y, val_pred, target_pred, k), "em": target_prior}
     every_val, every_target = np.arange(len(val_y)), np.arange(len(target_pred))
-    point = estimates(every_val, every_target)
     rng = np.random.default_rng(seed)
     boots = [estimates(rng.choice(every_val, len(every_val)), rng.choice(every_target, len(every_target)))
              for _ in range(n_boot)]
@@ -212,7 +164,6 @@ def estimate_shift(*, classes: list[str], val_y: np.ndarray, val_probs: np.ndarr
         prevalence[method] = {c: {"estimate": float(point[method][i]), "ci": [float(lo[i]), float(hi[i])]}
                               for i, c in enumerate(classes)}
 
-    calibration = fit_calibration(val_probs, val_y)
     val_conf = confidence(calibrate(val_probs, calibration), val_pred)
     target_conf = confidence(calibrate(target_probs, calibration), target_pred)
     val_correct = (val_pred == val_y).astype(float)

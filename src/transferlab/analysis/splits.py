@@ -8,11 +8,11 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-from sklearn import metrics as skm
-
 from ..rundir import RunDir, read_csv
+from .domain import (DOMAIN_AUC_FLAG, DOMAIN_P_FLAG, IMAGE_STATISTICS, domain_classifier, file_statistics,
+                     statistics_matrix, statistics_shift)
 from .runs import SPLITS, Run
+
 
 def splits_table(run: Run) -> list[dict]:
     """splits.csv rows: split, file (relative to the data root), label, patient."""
@@ -61,82 +61,26 @@ def _sha1(path: Path) -> str | None:
         return None
 
 
-def image_statistics(root: str | Path, rows: list[dict], *, per_split: int = 600, seed: int = 0) -> dict:
-    """file_statistics of each split's images (at most `per_split` a split, sampled)."""
-    rng = np.random.default_rng(seed)
+def image_statistics(root: str | Path, rows: list[dict], *, seed: int = 0) -> dict:
+    """domain.file_statistics of each split's images (at most domain.STATISTICS_LIMIT a split, sampled)."""
     out = {}
     for split in SPLITS:
-        chosen = [r for r in rows if r["split"] == split]
-        if len(chosen) > per_split:
-            chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), per_split, replace=False))]
-        stats = file_statistics([Path(root) / r["file"] for r in chosen], limit=None)
+        stats = file_statistics([Path(root) / r["file"] for r in rows if r["split"] == split], seed=seed)
         if len(stats["mean"]):
             out[split] = stats
     return out
 
 
-def file_statistics(paths: list[Path], *, limit: int | None = 600, seed: int = 0) -> dict:
-    """Per image (at most `limit`, sampled): mean intensity and contrast (sd) of the grayscale image in [0, 1],
-    and the stored width and height; unreadable files are left out."""
-    from PIL import Image
-
-    from ..data.images import ImageError, decode_image, read_bytes
-
-    def stats(path: Path):
-        try:
-            with Image.open(path) as im:
-                width, height = im.size
-        except (OSError, ValueError):   # e.g. DICOM: PIL cannot open it, decode_image can
-            width = height = None
-        try:
-            arr, _ = decode_image(read_bytes(path), path, min_size=128)
-        except (ImageError, OSError):
-            return None
-        if width is None:
-            height, width = arr.shape[:2]
-        gray = arr.mean(axis=2) if arr.ndim == 3 else arr
-        gray = gray.astype(np.float32) / 255
-        return float(gray.mean()), float(gray.std()), width, height
-
-    paths = list(paths)
-    if limit is not None and len(paths) > limit:
-        paths = [paths[i] for i in sorted(np.random.default_rng(seed).choice(len(paths), limit, replace=False))]
-    with ThreadPoolExecutor(8) as pool:
-        values = [v for v in pool.map(stats, paths) if v is not None]
-    arr = np.array(values, dtype=np.float64).reshape(-1, 4)
-    return {"mean": arr[:, 0], "contrast": arr[:, 1], "width": arr[:, 2], "height": arr[:, 3]}
-
-
-SHIFT_FEATURES = {"mean": "mean intensity", "contrast": "contrast (intensity sd)", "width": "width (px)",
-                  "height": "height (px)"}
-
-
 def distribution_shift(stats: dict, seed: int = 0) -> dict:
-    """Two-sample KS tests of each image statistic between splits, and how well a classifier on those
-    statistics alone tells test images from training images (cross-validated AUC; 0.5 = indistinguishable)."""
-    from scipy.stats import ks_2samp
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+    """The one domain-shift test (analysis.domain) between the run's own splits: KS tests of each image statistic
+    for each pair of splits, and a domain classifier on those statistics, training vs test images."""
     out = {"summary": {s: {k: {"mean": float(v[k].mean()), "sd": float(v[k].std()), "n": len(v[k])}
-                           for k in SHIFT_FEATURES} for s, v in stats.items()}, "ks": {}}
-    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-        if a in stats and b in stats:
-            out["ks"][f"{a}/{b}"] = {k: dict(zip(("statistic", "p_value"),
-                                                 map(float, ks_2samp(stats[a][k], stats[b][k]))))
-                                     for k in SHIFT_FEATURES}
+                           for k in IMAGE_STATISTICS} for s, v in stats.items()},
+           "ks": {f"{a}/{b}": statistics_shift(stats[a], stats[b])
+                  for a, b in (("train", "val"), ("train", "test"), ("val", "test")) if a in stats and b in stats}}
     if "train" in stats and "test" in stats:
-        x = np.concatenate([np.column_stack([stats[s][k] for k in SHIFT_FEATURES]) for s in ("train", "test")])
-        x[:, 2:] = np.log(np.maximum(x[:, 2:], 1))
-        y = np.r_[np.zeros(len(stats["train"]["mean"])), np.ones(len(stats["test"]["mean"]))]
-        folds = min(5, int(min(np.bincount(y.astype(int)))))
-        if folds >= 2:
-            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-            prob = cross_val_predict(clf, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                                     method="predict_proba")[:, 1]
-            out["domain_auc"] = float(skm.roc_auc_score(y, prob))
+        out["domain"] = domain_classifier(statistics_matrix(stats["train"]), statistics_matrix(stats["test"]),
+                                          seed=seed)
     return out
 
 
@@ -177,17 +121,18 @@ def data_findings(balance: dict, leak: dict, shift: dict, same: dict, positive: 
         if "test" not in pair:
             continue
         a, b = pair.split("/")
-        s = shift["summary"]
-        parts = [f"{SHIFT_FEATURES[k]} {s[a][k]['mean']:.3g} vs {s[b][k]['mean']:.3g} (KS D={t['statistic']:.3f}, "
+        parts = [f"{IMAGE_STATISTICS[k]} {t['source_mean']:.3g} vs {t['target_mean']:.3g} (KS D={t['ks']:.3f}, "
                  f"p={t['p_value']:.2g})" for k, t in tests.items()]
-        shifted = [SHIFT_FEATURES[k] for k, t in tests.items() if t["p_value"] < 0.01]
+        shifted = [IMAGE_STATISTICS[k] for k, t in tests.items() if t["p_value"] < DOMAIN_P_FLAG]
         out.append(f"{a.capitalize()} vs {b}: " + "; ".join(parts) + ". "
-                   + (f"Distributions differ (p < 0.01) in {', '.join(shifted)}." if shifted
-                      else "No statistic differs at p < 0.01."))
-    if "domain_auc" in shift:
-        auc = shift["domain_auc"]
+                   + (f"Distributions differ (p < {DOMAIN_P_FLAG:g}) in {', '.join(shifted)}." if shifted
+                      else f"No statistic differs at p < {DOMAIN_P_FLAG:g}."))
+    domain = shift.get("domain") or {}
+    if domain.get("auc") is not None:
         out.append(f"A logistic regression on these four image statistics tells test images from training images "
-                   f"with cross-validated AUC {auc:.3f} (0.5 = indistinguishable): "
-                   + ("a strong acquisition shift." if auc > 0.75 else "a moderate shift." if auc > 0.6
-                      else "little shift in these statistics."))
+                   f"with cross-validated AUC {domain['auc']:.3f} (0.5 = indistinguishable; permutation p = "
+                   f"{domain['p_value']:.2g}): "
+                   + (f"the test images differ from the training images (AUC >= {DOMAIN_AUC_FLAG} and p < "
+                      f"{DOMAIN_P_FLAG:g}, the rule external sets are flagged by)." if domain["distinguishable"]
+                      else "not distinguishable by these statistics."))
     return out

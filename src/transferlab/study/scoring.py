@@ -27,7 +27,7 @@ def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[
                 continue
             print(f"external {name}: run {i}/{len(runs)} {r['run']}", flush=True)
             result = evaluate(run.path, data=data, name=name, adapt=adapt, device=config.train.get("device", "auto"),
-                              progress=config.train.get("progress", True))
+                              progress=config.train.get("progress", True), skip_bad=config.train.get("skip_bad", False))
             for note in result["notes"]:
                 print(f"note: {note}", flush=True)
         annotate([out / r["run"] for r in runs], name)   # what the runs' agreement says about each one's accuracy

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ...analysis import Run
+from ...analysis.domain import IMAGE_STATISTICS
 from ...analysis.shift import share_classes
-from ...analysis.splits import SHIFT_FEATURES
 from ...formatting import fmt
 from .. import plots
 from ..blocks import Section, Table
@@ -96,13 +96,13 @@ def data_section(a: dict, info: dict) -> Section:
     s.h3("Leakage and distribution shift")
     s.findings(a["data_findings"])
     if a["image_stats"]:
-        s.image(plots.shift_histograms(a["image_stats"], SHIFT_FEATURES),
+        s.image(plots.shift_histograms(a["image_stats"], IMAGE_STATISTICS),
                 "Image statistics per split (up to 600 images a split): mean intensity, contrast and stored size.")
     shift = a["shift"]
-    rows = [[pair, *[f"D={t[k]['statistic']:.3f}, p={t[k]['p_value']:.2g}" for k in SHIFT_FEATURES]]
+    rows = [[pair, *[f"D={t[k]['ks']:.3f}, p={t[k]['p_value']:.2g}" for k in IMAGE_STATISTICS]]
             for pair, t in shift.get("ks", {}).items()]
     if rows:
-        s.table(Table(["splits", *SHIFT_FEATURES.values()], rows, "Two-sample Kolmogorov-Smirnov tests (scipy)."))
+        s.table(Table(["splits", *IMAGE_STATISTICS.values()], rows, "Two-sample Kolmogorov-Smirnov tests (scipy)."))
     return s
 
 
