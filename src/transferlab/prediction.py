@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import TTA_HELP
 from .errors import TransferlabError
-from .settings import add_options, at_least
+from .settings import add_flag, at_least
 
 # torch, Lightning and friends are imported inside the functions, so that the command line stays fast to start
 
@@ -206,7 +206,7 @@ def add_predict_arguments(subparsers) -> None:
     p.add_argument("--cam", action="store_true", help="also write Grad-CAM overlay PNGs to cam/ beside the CSV "
                                                       "(for the positive class of a two-class problem, else for "
                                                       "the predicted class)")
-    add_options(p, only=("skip_bad",))
+    add_flag(p, "skip_bad")
     p.add_argument("--adapt", help="also predict with label-free adaptation to these images (they are the target; "
                                    "the run's validation images the source): prior, bn, bn+prior, a comma list or all")
     p.add_argument("--tta", type=at_least(1, "--tta"), default=1, metavar="N",
@@ -216,7 +216,7 @@ def add_predict_arguments(subparsers) -> None:
 
 
 def run_predict(args) -> None:
-    rows = predict(args.run, args.images, cam=args.cam, out=args.out, skip_bad=vars(args).get("skip_bad", False), device=args.device,
+    rows = predict(args.run, args.images, cam=args.cam, out=args.out, skip_bad=args.skip_bad, device=args.device,
                    progress=args.progress, adapt=args.adapt, tta=args.tta)
     print(format_table(rows))
     threshold = rows[0].get("threshold")

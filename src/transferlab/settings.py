@@ -299,15 +299,15 @@ def default_text(setting: Setting) -> str:
 
 # --- the command line: options built from SETTINGS --------------------------------------------------------------
 
-def add_options(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
+def add_options(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (),
                 defaults: dict[str, str] | None = None) -> None:
-    """Every setting (or those in `only`) as an option of `parser` (valued options first, then flags), except those
-    in `skip`. An option left out is absent from the parsed arguments, so TrainConfig's (per-strategy) default
-    applies. `defaults`: the --help default of options whose default the command sets itself (a study's split seed).
+    """Every setting as an option of `parser` (valued options first, then flags), except those in `skip`. An option
+    left out is absent from the parsed arguments, so TrainConfig's (per-strategy) default applies. `defaults`: the
+    --help default of options whose default the command sets itself (a study's split seed).
 
     argparse only turns the text into a number; TrainConfig checks choices, ranges and parse, so that a bad value
     gets the same one-line error from the command line as from a settings file or Python."""
-    chosen = [s for s in SETTINGS.values() if s.option and s.name not in skip and (only is None or s.name in only)]
+    chosen = [s for s in SETTINGS.values() if s.option and s.name not in skip]
     for s in [s for s in chosen if s.type is not bool]:
         shown = (defaults or {}).get(s.name) or default_text(s)
         repeatable = s.type is list   # the option once per item
@@ -318,6 +318,14 @@ def add_options(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (), 
     for s in [s for s in chosen if s.type is bool]:
         parser.add_argument(s.flag, dest=s.name, action="store_false" if s.default else "store_true",
                             default=argparse.SUPPRESS, help=s.help)
+
+
+def add_flag(parser: argparse.ArgumentParser, name: str) -> None:
+    """One yes/no setting as a flag of a command that does not train (evaluate, predict: --skip-bad), with the
+    setting's own default and help."""
+    s = SETTINGS[name]
+    parser.add_argument(s.flag, dest=s.name, action="store_false" if s.default else "store_true", default=s.default,
+                        help=s.help)
 
 
 def at_least(low: int, flag: str) -> Callable[[str], int]:

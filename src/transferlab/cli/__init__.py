@@ -13,7 +13,7 @@ from ..distributed import is_global_zero
 from ..errors import TransferlabError
 from ..formatting import fmt
 from ..models.spec import SOURCES
-from ..settings import add_options, at_least, command_line
+from ..settings import add_flag, add_options, at_least, command_line
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabelled", action="store_true", help="treat --data as unlabelled images even if it has "
                                                              "sub-folders (e.g. one folder per patient)")
     p.add_argument("--no-shift", dest="shift", action="store_false", help="skip the shift estimates")
-    add_options(p, only=("skip_bad",))
+    add_flag(p, "skip_bad")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -262,7 +262,7 @@ def run_evaluate(args) -> None:
     result = evaluate(args.run, data=args.data, split=args.split, manifest=args.manifest, name=args.name,
                       adapt=args.adapt, unlabelled=args.unlabelled, shift=args.shift, device=args.device,
                       progress=args.progress, tta=args.tta, label_budget=args.label_budget, labels=args.labels,
-                      recalibrate=args.recalibrate, skip_bad=vars(args).get("skip_bad", False))
+                      recalibrate=args.recalibrate, skip_bad=args.skip_bad)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return
