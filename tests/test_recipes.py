@@ -43,9 +43,10 @@ def cli_args(settings: dict) -> list[str]:
 
 
 def results(run: Path) -> dict:
-    """What a resumed run must reproduce exactly: everything but the timings."""
+    """What a resumed run must reproduce exactly: everything but the timings (and whether a cache fed them)."""
     metrics = json.loads((run / "metrics.json").read_text())
-    return {"metrics": {k: v for k, v in metrics.items() if k not in ("seconds", "peak_rss_mb", "cuda_peak_mb")},
+    timings = ("seconds", "peak_rss_mb", "cuda_peak_mb", "features_from_cache")
+    return {"metrics": {k: v for k, v in metrics.items() if k not in timings},
             "history": [{k: v for k, v in row.items() if k != "seconds"} for row in read_csv(run / "history.csv")],
             "predictions": (run / "predictions.csv").read_text(),
             "weights": (run / "model.safetensors").read_bytes()}
