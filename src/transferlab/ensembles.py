@@ -11,7 +11,6 @@ split), so the mean is taken file by file.
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 from pathlib import Path
 
@@ -143,8 +142,8 @@ def evaluate_tta(run_dir, *, views: int, n_boot: int = 1000, seed: int = 0) -> d
     classes, threshold = metrics["classes"], metrics["threshold"]
     pos = positive_index(classes, metrics["positive_class"])
     for member, split in itertools.product(chosen, ("val", "test")):
-        saved = member.path / f"eval-{split}-tta.json"
-        if not saved.exists() or json.loads(saved.read_text()).get("tta", {}).get("views") != views:
+        saved = member.read_evaluation(f"{split}-tta")
+        if saved is None or saved.get("tta", {}).get("views") != views:
             raise TransferlabError(f"{member.path} has no {views}-view result on {split}: run `transferlab evaluate "
                                    f"{member.path} --split {split} --name {split}-tta --tta {views}` first "
                                    f"(`study --tta` does)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError
+from .records import Evaluation, RunMetrics
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,23 @@ class RunDir:
             raise CheckpointError(f"{self.path} is not a transferlab run directory (no config.json)")
         return json.loads(self.config.read_text())
 
-    def read_metrics(self) -> dict:
+    def read_metrics(self) -> RunMetrics:
         if not self.metrics.exists():
             raise CheckpointError(f"{self.path} has no metrics.json: the run did not finish (resume it with --resume)")
         return json.loads(self.metrics.read_text())
+
+    def evaluation(self, name: str) -> Path:
+        """eval-NAME.json: `evaluate`'s result on the set NAME."""
+        return self.path / f"eval-{name}.json"
+
+    def read_evaluation(self, name: str) -> Evaluation | None:
+        """eval-NAME.json, or None where this run was not evaluated on NAME."""
+        path = self.evaluation(name)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_evaluation(self, result: Evaluation) -> Path:
+        write_json(self.evaluation(result["name"]), result)
+        return self.evaluation(result["name"])
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -82,19 +82,17 @@ def aline_d(val_acc: np.ndarray, agree_val: np.ndarray, agree_target: np.ndarray
 def annotate(run_dirs: list[str | Path], name: str) -> int:
     """Add the agreement estimates to every run's eval-NAME.json (shift.accuracy), with the headline, findings
     and decision that follow from them; returns how many runs were annotated (0 with fewer than two runs)."""
-    import json
-
-    from ..rundir import RunDir, write_json
+    from ..rundir import RunDir
     from .decision import verdict
-    from .shift import accuracy_headline, compare_with_truth, shift_findings
+    from .shift import accuracy_headline, shift_findings
 
     estimates = agreement_estimates(run_dirs, name)
     done = 0
     for path in map(Path, run_dirs):
-        file = path / f"eval-{name}.json"
-        if path.name not in estimates or not file.exists():
+        run = RunDir(path)
+        result = run.read_evaluation(name) if path.name in estimates else None
+        if result is None:
             continue
-        result = json.loads(file.read_text())
         shift = result.get("shift")
         if not shift:
             continue
@@ -107,7 +105,7 @@ def annotate(run_dirs: list[str | Path], name: str) -> int:
                                                       if m in shift["accuracy"]})
         result["findings"] = shift_findings(shift, result.get("truth"), name=f"the {name} set",
                                             positive=result.get("positive_class"))
-        result["next_step"] = verdict(result, RunDir(path).read_metrics().get("val", {}))
-        write_json(file, result)
+        result["next_step"] = verdict(result, run.read_metrics().get("val", {}))
+        run.write_evaluation(result)
         done += 1
     return done

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..formatting import MISSING
 from ..metrics import BOOTSTRAP_METRICS, bootstrap_ci, mcnemar
+from ..rundir import RunDir
 from .runs import Run
 
 N_BOOT = 1000   # bootstrap resamples of the test images for the 95% CIs
@@ -70,8 +70,7 @@ def tta_table(groups: dict[tuple[str, str], list[Run]], name: str = "test-tta") 
     mean and sd over seeds; groups whose runs have no such file are left out."""
     out = []
     for (model, strategy), runs in groups.items():
-        results = [json.loads((r.path / f"eval-{name}.json").read_text()) for r in runs
-                   if (r.path / f"eval-{name}.json").exists()]
+        results = [result for r in runs if (result := RunDir(r.path).read_evaluation(name)) is not None]
         if not results:
             continue
         row = {"model": model, "strategy": strategy, "seeds": len(results), "views": results[0]["tta"]["views"],

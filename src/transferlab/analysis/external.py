@@ -161,10 +161,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
         columns["tta"] = (t_probs, t_pred)
     result["next_step"] = verdict(result, metrics_json.get("val", {}))
     result["seconds"] = time.perf_counter() - start
-
-    from ..rundir import write_json
-
-    write_json(run.path / f"eval-{target.name}.json", result)
+    run.write_evaluation(result)
     write_csv(run.path / f"predictions-{target.name}.csv", _prediction_rows(target, classes, columns))
     return result
 

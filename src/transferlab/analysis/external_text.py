@@ -2,11 +2,10 @@
 of each adaptation, and the results and errors each run wrote (eval-NAME.json, predictions-NAME.csv)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..formatting import fmt
-from ..rundir import read_csv
+from ..rundir import RunDir, read_csv
 from .decision import verdict_text
 from .shift import share_classes
 
@@ -102,8 +101,8 @@ def external_results(run_dirs: list[Path], sets: list[dict]) -> dict[str, dict[s
     """{set name: {run name: eval-<name>.json}} for the study's --external sets."""
     out = {}
     for s in sets:
-        found = {Path(p).name: json.loads((Path(p) / f"eval-{s['name']}.json").read_text()) for p in run_dirs
-                 if (Path(p) / f"eval-{s['name']}.json").exists()}
+        found = {Path(p).name: result for p in run_dirs
+                 if (result := RunDir(p).read_evaluation(s["name"])) is not None}
         if found:
             out[s["name"]] = found
     return out
