@@ -165,7 +165,7 @@ def evaluate_tta(run_dir, *, views: int, n_boot: int = 1000, seed: int = 0) -> d
               "tta": {"views": views, "how": f"mean of the members' {views}-view probabilities",
                       "threshold": t_threshold, "threshold_chosen_on": chosen_on,
                       **_metrics(labels, tta_probs, pos, t_threshold, n_boot, seed, classes)}}
-    write_json(run.path / "eval-test-tta.json", result)
+    run.write_evaluation(result)
     return result
 
 

@@ -1,7 +1,6 @@
 """A study's tables: results.csv (one row per run, then the ensemble's) and summary.csv (mean and sd over seeds)."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -50,10 +49,10 @@ def ensemble_row(study_dir: Path, name: str) -> dict:
 def tta_columns(run_dir: Path) -> dict:
     """test_tta_*: the test metrics with test-time augmentation (eval-test-tta.json, which --tta writes): AUC,
     accuracy at 0.5 and at the threshold re-chosen on validation's N-view probabilities, their bootstrap CIs."""
-    saved = Path(run_dir) / "eval-test-tta.json"
-    if not saved.exists():
+    saved = RunDir(run_dir).read_evaluation("test-tta")
+    if saved is None:
         return {}
-    tta = json.loads(saved.read_text())["tta"]
+    tta = saved["tta"]
     row = {"test_tta_views": tta["views"], "test_tta_threshold": tta.get("threshold")}
     for prefix, metrics in (("test_tta_", tta), ("test_tta_at_threshold_", tta.get("at_threshold", {}))):
         row.update({k: v for k, v in flatten_split(metrics, prefix).items() if not isinstance(v, str)})

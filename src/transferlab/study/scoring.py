@@ -23,7 +23,7 @@ def evaluate_external(config: StudyConfig, out: Path, runs: list[dict]) -> list[
         sets.append({"name": name, "data": data})
         for i, r in enumerate(runs, 1):
             run = RunDir(out / r["run"])
-            if _kept(run.path / f"eval-{name}.json", [run.weights], lambda saved: saved.get("adapt") == adapt):
+            if _kept(run.evaluation(name), [run.weights], lambda saved: saved.get("adapt") == adapt):
                 continue
             print(f"external {name}: run {i}/{len(runs)} {r['run']}", flush=True)
             result = evaluate(run.path, data=data, name=name, adapt=adapt, device=config.train.get("device", "auto"),
@@ -49,7 +49,7 @@ def evaluate_tta(config: StudyConfig, out: Path, run_names: list[str]) -> None:
     for i, name in enumerate(run_names, 1):
         run = RunDir(out / name)
         for split in [s for s in TTA_SPLITS if s in run.read_metrics()]:
-            if _kept(run.path / f"eval-{split}-tta.json", [run.weights],
+            if _kept(run.evaluation(f"{split}-tta"), [run.weights],
                      lambda saved: saved.get("tta", {}).get("views") == config.tta):
                 continue
             print(f"test-time augmentation x{config.tta}: run {i}/{len(run_names)} {name}, {split}", flush=True)
@@ -74,9 +74,9 @@ def study_ensemble(config: StudyConfig, out: Path, runs: list[dict]) -> dict | N
         print(f"ensemble of the {config.ensemble} runs best on validation: {folder.path}", flush=True)
         ensemble([c.path for c in candidates], folder.path, k=config.ensemble)
     if config.tta > 1 and "test" in folder.read_metrics():
-        sources = [folder.metrics, *(c.path / f"eval-{s}-tta.json" for c in candidates for s in TTA_SPLITS
-                                     if (c.path / f"eval-{s}-tta.json").exists())]
-        if not _kept(folder.path / "eval-test-tta.json", sources,
+        sources = [folder.metrics, *(c.evaluation(f"{s}-tta") for c in candidates for s in TTA_SPLITS
+                                     if c.evaluation(f"{s}-tta").exists())]
+        if not _kept(folder.evaluation("test-tta"), sources,
                      lambda saved: saved.get("tta", {}).get("views") == config.tta):
             print(f"test-time augmentation x{config.tta}: {name}", flush=True)
             ensemble_tta(folder.path, views=config.tta, n_boot=N_BOOT)
