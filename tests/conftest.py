@@ -130,6 +130,14 @@ def interrupt_training(monkeypatch, epoch: int, batch: int = 0):
     return lambda: monkeypatch.setattr(engine.Classifier, "training_step", step)
 
 
+def fewer_resamples(monkeypatch, n: int) -> None:
+    """Shift estimates with n bootstrap resamples and n domain-classifier permutations: quick, for tests."""
+    from transferlab.analysis import domain, shift
+
+    monkeypatch.setattr(shift, "N_BOOT", n)
+    monkeypatch.setattr(domain, "N_PERMUTATIONS", n)
+
+
 def features_run(tmp_path_factory, xray_dir, name: str):
     """A small EfficientNet-Lite0 `features` run on the tests' X-rays (64 px), for the tests of `evaluate`."""
     from transferlab.training import train

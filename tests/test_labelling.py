@@ -8,11 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import external_hospital, features_run
+from conftest import external_hospital, features_run, fewer_resamples
 from transferlab import cli
 from transferlab.analysis import agreement
-from transferlab.analysis import domain
-from transferlab.analysis import shift as sh
 from transferlab.analysis.decision import verdict
 from transferlab.analysis.external import evaluate
 from transferlab.analysis.labelling import LabelDesign, allocate, labelled_estimates
@@ -167,8 +165,7 @@ def external(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _fewer_resamples(monkeypatch):
-    monkeypatch.setattr(sh, "N_BOOT", 30)
-    monkeypatch.setattr(domain, "N_PERMUTATIONS", 30)
+    fewer_resamples(monkeypatch, 30)
 
 
 def _fill(to_label, root, every=1):

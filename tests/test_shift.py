@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import external_hospital, features_run
+from conftest import external_hospital, features_run, fewer_resamples
 from transferlab import cli
 from transferlab.analysis import domain
 from transferlab.analysis import shift as sh
@@ -148,8 +148,7 @@ def external(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _fewer_resamples(monkeypatch):
-    monkeypatch.setattr(sh, "N_BOOT", 40)
-    monkeypatch.setattr(domain, "N_PERMUTATIONS", 40)
+    fewer_resamples(monkeypatch, 40)
 
 
 def _quick(**kw):
