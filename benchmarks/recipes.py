@@ -47,6 +47,8 @@ VARIANTS = {
         ("label smoothing 0.1", {"label_smoothing": 0.1}),
         ("head dropout 0.3", {"head_dropout": 0.3}),
         ("image size 288", {"image_size": 288}),
+        ("xray 4 views", {"augment": "xray", "feature_views": 4}),
+        ("preprocess equalize", {"preprocess": "equalize"}), ("preprocess clahe", {"preprocess": "clahe"}),
     ],
     "finetune": [
         ("default", {}),

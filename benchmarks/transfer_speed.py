@@ -67,7 +67,7 @@ from transferlab.config import TrainConfig  # noqa: E402
 from transferlab.data import images as tl_images  # noqa: E402
 from transferlab.data.discover import discover  # noqa: E402
 from transferlab.data.split import make_splits  # noqa: E402
-from transferlab.data.transforms import ImageTensorDataset, normalize, xray_augment  # noqa: E402
+from transferlab.data.transforms import ImageTensorDataset, normalize, basic_augment  # noqa: E402
 from transferlab.evaluation import positive_index  # noqa: E402
 from transferlab.loaders import class_weights_for  # noqa: E402
 from transferlab.metrics import choose_threshold  # noqa: E402
@@ -275,7 +275,7 @@ def baseline_transforms(recipe: str, size: int, mean, std):
     if recipe == "tutorial":
         return (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm]),
                 T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *norm]))
-    # transferlab's augmentation (same parameters as transferlab.data.transforms.xray_augment), on PIL images
+    # transferlab's augmentation (same parameters as transferlab.data.transforms.basic_augment), on PIL images
     return (T.Compose([T.Resize((size, size)), v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
                        v2.ColorJitter(brightness=0.2, contrast=0.2), *norm]),
             T.Compose([T.Resize((size, size)), *norm]))
@@ -596,7 +596,7 @@ def probes(args, results: dict, n_classes: int) -> dict:
     # augmentation + normalisation for finetune (torchvision v2, image by image), DataLoader workers 0 / 2
     n_aug = min(256, max(fbs, 64))
     pix = np.random.default_rng(0).integers(0, 256, (n_aug, 1, size, size), dtype=np.uint8)
-    ds = ImageTensorDataset(pix, [0] * n_aug, mean=spec.mean, std=spec.std, augment=xray_augment(size))
+    ds = ImageTensorDataset(pix, [0] * n_aug, mean=spec.mean, std=spec.std, augment=basic_augment(size))
     aug = {}
     for workers in (0, 2):
         loader = DataLoader(ds, batch_size=fbs, shuffle=True, num_workers=workers)

@@ -59,7 +59,7 @@ def test_train_help_shows_the_defaults_train_uses():
     for strategy in STRATEGIES:
         cfg = TrainConfig(**{**args, "strategy": strategy})
         for dest, text in shown.items():
-            if dest in ("augment", "resume", "overwrite", "progress", "skip_bad", "compile", "strategy", "data", "out",
+            if dest in ("resume", "overwrite", "progress", "skip_bad", "compile", "strategy", "data", "out",
                         "config"):
                 # flags; the loop's own; required settings; the settings file
                 continue
@@ -81,7 +81,7 @@ def test_study_help_shows_the_defaults_a_study_uses(monkeypatch):
         cfg = train_config(study, "resnet18", strategy, 1)
         for dest, text in shown.items():
             if dest in ("strategies", "seeds", "split_seed", "data", "models", "out", "measure_catalog",
-                        "augment", "progress", "skip_bad", "compile", "external", "adapt", "ensemble", "tta", "plan",
+                        "progress", "skip_bad", "compile", "external", "adapt", "ensemble", "tta", "plan",
                         "collect", "wait", "experiment",
                         *LAUNCH_OPTIONS):
                 continue

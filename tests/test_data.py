@@ -15,7 +15,7 @@ from transferlab.data.check import check_data
 from transferlab.data.discover import DatasetIndex, Sample, discover, patient_id
 from transferlab.data.images import ImageError, load_images, read_image
 from transferlab.data.split import leakage_warning, make_splits, patient_overlap, shared_with_train
-from transferlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTensorDataset, normalize, xray_augment
+from transferlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTensorDataset, normalize, basic_augment
 from transferlab.errors import DataError
 
 rng = np.random.default_rng(0)
@@ -381,11 +381,11 @@ def test_normalize_and_dataset():
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     assert torch.allclose(out, (x.float() / 255 - mean) / std, atol=1e-5)
     pixels = np.zeros((3, 1, 8, 8), np.uint8)
-    ds = ImageTensorDataset(pixels, [0, 1, 1], mean=IMAGENET_MEAN, std=IMAGENET_STD, augment=xray_augment(8))
+    ds = ImageTensorDataset(pixels, [0, 1, 1], mean=IMAGENET_MEAN, std=IMAGENET_STD, augment=basic_augment(8))
     pixels[2] = 255
     img, label = ds[2]
     assert img.shape == (3, 8, 8) and label == 1 and ds.pixels is pixels   # the images are not copied
-    aug = xray_augment(16)(torch.full((1, 16, 16), 100, dtype=torch.uint8))
+    aug = basic_augment(16)(torch.full((1, 16, 16), 100, dtype=torch.uint8))
     assert aug.dtype == torch.uint8 and aug.shape == (1, 16, 16)
 
 

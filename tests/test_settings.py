@@ -82,8 +82,14 @@ def test_settings_that_only_go_together_fail_at_construction():
         tl.TrainConfig(resume=True, overwrite=True)
     with pytest.raises(TransferlabError, match=r"^batchnorm='train' needs"):
         tl.StudyConfig(data="d", models=["resnet18"], out="o", strategies=["features"], train={"batchnorm": "train"})
-    with pytest.raises(TransferlabError, match=r"^augment must be true or false, not 'no'"):
+    with pytest.raises(TransferlabError, match=r"^augment= must be one of basic, xray, none, not 'no'"):
         tl.TrainConfig(augment="no")
+    # the yes/no setting of earlier versions (old config.json and YAML files) still reads
+    assert tl.TrainConfig(augment=True).augment == "basic" and tl.TrainConfig(augment=False).augment == "none"
+    with pytest.raises(TransferlabError, match=r"^preprocess= must be one of none, equalize, clahe, not 'gamma'"):
+        tl.TrainConfig(preprocess="gamma")
+    with pytest.raises(TransferlabError, match=r"^feature_views= must be at least 1, not 0"):
+        tl.TrainConfig(feature_views=0)
     # what YAML gives: 1e-4 is a string to YAML 1.1; a path may be a Path
     config = tl.TrainConfig(weight_decay="1e-4", lr="3e-4", cache_dir=__import__("pathlib").Path("c"))
     assert config.weight_decay == 1e-4 and config.lr == 3e-4 and isinstance(config.cache_dir, str)

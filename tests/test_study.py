@@ -214,7 +214,7 @@ def test_report_is_self_contained(study):
     column = [c.strip() for c in header.split("|")].index("augment")
     rows = [[c.strip() for c in line.split("|")] for line in methods.splitlines()
             if line.startswith("| efficientnet_lite0 ") or line.startswith("| mobilenet_v3_small ")]
-    assert {r[1].split()[-1]: r[column] for r in rows} == {"finetune": "True", "features": "no (frozen features)"}
+    assert {r[1].split()[-1]: r[column] for r in rows} == {"finetune": "basic", "features": "no (frozen features)"}
     # ... and whose BatchNorm statistics were kept: pretrained ones frozen, random ones (weights none) trained
     column = [c.strip() for c in header.split("|")].index("batchnorm")
     assert {r[1]: r[column] for r in rows} == {

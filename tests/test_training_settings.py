@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from transferlab.config import TrainConfig
-from transferlab.data.transforms import xray_augment
+from transferlab.data.transforms import basic_augment
 from transferlab.engine import validation_scores
 from transferlab.errors import TransferlabError
 from transferlab.loaders import class_weights_for
@@ -20,7 +20,7 @@ FAST = dict(image_size=48, batch_size=16, progress=False, val_fraction=0.25)
 
 def _mean_change(strength: float, image: torch.Tensor, n: int = 20) -> float:
     torch.manual_seed(0)
-    augment = xray_augment(image.shape[-1], strength)
+    augment = basic_augment(image.shape[-1], strength)
     return sum((augment(image).float() - image.float()).abs().mean().item() for _ in range(n)) / n
 
 

@@ -69,16 +69,16 @@ def probabilities_and_features(model: TransferModel, pixels: np.ndarray, *, mean
 def tta_probabilities(model: TransferModel, pixels: np.ndarray, *, views: int, mean, std, device, seed: int = 0,
                       progress: bool = False) -> np.ndarray:
     """Test-time augmentation: class probabilities (N, C) averaged over `views` views of each image, the image
-    itself and views - 1 random views from the training augmentation (data.transforms.xray_augment: small
+    itself and views - 1 random views from the training augmentation (data.transforms.basic_augment: small
     affine, brightness/contrast, no flips). Seeded, so the same call gives the same views."""
     import torch
 
-    from .data.transforms import xray_augment
+    from .data.transforms import basic_augment
 
     if views < 1:
         raise TransferlabError(f"--tta must be at least 1 (1 = no augmentation), not {views}")
     total = probabilities_and_features(model, pixels, mean=mean, std=std, device=device, progress=progress)[0]
-    augment = xray_augment(pixels.shape[-1])
+    augment = basic_augment(pixels.shape[-1])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for _ in range(views - 1):

@@ -1,7 +1,8 @@
-"""`export`: a finished run's model as ONNX or TorchScript, with the preprocessing baked into the graph.
+"""`export`: a finished run's model as ONNX or TorchScript, with the normalisation baked into the graph.
 
 The exported graph takes `pixels`, float32 (N, 3, H, W) with values 0..255 (a grayscale image repeated on the
-three channels), resized to H x W without cropping; it applies the run's ImageNet normalisation itself and
+three channels), resized to H x W without cropping and, for a run trained with --preprocess equalize or clahe,
+equalised as the sidecar's "preprocess" says (histogram equalisation is not part of the graph); it applies the run's ImageNet normalisation itself and
 returns `probabilities`, float32 (N, classes) after softmax. The sidecar `<file>.json` documents all of this
 plus the classes and how to decide: two classes at the threshold the run chose on validation for its positive
 class, three or more by the most probable class.
@@ -14,9 +15,12 @@ inside the graph would not give the probabilities `predict` gives and the thresh
 from __future__ import annotations
 
 import importlib.util
+import json
 import warnings
 from pathlib import Path
 
+from .data.preprocess import describe as describe_preprocess
+from .data.preprocess import of_run as preprocess_of
 from .errors import TransferlabError
 from .rundir import RunDir
 
@@ -91,7 +95,7 @@ def _single(run) -> tuple:
     model, config = load_model(run)
     mean, std = config["model"]["mean"], config["model"]["std"]
     return deployable(model, mean, std), config["model"]["image_size"], {
-        "model": config["model"]["name"],
+        "model": config["model"]["name"], "preprocess": _preprocess_entry(preprocess_of(config)),
         "normalisation": {"baked_into_graph": True, "formula": "(pixels / 255 - mean) / std", "mean": mean, "std": std}}
 
 
@@ -107,6 +111,11 @@ def _ensemble(run) -> tuple:
         raise TransferlabError(f"{run.path}: its members take different input sizes ({', '.join(map(str, sorted(sizes)))} "
                                f"px), so one graph input cannot serve them all; export its runs one by one, or build "
                                f"the ensemble from runs trained at one --image-size")
+    preprocessing = {d["preprocess"]["name"] for _, _, d in parts}
+    if len(preprocessing) > 1:
+        raise TransferlabError(f"{run.path}: its members were trained with different --preprocess "
+                               f"({', '.join(sorted(preprocessing))}), so one graph input cannot serve them all; export "
+                               f"its runs one by one")
 
     class MeanOfMembers(nn.Module):
         def __init__(self):
@@ -118,12 +127,17 @@ def _ensemble(run) -> tuple:
 
     config = run.read_config()
     return MeanOfMembers().eval(), sizes.pop(), {
-        "model": config["settings"]["model"],
+        "model": config["settings"]["model"], "preprocess": parts[0][2]["preprocess"],
         "ensemble": {"members": [{"run": str(RunDir(m).path.resolve()), "model": d["model"]}
                                  for m, (_, _, d) in zip(members(run), parts)],
                      "combined": "mean of the members' probabilities (each after its own normalisation and softmax)"},
         "normalisation": {"baked_into_graph": True, "formula": "(pixels / 255 - mean) / std, per member",
                           "per_member": [d["normalisation"] for _, _, d in parts]}}
+
+
+def _preprocess_entry(name: str) -> dict:
+    """The sidecar's word on --preprocess: not in the graph, so the deployer applies it, after resizing."""
+    return {"name": name, "baked_into_graph": False, "apply_before_the_graph": describe_preprocess(name)}
 
 
 def decision_rule(classes: list[str], positive_class: str | None, threshold: float | None) -> dict:
@@ -172,4 +186,6 @@ def add_export_arguments(subparsers) -> None:
 
 def run_export(args) -> None:
     path = export(args.run, args.format, args.out)
-    print(f"wrote {path} and {path.name}.json (input: float32 pixels 0..255, normalisation in the graph)")
+    preprocess = json.loads(path.with_name(path.name + ".json").read_text())["preprocess"]["name"]
+    first = "" if preprocess == "none" else f"; apply --preprocess {preprocess} before it, as the sidecar says"
+    print(f"wrote {path} and {path.name}.json (input: float32 pixels 0..255, normalisation in the graph{first})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .data.preprocess import of_run as preprocess_of
 from .config import TTA_HELP
 from .errors import TransferlabError
 from .settings import add_flag, at_least
@@ -74,7 +75,8 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     classes, threshold = config["data"]["classes"], metrics.get("threshold")
     pos = None if metrics["positive_class"] is None else classes.index(metrics["positive_class"])
     files = find_images(paths)
-    loaded = load_images(files, config["model"]["image_size"], skip_bad=skip_bad, progress=progress)
+    loaded = load_images(files, config["model"]["image_size"], preprocess=preprocess_of(config), skip_bad=skip_bad,
+                         progress=progress)
     for path, reason in loaded.bad:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     if not loaded.kept:

@@ -34,10 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .data.discover import DEFAULT_PATIENT_PATTERN
+from .data.preprocess import PREPROCESSING
+from .data.transforms import AUGMENTATIONS
 from .errors import TransferlabError
 from .loggers import DEFAULT_EXPERIMENT, LOGGERS, parse_loggers
 
 STRATEGIES = ("finetune", "features", "lpft")
+AUGMENT_CHOICES = (*AUGMENTATIONS, "none")
 
 
 class PerStrategy(dict):
@@ -59,6 +62,15 @@ def parse_lr(value) -> float | str:
     if not lr > 0:
         raise TransferlabError(f"--lr must be positive, not {value!r}")
     return lr
+
+
+def parse_augment(value) -> str:
+    """--augment: a name from AUGMENT_CHOICES; true/false (the yes/no setting of earlier versions) mean basic/none."""
+    if isinstance(value, bool):
+        return "basic" if value else "none"
+    if not isinstance(value, str) or value not in AUGMENT_CHOICES:
+        raise TransferlabError(f"--augment must be one of {', '.join(AUGMENT_CHOICES)}, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -212,9 +224,19 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
       choices=("val_loss", "val_auc", "val_balanced_accuracy"), report=True),
     S("balance", str, "weights", "class imbalance: weights (class-weighted loss), sampler (balanced batches), none",
       choices=("weights", "sampler", "none"), report=True),
-    S("augment", bool, True, "finetune: no training augmentation", report=True),
-    S("augment_strength", float, 1.0, "finetune: scale of the training augmentation's ranges (1: rotation 10 degrees, "
+    S("augment", str, "basic", "training augmentation (finetune, lpft; features with --feature-views): basic (small "
+                               "rotation, shift, zoom, brightness/contrast), xray (also what differs between X-ray "
+                               "machines: gamma, blur or sharpening, noise, JPEG quality, resolution, framing) or none",
+      choices=AUGMENT_CHOICES, parse=parse_augment, report=True),
+    S("augment_strength", float, 1.0, "scale of the training augmentation's ranges (basic at 1: rotation 10 degrees, "
                                       "shift 6%, zoom 10%, brightness/contrast 20%)", at_least=0, report=True),
+    S("feature_views", int, 1, "features (and lpft's probe): cached backbone passes per training image, the image "
+                               "itself and N-1 random views from --augment (1: the image only)", at_least=1,
+      report=True),
+    S("preprocess", str, "none", "intensity normalisation of every image at input, in training, evaluation, "
+                                 "prediction and Grad-CAM: none, equalize (histogram equalisation) or clahe "
+                                 "(contrast-limited adaptive equalisation); an export's sidecar names it",
+      choices=PREPROCESSING, report=True),
     S("label_smoothing", float, 0.0, "label smoothing of the training loss (validation loss is plain cross-entropy, "
                                      "comparable across recipes)", at_least=0, below=1, report=True),
     S("head_dropout", float, 0.0, "dropout on the new head's input while training", at_least=0, below=1, report=True),

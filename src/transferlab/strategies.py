@@ -20,7 +20,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.data import Dataset, TensorDataset
 
-from .data.transforms import ImageTensorDataset, normalize, pixel_tensor, xray_augment
+from .data.transforms import ImageTensorDataset, augmented_copy, normalize, pixel_tensor
 from .console import progress_bar
 from .distributed import gather_shards, is_global_zero, world_size
 from .gpu import to_device
@@ -30,7 +30,7 @@ from .models.heads import TransferModel
 class FineTune:
     name = "finetune"
     channels_last = True
-    augments = True     # training images are augmented (unless --no-augment)
+    augments = True     # training images are augmented (unless --augment none)
     cached = False      # inputs are images, not cached features
     probe = None        # the strategy of a phase before this one
 
@@ -43,17 +43,17 @@ class FineTune:
                 {"params": list(model.head.parameters()), "lr": lr}]
 
     def dataset(self, model: TransferModel, pixels: np.ndarray, labels: np.ndarray, *, mean, std,
-                augment: float, device: torch.device, progress: bool, cache_dir: Path | None) -> Dataset:
-        """augment: the augmentation's strength (xray_augment), 0 for none."""
-        size = pixels.shape[-1]
-        return ImageTensorDataset(pixels, labels, mean=mean, std=std,
-                                  augment=xray_augment(size, augment) if augment else None)
+                device: torch.device, progress: bool, cache_dir: Path | None, augment=None, views: int = 1,
+                seed: int = 0) -> Dataset:
+        """augment: a uint8 image -> uint8 image transform applied to every training image each time it is read
+        (data.transforms.make_augment), or None; views and seed: FixedFeatures'."""
+        return ImageTensorDataset(pixels, labels, mean=mean, std=std, augment=augment)
 
 
 class FixedFeatures:
     name = "features"
     channels_last = False   # the trained module is a Linear layer on feature vectors
-    augments = False        # each image's features are computed once
+    augments = False        # each image's features are computed once (augmented views: --feature-views)
     cached = True           # each epoch is one batch of cached features, split by Classifier itself
     probe = None
     cache_hits = 0          # splits whose features this instance read from the disk cache (no backbone pass timed)
@@ -66,10 +66,19 @@ class FixedFeatures:
         return [{"params": list(model.head.parameters()), "lr": lr}]
 
     def dataset(self, model: TransferModel, pixels: np.ndarray, labels: np.ndarray, *, mean, std,
-                augment: float, device: torch.device, progress: bool, cache_dir: Path | None) -> Dataset:
-        feats = self.features(model, pixels, mean=mean, std=std, device=device, progress=progress, cache_dir=cache_dir)
+                device: torch.device, progress: bool, cache_dir: Path | None, augment=None, views: int = 1,
+                seed: int = 0) -> Dataset:
+        """The backbone's features of every image; with `augment` and views > 1, also of views - 1 augmented
+        copies of every image (view v drawn from (seed, v), so its features are cached like any other pixels)."""
+        encode = dict(mean=mean, std=std, device=device, progress=progress, cache_dir=cache_dir)
+        feats = [self.features(model, pixels, **encode)]
+        if augment is not None:
+            for view in range(1, views):
+                copy = augmented_copy(pixels, augment, seed=seed * 1_000 + view)
+                feats.append(self.features(model, copy, **encode))
+        labels = torch.as_tensor(np.tile(np.asarray(labels), len(feats)), dtype=torch.long, device=device)
         # on a GPU the features stay there: the head trains and predicts without a host-to-device copy
-        return TensorDataset(feats.to(device), torch.as_tensor(labels, dtype=torch.long, device=device))
+        return TensorDataset(torch.cat(feats).to(device) if len(feats) > 1 else feats[0].to(device), labels)
 
     def features(self, model: TransferModel, pixels: np.ndarray, *, mean, std, device: torch.device,
                  progress: bool, cache_dir: Path | None, batch_size: int = 64) -> torch.Tensor:

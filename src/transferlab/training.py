@@ -29,6 +29,7 @@ from torch.utils.data import Subset
 from .config import TrainConfig
 from .data.discover import DatasetIndex, Sample, discover
 from .data.images import load_images, unreadable_error
+from .data.transforms import make_augment
 from .data.split import Splits, how_made, leakage_warning, make_splits, split_leakage
 from .distributed import barrier, every_rank, gather_shards, is_global_zero, launch, rank_zero_first
 from .engine import Classifier, FollowHistory, fit, load_best_weights
@@ -86,7 +87,8 @@ def prepare_data(cfg: TrainConfig, image_size: int) -> Prepared:
     for name, split_samples in samples.items():
         if not split_samples:
             continue
-        loaded = load_images([s.path for s in split_samples], image_size, cache_dir=cache_dir(cfg) / "images",
+        loaded = load_images([s.path for s in split_samples], image_size, preprocess=cfg.preprocess,
+                             cache_dir=cache_dir(cfg) / "images",
                              skip_bad=True, progress=cfg.progress)
         pixels[name] = loaded.pixels
         samples[name] = [split_samples[i] for i in loaded.kept]
@@ -308,11 +310,12 @@ def _stage(cfg: TrainConfig, model, strategy, data: Prepared, encode: dict, devi
     (cached features too), without the unfreezing schedule (BatchNorm statistics frozen or not, as in training)."""
     net = strategy.trainable(model)
     start = time.perf_counter()
-    inputs = {name: strategy.dataset(model, data.pixels[name], data.labels(name), augment=False, **encode)
-              for name in data.pixels}
-    train_set = (strategy.dataset(model, data.pixels["train"], data.labels("train"), augment=cfg.augment_strength,
-                                  **encode)
-                 if cfg.augment and cfg.augment_strength > 0 and strategy.augments else inputs["train"])
+    inputs = {name: strategy.dataset(model, data.pixels[name], data.labels(name), **encode) for name in data.pixels}
+    augment = make_augment(cfg.augment, data.pixels["train"].shape[-1], cfg.augment_strength)
+    views = 1 if strategy.augments else cfg.feature_views   # features: augmented views, each cached
+    train_set = (strategy.dataset(model, data.pixels["train"], data.labels("train"), augment=augment, views=views,
+                                  seed=cfg.seed, **encode)
+                 if augment is not None and (strategy.augments or views > 1) else inputs["train"])
     prepare_seconds = time.perf_counter() - start
     cached = strategy.cached and not finder   # cached features: each epoch is one batch, split by the step itself
     gradual = cfg.unfreeze == "gradual" and not strategy.cached
@@ -468,7 +471,8 @@ def _write_run_start(run: RunDir, cfg: TrainConfig, data: Prepared, spec, size: 
     write_json(run.config, {
         "settings": cfg.to_dict(),
         "model": {"name": spec.name, "weights": cfg.weights, "weights_name": spec.weights_name if cfg.weights != "none" else None,
-                  "image_size": size, "mean": list(spec.mean), "std": list(spec.std)},
+                  "image_size": size, "preprocess": cfg.preprocess, "mean": list(spec.mean),
+                  "std": list(spec.std)},
         "data": {"root": str(root), "fingerprint": data.index.fingerprint(), "classes": data.index.classes,
                  "positive_class": None if pos is None else data.index.classes[pos], "splits": data.splits.method,
                  "counts": {name: np.bincount([s.label for s in ss], minlength=len(data.index.classes)).tolist()

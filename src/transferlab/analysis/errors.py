@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.preprocess import of_run as preprocess_of
 from ..errors import TransferlabError
 from .runs import Run
 
@@ -77,7 +78,8 @@ def error_overlays(run: Run, files: list[str], predicted: list[str], root: str |
         return []
     model, config = load_model(run.path)
     root = Path(root or config["data"]["root"])
-    loaded = load_images([root / f for f in files], config["model"]["image_size"], progress=False)
+    loaded = load_images([root / f for f in files], config["model"]["image_size"], preprocess=preprocess_of(config),
+                         progress=False)
     classes = config["data"]["classes"]
     return gradcam_overlays(model, loaded.pixels, mean=config["model"]["mean"], std=config["model"]["std"],
                             targets=[classes.index(p) for p in predicted])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.preprocess import of_run as preprocess_of
 from ..config import TTA_HOW
 from ..errors import TransferlabError
 from ..evaluation import positive_index
@@ -237,7 +238,8 @@ def load_target(run: RunDir, config: dict, *, data=None, split=None, manifest=No
                      f"scored as an unlabelled set (predictions and shift only)")
     labels = np.array([-1 if unknown or s.label < 0 else lookup[index.classes[s.label].lower()] for s in samples],
                       dtype=np.int64)
-    loaded = load_images([s.path for s in samples], size, skip_bad=True, progress=progress)
+    loaded = load_images([s.path for s in samples], size, preprocess=preprocess_of(config), skip_bad=True,
+                         progress=progress)
     if loaded.bad and not skip_bad:
         raise unreadable_error(loaded.bad, len(samples))
     if loaded.bad:
@@ -327,7 +329,8 @@ def source_side(run: RunDir, config: dict, score) -> dict | None:
     files = [Path(r["file"]) if Path(r["file"]).is_absolute() else root / r["file"] for r in rows]
     if not rows or not all(f.exists() for f in files):
         return None
-    loaded = load_images(files, config["model"]["image_size"], skip_bad=True, progress=False)
+    loaded = load_images(files, config["model"]["image_size"], preprocess=preprocess_of(config), skip_bad=True,
+                         progress=False)
     y = np.array([classes.index(rows[i]["label"]) for i in loaded.kept])
     probs, feats = score(loaded.pixels)
     metrics = run.read_metrics()

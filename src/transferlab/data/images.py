@@ -24,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..console import progress_bar
 from ..errors import DataError, TransferlabError
+from .preprocess import preprocess as normalise_intensity
 
 MIN_SIDE, MAX_SIDE = 8, 12_000
 DICOM_EXTENSIONS = {".dcm", ".dicom"}
@@ -222,20 +223,23 @@ def _decode_dicom(data: bytes, path) -> tuple[np.ndarray, str]:
     return (255 - arr if photometric == "MONOCHROME1" else arr), fmt
 
 
-def load_images(paths: list[Path], size: int, *, cache_dir: Path | None = None, skip_bad: bool = False,
-                progress: bool = True, num_threads: int | None = None, processes: int | None = None) -> LoadedImages:
-    """Decode and resize (antialiased, no crop) every file to size x size, once.
+def load_images(paths: list[Path], size: int, *, preprocess: str = "none", cache_dir: Path | None = None,
+                skip_bad: bool = False, progress: bool = True, num_threads: int | None = None,
+                processes: int | None = None) -> LoadedImages:
+    """Decode and resize (antialiased, no crop) every file to size x size, then apply --preprocess
+    (data.preprocess), once.
 
     Results are found again by content: an in-process memory of recent calls, then
-    cache_dir/images-{size}-{digest}.npy (digest over the sha1 of each file's bytes and size). With a cache_dir
-    the pixels are that file, memory-mapped read-only, so a dataset larger than memory never has to fit in it;
+    cache_dir/images-{size}-{digest}.npy (digest over the sha1 of each file's bytes, size and preprocess). With a
+    cache_dir the pixels are that file, memory-mapped read-only, so a dataset larger than memory never has to fit in it;
     without one they are an ordinary array. Either way: do not modify them in place.
     Decoding runs in `processes` worker processes (default: one per CPU, up to 8, from PARALLEL_MIN images on;
     1: threads in this process); hashing in `num_threads` threads.
     """
     paths = [p if isinstance(p, Path) else Path(p) for p in paths]   # the caller's own objects, not copies
     hashed = _hash_files(paths, num_threads, progress)
-    digest = hashlib.sha256(f"v{CACHE_VERSION} {size}\n".encode() + "\n".join(hashed).encode()).hexdigest()
+    pipeline = f"v{CACHE_VERSION} {size}" + (f" {preprocess}" if preprocess != "none" else "")
+    digest = hashlib.sha256(f"{pipeline}\n".encode() + "\n".join(hashed).encode()).hexdigest()
     cache = Path(cache_dir) / f"images-{size}-{digest}" if cache_dir else None
     if digest in _RECENT:
         _RECENT.move_to_end(digest)
@@ -244,7 +248,7 @@ def load_images(paths: list[Path], size: int, *, cache_dir: Path | None = None, 
         result = _read_cache(cache, len(paths), size)
         if result is None:
             errors = [h.removeprefix(UNREADABLE) if h.startswith(UNREADABLE) else None for h in hashed]
-            result = _decode_to_cache(paths, errors, size, cache, processes, num_threads, progress)
+            result = _decode_to_cache(paths, errors, size, cache, processes, num_threads, progress, preprocess)
         _RECENT[digest] = result
         while len(_RECENT) > _RECENT_MAX:
             _RECENT.popitem(last=False)
@@ -334,7 +338,7 @@ def _process_context():
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
 
 
-def _decode_to_cache(paths, errors, size, cache: Path | None, processes, num_threads, progress):
+def _decode_to_cache(paths, errors, size, cache: Path | None, processes, num_threads, progress, preprocess):
     """(pixels, kept, [(index, reason)]): every file decoded into a new .npy file, renamed into place as
     `cache`.npy only when complete (so an interrupted run leaves no half cache); without a cache, into a
     temporary file read back into memory."""
@@ -346,7 +350,7 @@ def _decode_to_cache(paths, errors, size, cache: Path | None, processes, num_thr
         if cache is None:
             raise
         warnings.warn(f"could not write the image cache in {folder}: {exc}", stacklevel=3)
-        return _decode_to_cache(paths, errors, size, None, processes, num_threads, progress)
+        return _decode_to_cache(paths, errors, size, None, processes, num_threads, progress, preprocess)
     try:
         bad = []
         jobs = _decoded(paths, errors, size, processes, num_threads)
@@ -355,7 +359,7 @@ def _decode_to_cache(paths, errors, size, cache: Path | None, processes, num_thr
                 if reason:
                     bad.append((i, reason))
                 else:
-                    rows.append(arr)
+                    rows.append(normalise_intensity(arr, preprocess))
             rows.finish()
         except OSError as exc:   # full disk, quota, ...
             raise TransferlabError(f"cannot write decoded images to {folder}: {exc.strerror or exc}; free some "

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from ...analysis import Run
+from ...data.preprocess import describe as describe_preprocess
+from ...data.preprocess import of_run as preprocess_of
 from ...formatting import MISSING
 from ...settings import SETTINGS
 from ..blocks import NOT_APPLICABLE, Section, Table
@@ -12,12 +14,13 @@ SETTINGS_SHOWN = [s.name for s in SETTINGS.values() if s.report]
 def _setting(strategy: str, key: str, config: dict) -> str:
     """A training setting as the methods table shows it: what the strategy really did."""
     settings = config["settings"]
-    if strategy == "features" and key == "augment":
-        return "no (frozen features)"
+    views = settings.get("feature_views", 1)
+    if strategy == "features" and key in ("augment", "augment_strength") and views == 1:
+        return "no (frozen features)" if key == "augment" else NOT_APPLICABLE
     if strategy == "features" and key == "backbone_lr_factor":
         return f"{MISSING} (backbone frozen)"
     if (key in ("probe_epochs", "probe_lr") and strategy != "lpft") \
-            or (key in ("unfreeze", "augment_strength") and strategy == "features") \
+            or (key == "unfreeze" and strategy == "features") or (key == "feature_views" and strategy == "finetune") \
             or key not in settings:   # a run older than the setting
         return NOT_APPLICABLE
     value = settings[key]
@@ -42,10 +45,15 @@ def methods_section(a: dict, info: dict) -> Section:
            if run.positive else "Decisions: the most probable class (no threshold); the best epoch was chosen ")
         + "on validation only; the test split was only ever scored.")
     sizes = ", ".join(dict.fromkeys(f"{r.model} {r.config['model']['image_size']} px" for r in a["runs"]))
+    equalised = sorted({preprocess_of(r.config) for r in a["runs"]} - {"none"})
     s.p(f"Preprocessing: each image decoded once (grayscale kept as 1 channel and broadcast to the 3 input channels), "
-        f"resized without cropping to the model's input size ({sizes}), normalised with the weights' own mean and std. "
-        f"Fine-tuning augments training images (small rotation, translation, scale, brightness/contrast; no flips); "
-        f"frozen features are computed once per image from un-augmented images with the backbone in eval mode."
+        f"resized without cropping to the model's input size ({sizes}), "
+        + "".join(f"then, where --preprocess {name}: {describe_preprocess(name)}; " for name in equalised)
+        + "normalised with the weights' own mean and std. "
+        f"Fine-tuning augments training images as the augment setting says (basic: small rotation, translation, "
+        f"scale, brightness/contrast; xray: also gamma, blur or sharpening, noise, JPEG quality and resolution; no "
+        f"flips); frozen features are computed with the backbone in eval mode, once per image from un-augmented "
+        f"images, plus feature_views - 1 augmented views of each training image where that is above 1."
         + (" LP-FT (Kumar et al. 2022) first trains the head on those frozen features for probe_epochs (every epoch "
            "run, the best on validation kept), then fine-tunes the whole network from that head at its own, lower, "
            "learning rate; its best epoch is chosen among the fine-tuning epochs, on validation."
