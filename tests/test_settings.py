@@ -32,6 +32,8 @@ def no_work(monkeypatch):
     ("val_fraction", 1.5, "--val-fraction must be in (0, 1), not 1.5"),
     ("epochs", 0, "--epochs must be at least 1, not 0"),
     ("lr", "fast", "--lr must be a positive number or auto, not 'fast'"),
+    ("mixup", -0.5, "--mixup must be at least 0, not -0.5"),
+    ("weight_averaging", "foo", "--weight-averaging must be one of none, ema, swa, not 'foo'"),
 ])
 def test_a_bad_value_fails_before_any_work_with_one_message_from_everywhere(name, value, message, tmp_path, capsys,
                                                                             no_work):

@@ -52,6 +52,10 @@ class _TrainConfig:
             raise TransferlabError(f"--batchnorm train {trains_backbone}")
         if self.unfreeze == "gradual" and self.strategy == "features":
             raise TransferlabError(f"--unfreeze gradual {trains_backbone}")
+        for setting in SETTINGS.values():   # mixup, weight averaging: features trains the head on cached features
+            value = getattr(self, setting.name)
+            if setting.images_only and self.strategy == "features" and value != setting.default:
+                raise TransferlabError(f"{setting.flag} {value} needs a strategy that trains on images: finetune or lpft")
         if self.unfreeze == "gradual" and processes > 1:
             raise TransferlabError("--unfreeze gradual runs on one device (DDP would need unused parameters found "
                                    "every step)")

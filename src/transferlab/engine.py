@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins import TorchCheckpointIO
 from sklearn.metrics import roc_auc_score, balanced_accuracy_score
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from .console import show_bars
 from .distributed import once_each
@@ -58,13 +59,15 @@ class Classifier(L.LightningModule):
     def __init__(self, net: torch.nn.Module, param_groups: list[dict], *, class_weights: torch.Tensor | None,
                  epochs: int, weight_decay: float, seed: int, channels_last: bool = False,
                  minibatch: int | None = None, sample_weights: torch.Tensor | None = None,
-                 label_smoothing: float = 0.0, history: list[dict] = (), phase: str | None = None):
+                 label_smoothing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0,
+                 history: list[dict] = (), phase: str | None = None):
         super().__init__()
         self.net = net
         self.param_groups = param_groups
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.epochs, self.weight_decay, self.seed = epochs, weight_decay, seed
         self.label_smoothing = label_smoothing
+        self.mixup, self.cutmix = mixup, cutmix   # on image batches only (the automatic optimisation path)
         self.channels_last = channels_last
         self.minibatch = minibatch
         self._sample_weights = sample_weights   # per class
@@ -100,8 +103,12 @@ class Classifier(L.LightningModule):
         if self.minibatch is not None:
             return self._epoch_of_minibatches(*batch)
         x, y = batch
+        target = y
+        if self.mixup or self.cutmix:   # soft targets; accuracy counts the label that dominates each mixed image
+            x, target = mixed(x, y, mixup=self.mixup, cutmix=self.cutmix, num_classes=self.net.head.out_features)
+            y = target.argmax(1)
         logits = self(x)
-        loss = F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing)
         n = len(y)
         self._train_sums += (loss.item() * n, (logits.argmax(1) == y).sum().item(), n)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
@@ -177,6 +184,19 @@ class Classifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         self.history = list(checkpoint.get("history", []))
         self.trainer.should_stop = bool(checkpoint.get("should_stop", False))
+
+
+def mixed(x: torch.Tensor, y: torch.Tensor, *, mixup: float, cutmix: float,
+          num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch mixed by torchvision's MixUp or CutMix (alpha > 0: on; both on: one of them per batch, at
+    random, as the timm and torchvision references do): the images and their (batch, classes) probability targets.
+    Every draw comes from torch's global RNG, which each epoch reseeds: a resumed run mixes as an uninterrupted one.
+    (F.cross_entropy's mean over probability targets divides by the batch size, not the sum of the class weights:
+    inverse-frequency weights average 1 over the training images, so the loss keeps its scale.)"""
+    chosen = [kind(alpha=alpha, num_classes=num_classes)
+              for kind, alpha in ((v2.MixUp, mixup), (v2.CutMix, cutmix)) if alpha > 0]
+    mix = chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
+    return mix(x, y)
 
 
 def validation_scores(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None) -> dict:

@@ -16,6 +16,9 @@ dashes; a bool's is --NAME, or --no-NAME when it defaults to True. For example:
     Setting("head_dropout", float, 0.0, "dropout on the new head's input while training", at_least=0, below=1,
             report=True)
 
+images_only=True for a setting that only acts on training images (mixup): TrainConfig refuses it with strategy
+features, a study leaves it out of its features runs, and the report shows it as not applicable there.
+
 A rule between settings (features cannot train BatchNorm) goes into TrainConfig._check_together (config.py).
 
 Errors name settings by their flags (--val-fraction); called from Python (in_callers_words), the same message
@@ -90,6 +93,9 @@ class Setting:
     option: bool = True              # False: not an option of train/lr-find/study (data, out: each command its own)
     changes_results: bool = True     # False: a run made with another value is still the same run (resume, study)
     report: bool = False             # a row of the report's Methods table
+    images_only: bool = False        # acts only where the network trains on images (finetune, lpft's phase 2):
+                                     # refused with strategy features, left out of a study's features runs
+
 
     @property
     def flag(self) -> str:
@@ -239,6 +245,17 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
       choices=PREPROCESSING, report=True),
     S("label_smoothing", float, 0.0, "label smoothing of the training loss (validation loss is plain cross-entropy, "
                                      "comparable across recipes)", at_least=0, below=1, report=True),
+    S("weight_averaging", str, "none",
+      "finetune, lpft (phase 2): none; ema (an exponential moving average of the weights after every optimizer step); "
+      "or swa (the equal average of the weights after every step of the last quarter of --epochs, rounded up: the "
+      "last 3 of 10; before that, the weights themselves). Validation, early stopping, the best-epoch checkpoint and "
+      "the saved model use the averaged weights", choices=("none", "ema", "swa"), report=True, images_only=True),
+    S("mixup", float, 0.0, "finetune, lpft: mixup's Beta(alpha, alpha) on training batches: pairs of images and their "
+                           "labels blended (0: off; with --cutmix too, each batch gets one of the two at random)",
+      at_least=0, report=True, images_only=True),
+    S("cutmix", float, 0.0, "finetune, lpft: cutmix's Beta(alpha, alpha) on training batches: a box of one image "
+                            "pasted into another, labels mixed by area (0: off)",
+      at_least=0, report=True, images_only=True),
     S("head_dropout", float, 0.0, "dropout on the new head's input while training", at_least=0, below=1, report=True),
     S("image_size", int, None, "input resolution", at_least=1, none_means="the model's own, e.g. 224"),
     S("val_fraction", float, 0.15, "share of train/ carved out as a stratified, patient-disjoint validation split",

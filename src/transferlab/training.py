@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Subset
 
+from .averaging import weight_averaging
 from .config import TrainConfig
 from .data.discover import DatasetIndex, Sample, discover
 from .data.images import load_images, unreadable_error
@@ -327,6 +328,7 @@ def _stage(cfg: TrainConfig, model, strategy, data: Prepared, encode: dict, devi
         net, groups, class_weights=weights if cfg.balance == "weights" else None,
         epochs=epochs, weight_decay=cfg.weight_decay, seed=cfg.seed, channels_last=strategy.channels_last,
         label_smoothing=cfg.label_smoothing, minibatch=cfg.batch_size if cached else None,
+        **({} if strategy.cached else {"mixup": cfg.mixup, "cutmix": cfg.cutmix}),   # images only: not lpft's probe
         sample_weights=weights if cfg.balance == "sampler" else None, history=history, phase=phase)
     if strategy.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -336,6 +338,8 @@ def _stage(cfg: TrainConfig, model, strategy, data: Prepared, encode: dict, devi
     callbacks = [GradualUnfreezing(model, cfg.unfreeze_every)] if gradual and not finder else []
     if cfg.batchnorm == "frozen" and not strategy.cached:
         callbacks.append(FrozenBatchNorm(model))
+    if not finder and not strategy.cached:
+        callbacks += weight_averaging(cfg.weight_averaging, epochs)
     return Stage(net, inputs, module, loaders, callbacks, prepare_seconds,
                  features_from_cache=strategy.cached and strategy.cache_hits > 0)
 

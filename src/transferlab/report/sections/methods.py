@@ -20,13 +20,28 @@ def _setting(strategy: str, key: str, config: dict) -> str:
     if strategy == "features" and key == "backbone_lr_factor":
         return f"{MISSING} (backbone frozen)"
     if (key in ("probe_epochs", "probe_lr") and strategy != "lpft") \
-            or (key == "unfreeze" and strategy == "features") or (key == "feature_views" and strategy == "finetune") \
+            or ((key == "unfreeze" or SETTINGS[key].images_only) and strategy == "features") \
+            or (key == "feature_views" and strategy == "finetune") \
             or key not in settings:   # a run older than the setting
         return NOT_APPLICABLE
     value = settings[key]
     if key == "lr" and value == "auto" and config.get("lr_find"):
         return f"auto: {config['lr_find']['suggested_lr']:.3g} (LR finder)"
     return str(value)
+
+
+def _recipe_prose(runs: list[Run]) -> str:
+    """What mixup, cutmix and weight averaging do, where a run used them."""
+    used = [r.config["settings"] for r in runs]
+    text = ""
+    if any(s.get("mixup") or s.get("cutmix") for s in used):
+        text += (" With mixup or cutmix, each training batch's images are blended in pairs (mixup) or have a box "
+                 "pasted from another image (cutmix), their labels mixed in the same proportion.")
+    if any(s.get("weight_averaging", "none") != "none" for s in used):
+        text += (" With weight_averaging, validation, early stopping, the best epoch and the saved model use an "
+                 "average of the weights (ema: exponential moving average over optimizer steps; swa: equal average "
+                 "over the last quarter of the epochs).")
+    return text
 
 
 def methods_section(a: dict, info: dict) -> Section:
@@ -57,7 +72,7 @@ def methods_section(a: dict, info: dict) -> Section:
         + (" LP-FT (Kumar et al. 2022) first trains the head on those frozen features for probe_epochs (every epoch "
            "run, the best on validation kept), then fine-tunes the whole network from that head at its own, lower, "
            "learning rate; its best epoch is chosen among the fine-tuning epochs, on validation."
-           if any(st == "lpft" for _, st in a["groups"]) else ""))
+           if any(st == "lpft" for _, st in a["groups"]) else "") + _recipe_prose(a["runs"]))
     s.p(f"Seeds: {', '.join(map(str, c['seeds']))} (initialisation of the new head, data order, augmentation); "
         f"results are reported as mean ± sd over seeds.")
     groups = {f"{m} {st}": {**{k: _setting(st, k, runs[0].config) for k in SETTINGS_SHOWN},
