@@ -116,9 +116,24 @@ ACQUISITION = {
 }
 
 
-def test_split(run: RunDir) -> list[tuple[Path, str]]:
+# Families of shifts, declared once (benchmarks/recipes.py chooses on one family and reports on the others):
+# the intensity curve alone; image quality (blur, noise, compression, resolution, framing); and the combined
+# "new hospital" looks. Together they hold every shift above exactly once.
+FAMILIES = {
+    "intensity": ["gamma 0.6", "gamma 1.6", "contrast 0.6"],
+    "degradation": ["blur sigma 1.5", "blur sigma 3", "noise sd 15", "JPEG quality 10", "resolution 64 px",
+                    "crop 75%"],
+    "acquisition": list(ACQUISITION),
+}
+SHIFTS = {**COVARIATE, **ACQUISITION}
+_IN_FAMILIES = [name for names in FAMILIES.values() for name in names]
+assert sorted(_IN_FAMILIES) == sorted(SHIFTS), "FAMILIES must hold every shift of COVARIATE and ACQUISITION once"
+
+
+def test_split(run: RunDir, split: str = "test") -> list[tuple[Path, str]]:
+    """(image, label) of one of the run's splits (its splits.csv): "test" by default, or "val", "train"."""
     root = Path(run.read_config()["data"]["root"])
-    return [(root / r["file"], r["label"]) for r in read_csv(run.splits) if r["split"] == "test"]
+    return [(root / r["file"], r["label"]) for r in read_csv(run.splits) if r["split"] == split]
 
 
 def write_set(folder: Path, items: list[tuple[Path, str]], transform=None, seed: int = 0) -> Path:
