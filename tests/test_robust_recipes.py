@@ -118,3 +118,12 @@ def test_finetune_trains_on_xray_augmented_images(tmp_path, monkeypatch):
                 out=str(tmp_path / "run"))
     assert len(seen) == sum(run.read_config()["data"]["counts"]["train"])   # every training image, once an epoch
     assert run.read_config()["settings"]["augment"] == "xray"
+
+
+def test_init_takes_the_runs_preprocessing(clahe_run, tmp_path):
+    from transferlab.config import TrainConfig
+    from transferlab.errors import TransferlabError
+
+    assert TrainConfig(data="d", out="o", init=str(clahe_run.path)).preprocess == "clahe"
+    with pytest.raises(TransferlabError, match=r"was trained with preprocess='clahe', not preprocess='equalize': leave preprocess= out$"):
+        TrainConfig(data="d", out="o", init=str(clahe_run.path), preprocess="equalize")

@@ -13,7 +13,7 @@ from .settings import SETTINGS, STRATEGIES, in_callers_words, strategy_defaults 
 
 MODEL_BUDGET_S = 60.0   # `models --measure`: seconds of measuring per model (transferlab.catalog(model_budget_s))
 LR_FIND_RANGE = (1e-7, 1.0, 100)   # the LR finder's defaults: first and last learning rate, steps (lrfind.py)
-TTA_HOW = ("the mean probability over N views of each image: the image and N-1 random views from the training "
+TTA_HOW = ("the mean probability over N views of each image: the image and N-1 random views from the basic training "
            "augmentation (small affine, brightness/contrast; no flips)")
 TTA_HELP = (f"test-time augmentation: also score {TTA_HOW}, beside the plain result; a binary run's threshold for it "
             "is re-chosen on validation's N-view probabilities; 1 = none (default: 1)")
@@ -69,7 +69,7 @@ class _TrainConfig:
             raise TransferlabError("--resume continues what --out holds and --overwrite deletes it: choose one")
 
     def _take_model_from_init(self) -> None:
-        """--init RUN: the model and image size are the finished run's (its weights replace ImageNet's)."""
+        """--init RUN: the model, image size and preprocessing are the finished run's (its weights replace ImageNet's)."""
         run = Path(self.init).expanduser()
         if not (run / "model.safetensors").is_file() or not (run / "config.json").is_file():
             raise TransferlabError(f"--init {run}: not a finished run directory (no model.safetensors and config.json)")
@@ -78,6 +78,11 @@ class _TrainConfig:
             raise TransferlabError(f"--init {run} was trained at --image-size {model['image_size']}, not "
                                    f"{self.image_size}: leave --image-size out")
         self.model, self.image_size = model["name"], model["image_size"]
+        preprocess = model.get("preprocess", "none")
+        if self.preprocess not in ("none", preprocess):
+            raise TransferlabError(f"--init {run} was trained with --preprocess {preprocess}, not --preprocess "
+                                   f"{self.preprocess}: leave --preprocess out")
+        self.preprocess = preprocess   # its weights expect the images preprocessed as they were trained
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

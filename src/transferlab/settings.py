@@ -192,9 +192,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
       none_means="none: $TRANSFERLAB_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints or, for timm, the Hugging Face "
                  "cache", changes_results=False),
     S("init", str, None, "a finished run directory to continue from, e.g. on a few labelled images of a new hospital: "
-                         "its weights and head replace ImageNet's, its model and image size are used (features: the "
-                         "head re-fitted on the new data; finetune, lpft: a short fine-tune, set --epochs)",
-      none_means="none: the ImageNet weights of --weights"),   # TrainConfig takes the run's model and image size
+                         "its weights and head replace ImageNet's, its model, image size and preprocessing are used "
+                         "(features: the head re-fitted on the new data; finetune, lpft: a short fine-tune, set "
+                         "--epochs)",
+      none_means="none: the ImageNet weights of --weights"),   # TrainConfig takes the run's model, size, preprocess
     # Defaults that differ by strategy: the head alone on cached features trains in milliseconds per epoch, so it
     # can afford many epochs and a large learning rate; the whole network cannot. lpft's settings are those of its
     # phase 2, which starts from a trained head: a lower learning rate (Kumar et al. 2022).
