@@ -151,3 +151,12 @@ def test_one_list_of_settings_that_do_not_change_results():
     assert changed_settings(old, {**old, "epochs": 31, "balance": "none"}) == ["epochs 30 -> 31",
                                                                               "balance 'weights' -> 'none'"]
     assert changed_settings({k: v for k, v in old.items() if k != "head_dropout"}, {**old, "head_dropout": 0.5}) == []
+
+
+def test_runs_of_earlier_versions_compare_as_read_today():
+    from transferlab.settings import changed_settings
+
+    # augment was yes/no: a run that wrote true augmented as basic does, so it resumes and is kept by a study
+    assert changed_settings({"augment": True, "lr": 0.001}, {"augment": "basic", "lr": 1e-3}) == []
+    assert changed_settings({"augment": True}, {"augment": "xray"}) == ["augment True -> 'xray'"]
+    assert changed_settings({"augment": False}, {"augment": "none"}) == []

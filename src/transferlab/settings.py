@@ -322,9 +322,19 @@ def strategy_defaults() -> dict[str, dict]:
 
 def changed_settings(old: dict, new: dict) -> list[str]:
     """The settings that change results and differ between `old` and `new`, as "name old -> new"; settings
-    `old` does not have (newer than the run that wrote it) are not compared."""
+    `old` does not have (newer than the run that wrote it) are not compared, and its values are read as they would
+    be today (augment: true, written by earlier versions, is basic)."""
     return [f"{k} {old[k]!r} -> {v!r}" for k, v in new.items()
-            if k in old and old[k] != v and not (k in SETTINGS and not SETTINGS[k].changes_results)]
+            if k in old and _as_today(k, old[k]) != v and not (k in SETTINGS and not SETTINGS[k].changes_results)]
+
+
+def _as_today(name: str, value):
+    if name not in SETTINGS:
+        return value
+    try:
+        return SETTINGS[name].check(value)
+    except TransferlabError:   # a value no longer allowed: it differs from any allowed one
+        return value
 
 
 def default_text(setting: Setting) -> str:
