@@ -99,9 +99,15 @@ def test_feature_views_train_the_head_on_augmented_cached_features(tmp_path, mon
     # the same views again: from the feature cache, the same result
     again = train(**SMALL, augment="xray", feature_views=3, cache_dir=str(cache), out=str(tmp_path / "again"))
     assert passes == [] and again.weights.read_bytes() == views.weights.read_bytes()
-    # without augmentation there is nothing to view: the plain run
-    none = train(**SMALL, augment="none", feature_views=3, cache_dir=str(cache), out=str(tmp_path / "none"))
-    assert none.weights.read_bytes() == plain.weights.read_bytes()
+    # views need an augmentation to draw them, and a strategy with cached features
+    from transferlab.errors import TransferlabError
+
+    with pytest.raises(TransferlabError, match=r"^feature_views=3 needs views to draw: an augment= other than none"):
+        train(**SMALL, augment="none", feature_views=3, out=str(tmp_path / "none"))
+    with pytest.raises(TransferlabError, match=r"^feature_views=3 needs a strategy that trains a head on cached "
+                                               r"features: features or lpft$"):
+        train(**{**SMALL, "strategy": "finetune"}, feature_views=3, out=str(tmp_path / "finetune"))
+    assert not (tmp_path / "none").exists() and not (tmp_path / "finetune").exists()
 
 
 def test_finetune_trains_on_xray_augmented_images(tmp_path, monkeypatch):

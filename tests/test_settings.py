@@ -150,7 +150,10 @@ def test_one_list_of_settings_that_do_not_change_results():
     assert changed_settings(old, same) == []
     assert changed_settings(old, {**old, "epochs": 31, "balance": "none"}) == ["epochs 30 -> 31",
                                                                               "balance 'weights' -> 'none'"]
-    assert changed_settings({k: v for k, v in old.items() if k != "head_dropout"}, {**old, "head_dropout": 0.5}) == []
+    # a setting the run did not record (newer than it) ran as its default
+    older = {k: v for k, v in old.items() if k != "head_dropout"}
+    assert changed_settings(older, old) == []
+    assert changed_settings(older, {**old, "head_dropout": 0.5}) == ["head_dropout 0.0 -> 0.5"]
 
 
 def test_runs_of_earlier_versions_compare_as_read_today():
@@ -160,3 +163,6 @@ def test_runs_of_earlier_versions_compare_as_read_today():
     assert changed_settings({"augment": True, "lr": 0.001}, {"augment": "basic", "lr": 1e-3}) == []
     assert changed_settings({"augment": True}, {"augment": "xray"}) == ["augment True -> 'xray'"]
     assert changed_settings({"augment": False}, {"augment": "none"}) == []
+    # a setting newer than the run: it ran as the default, so only another value is a change
+    assert changed_settings({"strategy": "finetune"}, {"strategy": "finetune", "preprocess": "none", "mixup": 0.0}) == []
+    assert changed_settings({}, {"strategy": "features", "preprocess": "clahe"}) == ["preprocess 'none' -> 'clahe'"]

@@ -29,10 +29,18 @@ class Averaging(WeightAveraging):
     restarts at every step, so it is the weights themselves (validated as they are)."""
 
     def __init__(self, kind: str, epochs: int):
-        super().__init__(multi_avg_fn=_floats_only(get_ema_multi_avg_fn(EMA_DECAY) if kind == "ema"
-                                                   else get_swa_multi_avg_fn()))
+        averages = {"ema": get_ema_multi_avg_fn(EMA_DECAY), "swa": get_swa_multi_avg_fn()}
+        if kind not in averages:
+            raise ValueError(f"unknown weight averaging {kind!r}; known: {', '.join(averages)}")
+        super().__init__(multi_avg_fn=_floats_only(averages[kind]))
         self.kind = kind
         self.first_epoch = 0 if kind == "ema" else int(epochs * SWA_FROM)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # The average lives where training runs. Lightning's default, pl_module.device, is still the CPU here (the
+        # strategy moves the module after the callbacks' setup), which would copy every weight to the host each step.
+        self._device = self._device or trainer.strategy.root_device
+        super().setup(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.current_epoch < self.first_epoch and self._average_model is not None:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import yaml
 
+from .data.preprocess import of_run as preprocess_of
 from .errors import TransferlabError
-from .settings import SETTINGS, STRATEGIES, in_callers_words, strategy_defaults  # noqa: F401  (STRATEGIES too)
+from .settings import SETTINGS, STRATEGIES, STRATEGY_GROUPS, in_callers_words, strategy_defaults  # noqa: F401
 
 MODEL_BUDGET_S = 60.0   # `models --measure`: seconds of measuring per model (transferlab.catalog(model_budget_s))
 LR_FIND_RANGE = (1e-7, 1.0, 100)   # the LR finder's defaults: first and last learning rate, steps (lrfind.py)
@@ -52,10 +53,14 @@ class _TrainConfig:
             raise TransferlabError(f"--batchnorm train {trains_backbone}")
         if self.unfreeze == "gradual" and self.strategy == "features":
             raise TransferlabError(f"--unfreeze gradual {trains_backbone}")
-        for setting in SETTINGS.values():   # mixup, weight averaging: features trains the head on cached features
+        for setting in SETTINGS.values():   # mixup: only on images; --feature-views: only on cached features
             value = getattr(self, setting.name)
-            if setting.images_only and self.strategy == "features" and value != setting.default:
-                raise TransferlabError(f"{setting.flag} {value} needs a strategy that trains on images: finetune or lpft")
+            if self.strategy not in setting.strategies and value != setting.default:
+                raise TransferlabError(f"{setting.flag} {value} needs a strategy that "
+                                       f"{STRATEGY_GROUPS[setting.strategies]}: {' or '.join(setting.strategies)}")
+        if self.feature_views > 1 and (self.augment == "none" or self.augment_strength == 0):
+            raise TransferlabError(f"--feature-views {self.feature_views} needs views to draw: an --augment other than "
+                                   f"none, with --augment-strength above 0")
         if self.unfreeze == "gradual" and processes > 1:
             raise TransferlabError("--unfreeze gradual runs on one device (DDP would need unused parameters found "
                                    "every step)")
@@ -73,12 +78,13 @@ class _TrainConfig:
         run = Path(self.init).expanduser()
         if not (run / "model.safetensors").is_file() or not (run / "config.json").is_file():
             raise TransferlabError(f"--init {run}: not a finished run directory (no model.safetensors and config.json)")
-        model = json.loads((run / "config.json").read_text())["model"]
+        config = json.loads((run / "config.json").read_text())
+        model = config["model"]
         if self.image_size not in (None, model["image_size"]):
             raise TransferlabError(f"--init {run} was trained at --image-size {model['image_size']}, not "
                                    f"{self.image_size}: leave --image-size out")
         self.model, self.image_size = model["name"], model["image_size"]
-        preprocess = model.get("preprocess", "none")
+        preprocess = preprocess_of(config)
         if self.preprocess not in ("none", preprocess):
             raise TransferlabError(f"--init {run} was trained with --preprocess {preprocess}, not --preprocess "
                                    f"{self.preprocess}: leave --preprocess out")

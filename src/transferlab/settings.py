@@ -16,8 +16,9 @@ dashes; a bool's is --NAME, or --no-NAME when it defaults to True. For example:
     Setting("head_dropout", float, 0.0, "dropout on the new head's input while training", at_least=0, below=1,
             report=True)
 
-images_only=True for a setting that only acts on training images (mixup): TrainConfig refuses it with strategy
-features, a study leaves it out of its features runs, and the report shows it as not applicable there.
+strategies=TRAINS_ON_IMAGES for a setting that only acts where the network trains on images (mixup), =ON_FEATURES
+where a head trains on cached features (--feature-views): TrainConfig refuses another value than the default with
+the other strategy, a study leaves it out of that strategy's runs, and the report shows it as not applicable there.
 
 A rule between settings (features cannot train BatchNorm) goes into TrainConfig._check_together (config.py).
 
@@ -43,6 +44,10 @@ from .errors import TransferlabError
 from .loggers import DEFAULT_EXPERIMENT, LOGGERS, parse_loggers
 
 STRATEGIES = ("finetune", "features", "lpft")
+TRAINS_ON_IMAGES = ("finetune", "lpft")   # lpft: its phase 2
+ON_FEATURES = ("features", "lpft")        # lpft: its probe (phase 1)
+STRATEGY_GROUPS = {TRAINS_ON_IMAGES: "trains on images", ON_FEATURES: "trains a head on cached features",
+                   STRATEGIES: "any"}
 AUGMENT_CHOICES = (*AUGMENTATIONS, "none")
 
 
@@ -93,8 +98,7 @@ class Setting:
     option: bool = True              # False: not an option of train/lr-find/study (data, out: each command its own)
     changes_results: bool = True     # False: a run made with another value is still the same run (resume, study)
     report: bool = False             # a row of the report's Methods table
-    images_only: bool = False        # acts only where the network trains on images (finetune, lpft's phase 2):
-                                     # refused with strategy features, left out of a study's features runs
+    strategies: tuple = STRATEGIES   # the strategies it acts on (STRATEGY_GROUPS); another refuses it
 
 
     @property
@@ -239,7 +243,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
                                       "shift 6%, zoom 10%, brightness/contrast 20%)", at_least=0, report=True),
     S("feature_views", int, 1, "features (and lpft's probe): cached backbone passes per training image, the image "
                                "itself and N-1 random views from --augment (1: the image only)", at_least=1,
-      report=True),
+      report=True, strategies=ON_FEATURES),
     S("preprocess", str, "none", "intensity normalisation of every image at input, in training, evaluation, "
                                  "prediction and Grad-CAM: none, equalize (histogram equalisation) or clahe "
                                  "(contrast-limited adaptive equalisation); an export's sidecar names it",
@@ -250,13 +254,13 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
       "finetune, lpft (phase 2): none; ema (an exponential moving average of the weights after every optimizer step); "
       "or swa (the equal average of the weights after every step of the last quarter of --epochs, rounded up: the "
       "last 3 of 10; before that, the weights themselves). Validation, early stopping, the best-epoch checkpoint and "
-      "the saved model use the averaged weights", choices=("none", "ema", "swa"), report=True, images_only=True),
+      "the saved model use the averaged weights", choices=("none", "ema", "swa"), report=True, strategies=TRAINS_ON_IMAGES),
     S("mixup", float, 0.0, "finetune, lpft: mixup's Beta(alpha, alpha) on training batches: pairs of images and their "
                            "labels blended (0: off; with --cutmix too, each batch gets one of the two at random)",
-      at_least=0, report=True, images_only=True),
+      at_least=0, report=True, strategies=TRAINS_ON_IMAGES),
     S("cutmix", float, 0.0, "finetune, lpft: cutmix's Beta(alpha, alpha) on training batches: a box of one image "
                             "pasted into another, labels mixed by area (0: off)",
-      at_least=0, report=True, images_only=True),
+      at_least=0, report=True, strategies=TRAINS_ON_IMAGES),
     S("head_dropout", float, 0.0, "dropout on the new head's input while training", at_least=0, below=1, report=True),
     S("image_size", int, None, "input resolution", at_least=1, none_means="the model's own, e.g. 224"),
     S("val_fraction", float, 0.15, "share of train/ carved out as a stratified, patient-disjoint validation split",
@@ -321,14 +325,27 @@ def strategy_defaults() -> dict[str, dict]:
 
 
 def changed_settings(old: dict, new: dict) -> list[str]:
-    """The settings that change results and differ between `old` and `new`, as "name old -> new"; settings
-    `old` does not have (newer than the run that wrote it) are not compared, and its values are read as they would
-    be today (augment: true, written by earlier versions, is basic)."""
-    return [f"{k} {old[k]!r} -> {v!r}" for k, v in new.items()
-            if k in old and _as_today(k, old[k]) != v and not (k in SETTINGS and not SETTINGS[k].changes_results)]
+    """The settings that change results and differ between `old` (a run's config.json) and `new`, as
+    "name old -> new". Values of earlier versions are read as today's settings read them (augment true is basic);
+    a setting newer than the run is compared as its default, which is how that run behaved."""
+    changed = []
+    for name, value in new.items():
+        setting = SETTINGS.get(name)
+        if setting is not None and not setting.changes_results:
+            continue
+        if name in old:
+            before = as_today(name, old[name])
+        elif setting is not None:
+            before = setting.default[new["strategy"]] if isinstance(setting.default, PerStrategy) else setting.default
+        else:
+            continue
+        if before != value:
+            changed.append(f"{name} {old.get(name, before)!r} -> {value!r}")
+    return changed
 
 
-def _as_today(name: str, value):
+def as_today(name: str, value):
+    """`value` of setting `name`, written by an earlier version, as today's check reads it (unchanged if it fails)."""
     if name not in SETTINGS:
         return value
     try:

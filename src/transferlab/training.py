@@ -320,7 +320,7 @@ def _stage(cfg: TrainConfig, model, strategy, data: Prepared, encode: dict, devi
     prepare_seconds = time.perf_counter() - start
     cached = strategy.cached and not finder   # cached features: each epoch is one batch, split by the step itself
     gradual = cfg.unfreeze == "gradual" and not strategy.cached
-    train_labels = data.labels("train")
+    train_labels = np.tile(data.labels("train"), len(train_set) // len(data.labels("train")))   # one per view
     weights = class_weights_for(train_labels, len(data.index.classes))
     groups = (block_param_groups(model, lr, cfg.backbone_lr_factor, cfg.block_lr_decay) if gradual
               else strategy.param_groups(model, lr, cfg.backbone_lr_factor))

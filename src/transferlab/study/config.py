@@ -140,8 +140,8 @@ def read_study_file(path: str | Path) -> StudyConfig:
 def train_config(config: StudyConfig, model: str, strategy: str, seed: int) -> TrainConfig:
     # one experiment name for the loggers of every run: the study folder's
     settings = {"experiment": Path(config.out).resolve().name, **config.train, **config.model_overrides.get(model, {})}
-    if strategy == "features":   # what only acts on training images (mixup) is for the study's other strategies
-        settings = {k: v for k, v in settings.items() if not (k in SETTINGS and SETTINGS[k].images_only)}
+    # what acts only on some strategies (mixup: images; --feature-views: cached features) is for those runs
+    settings = {k: v for k, v in settings.items() if not (k in SETTINGS and strategy not in SETTINGS[k].strategies)}
     return TrainConfig(**settings, data=str(config.data), model=model, strategy=strategy, seed=seed,
                        split_seed=config.split_seed, resume=True,
                        out=str(Path(config.out) / "runs" / run_name(model, strategy, seed)))

@@ -5,7 +5,7 @@ from ...analysis import Run
 from ...data.preprocess import describe as describe_preprocess
 from ...data.preprocess import of_run as preprocess_of
 from ...formatting import MISSING
-from ...settings import SETTINGS
+from ...settings import SETTINGS, as_today
 from ..blocks import NOT_APPLICABLE, Section, Table
 
 SETTINGS_SHOWN = [s.name for s in SETTINGS.values() if s.report]
@@ -20,11 +20,10 @@ def _setting(strategy: str, key: str, config: dict) -> str:
     if strategy == "features" and key == "backbone_lr_factor":
         return f"{MISSING} (backbone frozen)"
     if (key in ("probe_epochs", "probe_lr") and strategy != "lpft") \
-            or ((key == "unfreeze" or SETTINGS[key].images_only) and strategy == "features") \
-            or (key == "feature_views" and strategy == "finetune") \
+            or (key == "unfreeze" and strategy == "features") or strategy not in SETTINGS[key].strategies \
             or key not in settings:   # a run older than the setting
         return NOT_APPLICABLE
-    value = settings[key]
+    value = as_today(key, settings[key])   # augment true/false of earlier runs: basic/none
     if key == "lr" and value == "auto" and config.get("lr_find"):
         return f"auto: {config['lr_find']['suggested_lr']:.3g} (LR finder)"
     return str(value)
