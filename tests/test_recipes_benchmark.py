@@ -22,7 +22,8 @@ def load(name: str):
 
 
 recipes = load("recipes")
-FAMILIES = recipes.FAMILIES
+selection = load("recipe_shifts")
+FAMILIES = selection.FAMILIES
 NOISE = [0.004, -0.003, 0.001]   # seed-to-seed noise shared by every variant of a seed (paired comparisons)
 
 
@@ -36,7 +37,7 @@ def run_row(variant: str, seed: int, *, family_gain: dict | None = None, val_auc
     for source in ("val", "test"):
         shifts[source] = {s: {"roc_auc": 0.80 + gain.get(f, 0) + n, "accuracy": 0.75 + gain.get(f, 0) + n}
                           for f, names in FAMILIES.items() for s in names}
-    shifts["test"][recipes.CLEAN] = {"roc_auc": 0.90 + n, "accuracy": 0.85 + n}
+    shifts["test"][selection.CLEAN] = {"roc_auc": 0.90 + n, "accuracy": 0.85 + n}
     return {"variant": variant, "seed": seed, "val_loss": 0.30, "val_roc_auc": val_auc + n, "val_accuracy": 0.85,
             "test_roc_auc": 0.90 + n, "test_accuracy": test_acc + n, "shifts": shifts}
 
@@ -50,8 +51,8 @@ def rows_of(**variants) -> list[dict]:
 
 
 def decide(rows):
-    folds = [recipes.fold(rows, family) for family in FAMILIES]
-    return folds, recipes.recommend(folds)
+    folds = [selection.fold(rows, family) for family in FAMILIES]
+    return folds, selection.recommend(folds)
 
 
 def test_the_families_partition_the_shifts_exactly():
@@ -71,7 +72,7 @@ def test_a_variant_that_wins_only_on_intensity_is_not_recommended():
     assert by["intensity"]["held_auc_vs_default"][3] < 0 and not by["intensity"]["helps"]   # ... loses elsewhere
     assert by["degradation"]["chosen"] == by["acquisition"]["chosen"] == "default"
     assert recommended == "default"
-    assert "no gain on the families held out from intensity" in recipes.why_not([by["intensity"]])
+    assert "no gain on the families held out from intensity" in selection.why_not([by["intensity"]])
 
 
 def test_a_variant_that_wins_everywhere_and_keeps_clean_accuracy_is_recommended():
@@ -85,13 +86,13 @@ def test_a_variant_that_wins_everywhere_and_keeps_clean_accuracy_is_recommended(
 def test_each_chosen_variant_is_judged_on_its_own_folds():
     rows = rows_of(intensity_trick={"family_gain": {"intensity": 0.05, "degradation": -0.02, "acquisition": -0.02}},
                    robust={"family_gain": {f: 0.03 for f in FAMILIES}})
-    folds = [recipes.fold(rows, family) for family in FAMILIES]
+    folds = [selection.fold(rows, family) for family in FAMILIES]
     assert [f["chosen"] for f in folds] == ["intensity trick", "robust", "robust"]
-    assert recipes.why_not([f for f in folds if f["chosen"] == "robust"]) == ""
-    assert recipes.why_not([f for f in folds if f["chosen"] == "intensity trick"]) != ""
-    assert recipes.recommend([f for f in folds if f["chosen"] != "intensity trick"]) == "robust"
+    assert selection.why_not([f for f in folds if f["chosen"] == "robust"]) == ""
+    assert selection.why_not([f for f in folds if f["chosen"] == "intensity trick"]) != ""
+    assert selection.recommend([f for f in folds if f["chosen"] != "intensity trick"]) == "robust"
     # both chosen; the rule judges each variant on its own folds: robust qualifies, the trick does not
-    assert recipes.recommend(folds) == "robust"
+    assert selection.recommend(folds) == "robust"
 
 
 def test_a_variant_that_wins_on_shifts_but_loses_clean_test_accuracy_is_not_recommended():
@@ -100,7 +101,7 @@ def test_a_variant_that_wins_on_shifts_but_loses_clean_test_accuracy_is_not_reco
     assert all(f["chosen"] == "robust but worse" and f["helps"] for f in folds)
     assert all(f["clean_acc_vs_default"][3] < 0 for f in folds)
     assert recommended == "default"
-    assert recipes.why_not(folds) == "lower clean test accuracy beyond its CI"
+    assert selection.why_not(folds) == "lower clean test accuracy beyond its CI"
 
 
 def test_a_variant_below_the_default_on_clean_validation_is_never_chosen():
@@ -113,15 +114,15 @@ def test_one_seed_is_not_enough_to_change_a_default():
     rows = [r for r in rows_of(robust={"family_gain": {f: 0.03 for f in FAMILIES}}) if r["seed"] == 1]   # seed 1: no jitter
     folds, recommended = decide(rows)
     assert [f["chosen"] for f in folds] == ["robust"] * 3 and recommended == "default"
-    assert recipes.why_not(folds) == f"fewer than {recipes.MIN_SEEDS} seeds"   # (1 seed: its CIs are points)
-    assert recipes.recommend(folds, min_seeds=1) == "robust"
+    assert selection.why_not(folds) == f"fewer than {selection.MIN_SEEDS} seeds"   # (1 seed: its CIs are points)
+    assert selection.recommend(folds, min_seeds=1) == "robust"
 
 
 def test_the_shift_subset_is_stratified_fixed_and_capped():
     items = [(Path(f"n{i}.jpeg"), "NORMAL") for i in range(30)] + [(Path(f"p{i}.jpeg"), "PNEUMONIA") for i in range(70)]
-    sub = recipes.stratified_subset(items, 20)
+    sub = selection.stratified_subset(items, 20)
     assert len(sub) == 20 and sum(lbl == "NORMAL" for _, lbl in sub) == 6
-    assert sub == recipes.stratified_subset(items, 20) and recipes.stratified_subset(items, 500) == items
+    assert sub == selection.stratified_subset(items, 20) and selection.stratified_subset(items, 500) == items
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -147,15 +148,15 @@ def test_recipes_shifts_end_to_end(xray_dir, tmp_path, capsys):
     doc = json.loads((out / "recipes-features-shifts.json").read_text())
     assert [(r["variant"], r["seed"]) for r in doc["runs"]] == [("default", 0), ("lr 1e-2", 0)]
     for r in doc["runs"]:
-        assert set(r["shifts"]["val"]) == set(recipes.SHIFTS)
-        assert set(r["shifts"]["test"]) == set(recipes.SHIFTS) | {recipes.CLEAN}
+        assert set(r["shifts"]["val"]) == set(selection.SHIFTS)
+        assert set(r["shifts"]["test"]) == set(selection.SHIFTS) | {selection.CLEAN}
     # no test image takes part in a choice: the validation copies are made of validation images only
     splits = read_csv(out / "features" / "default" / "seed0" / "splits.csv")
     stems = {split: {Path(r["file"]).stem for r in splits if r["split"] == split} for split in ("val", "test")}
     sets = out / "features" / "shift-sets"
     for source in ("val", "test"):
         folders = [f for f in (sets / f"{source}-6").iterdir() if f.is_dir()]
-        assert len(folders) == len(recipes.SHIFTS) + (source == "test")
+        assert len(folders) == len(selection.SHIFTS) + (source == "test")
         for folder in folders:
             files = [f for f in folder.rglob("*") if f.is_file()]
             assert len(files) == 6 and all(f.name[6:-4] in stems[source] for f in files), folder
@@ -163,7 +164,7 @@ def test_recipes_shifts_end_to_end(xray_dir, tmp_path, capsys):
     assert len({tuple(sorted(f.name for f in folder.rglob("*.png"))) for folder in (sets / "val-6").iterdir()}) == 1
     # an interrupted benchmark continues: every eval-NAME.json is reused
     evals = sorted((out / "features").glob("*/seed0/eval-shift-*.json"))
-    assert len(evals) == 2 * (2 * len(recipes.SHIFTS) + 1)
+    assert len(evals) == 2 * (2 * len(selection.SHIFTS) + 1)
     before = [f.stat().st_mtime_ns for f in evals]
     assert recipes.main(argv) == 0
     assert [f.stat().st_mtime_ns for f in evals] == before
