@@ -189,7 +189,7 @@ def fold(rows: list[dict], family: str, families: dict[str, list[str]] = FAMILIE
             "worst_acc": worst_shift(mine, shifts), "default_worst_acc": worst_shift(default, shifts),
             "clean_test_acc": mean_ci([r["test_accuracy"] for r in mine.values()]),
             "clean_acc_vs_default": None if chosen == "default" else paired(mine, default, lambda r: r["test_accuracy"]),
-            "helps": diff is not None and diff[2] > 0}
+            "helps": bool(diff is not None and diff[2] > 0)}
 
 
 def why_not(folds: list[dict], min_seeds: int = MIN_SEEDS) -> str:

@@ -53,6 +53,7 @@ from recipe_shifts import AUC_TIE, SHIFT_IMAGES, mean_ci, slug, under_shifts  # 
 
 import transferlab as tl  # noqa: E402
 from transferlab.config import STRATEGY_DEFAULTS  # noqa: E402
+from transferlab.settings import changed_settings  # noqa: E402
 
 # One setting changed from the default at a time: (name, settings). Learning rates bracket the default.
 VARIANTS = {
@@ -63,7 +64,7 @@ VARIANTS = {
         ("label smoothing 0.1", {"label_smoothing": 0.1}),
         ("head dropout 0.3", {"head_dropout": 0.3}),
         ("image size 288", {"image_size": 288}),
-        ("xray 4 views", {"augment": "xray", "feature_views": 4}),
+        ("feature views 1", {"feature_views": 1}),   # the default until 2026-12-05: no augmented views
         ("preprocess equalize", {"preprocess": "equalize"}), ("preprocess clahe", {"preprocess": "clahe"}),
         ("efficientnet_lite1", {"model": "efficientnet_lite1"}), ("efficientnet_lite2", {"model": "efficientnet_lite2"}),
     ],
@@ -124,9 +125,10 @@ def run_variant(args, name: str, settings: dict, seed: int) -> dict:
     options = variant_options(args, settings, seed, out)
     run = tl.train(**options)   # a finished run is reused as it is: check it is this recipe
     saved, wanted = run.read_config()["settings"], tl.TrainConfig(**options).to_dict()
-    # features: the backbone's BatchNorm is frozen whatever `batchnorm` says (older runs recorded "train")
-    ignored = {"out", "resume", "progress", "threads"} | ({"batchnorm"} if args.strategy == "features" else set())
-    differ = [k for k in wanted if k in saved and k not in ignored and saved[k] != wanted[k]]
+    # as --resume and a study compare runs (settings newer than the run: what it ran with); features: the
+    # backbone's BatchNorm is frozen whatever `batchnorm` says (older runs recorded "train")
+    differ = [c for c in changed_settings(saved, wanted)
+              if not (args.strategy == "features" and c.startswith("batchnorm "))]
     if differ:
         sys.exit(f"error: {out} holds a run with other settings ({', '.join(differ)}); delete it or use another --out")
     metrics = run.read_metrics()

@@ -81,6 +81,7 @@ def test_a_variant_that_wins_everywhere_and_keeps_clean_accuracy_is_recommended(
     assert [f["chosen"] for f in folds] == ["robust"] * 3 and all(f["helps"] for f in folds)
     assert recommended == "robust"
     assert all(f["worst_acc"][1][0] > f["default_worst_acc"][1][0] for f in folds)
+    json.dumps(folds)   # written to recipes-STRATEGY-shifts.json as they are (no numpy scalars)
 
 
 def test_each_chosen_variant_is_judged_on_its_own_folds():

@@ -88,16 +88,17 @@ def test_feature_views_train_the_head_on_augmented_cached_features(tmp_path, mon
 
     monkeypatch.setattr(strategies, "feature_batches", counted)
     cache = tmp_path / "cache"
-    plain = train(**SMALL, cache_dir=str(cache), out=str(tmp_path / "plain"))
+    plain = train(**SMALL, feature_views=1, cache_dir=str(cache), out=str(tmp_path / "plain"))
     n_train = sum(plain.read_config()["data"]["counts"]["train"])
     assert len(passes) == 3   # train, validation, test
     passes.clear()
-    views = train(**SMALL, augment="xray", feature_views=3, cache_dir=str(cache), out=str(tmp_path / "views"))
+    views = train(**SMALL, feature_views=3, cache_dir=str(cache), out=str(tmp_path / "views"))   # augment xray
+    assert views.read_config()["settings"]["augment"] == "xray"
     assert passes == [n_train, n_train]   # two augmented views of the training images; the rest from the cache
     assert read_csv(views.history) != read_csv(plain.history)
     passes.clear()
     # the same views again: from the feature cache, the same result
-    again = train(**SMALL, augment="xray", feature_views=3, cache_dir=str(cache), out=str(tmp_path / "again"))
+    again = train(**SMALL, feature_views=3, cache_dir=str(cache), out=str(tmp_path / "again"))
     assert passes == [] and again.weights.read_bytes() == views.weights.read_bytes()
     # views need an augmentation to draw them, and a strategy with cached features
     from transferlab.errors import TransferlabError

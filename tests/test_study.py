@@ -25,6 +25,7 @@ from transferlab.analysis.runs import Run
 from transferlab.cli.study import add_study_arguments, run_study_command
 from transferlab.ensembles import rank_runs
 from transferlab.errors import TransferlabError
+from transferlab.formatting import MISSING
 from transferlab.rundir import RunDir, read_csv
 from transferlab.study.config import StudyConfig, read_study_file
 from transferlab.study.run import run_study
@@ -208,13 +209,15 @@ def test_report_is_self_contained(study):
     assert "| model | seeds | test ROC-AUC | test accuracy | threshold (val) | best epoch / run |" in md
     # section A: the image size the runs used (the weights' own in brackets)
     assert "| model | image px (weights' own) | ImageNet acc@1 % |" in md and "| efficientnet_lite0 | 64 (224) |" in md
-    # methods: what each strategy did; features never augments
+    # methods: what each strategy did; features augments through its cached views
     methods = md[md.index("## Methods"):]
     header = next(line for line in methods.splitlines() if line.startswith("| run group |"))
     column = [c.strip() for c in header.split("|")].index("augment")
     rows = [[c.strip() for c in line.split("|")] for line in methods.splitlines()
             if line.startswith("| efficientnet_lite0 ") or line.startswith("| mobilenet_v3_small ")]
-    assert {r[1].split()[-1]: r[column] for r in rows} == {"finetune": "basic", "features": "no (frozen features)"}
+    assert {r[1].split()[-1]: r[column] for r in rows} == {"finetune": "basic", "features": "xray"}
+    views = [c.strip() for c in header.split("|")].index("feature_views")
+    assert {r[1].split()[-1]: r[views] for r in rows} == {"finetune": MISSING, "features": "4"}
     # ... and whose BatchNorm statistics were kept: pretrained ones frozen, random ones (weights none) trained
     column = [c.strip() for c in header.split("|")].index("batchnorm")
     assert {r[1]: r[column] for r in rows} == {

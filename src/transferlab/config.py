@@ -32,6 +32,8 @@ class _TrainConfig:
             setattr(self, setting.name, setting.check(getattr(self, setting.name)))
         if self.batchnorm is None and self.weights == "none" and self.strategy != "features":
             self.batchnorm = "train"   # random initialisation: no pretrained statistics to keep
+        if self.feature_views is None and (self.augment == "none" or self.augment_strength == 0):
+            self.feature_views = 1   # no augmentation: no augmented views either
         for name, value in STRATEGY_DEFAULTS[self.strategy].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -55,7 +57,7 @@ class _TrainConfig:
             raise TransferlabError(f"--unfreeze gradual {trains_backbone}")
         for setting in SETTINGS.values():   # mixup: only on images; --feature-views: only on cached features
             value = getattr(self, setting.name)
-            if self.strategy not in setting.strategies and value != setting.default:
+            if self.strategy not in setting.strategies and value != setting.default_for(self.strategy):
                 raise TransferlabError(f"{setting.flag} {value} needs a strategy that "
                                        f"{STRATEGY_GROUPS[setting.strategies]}: {' or '.join(setting.strategies)}")
         if self.feature_views > 1 and (self.augment == "none" or self.augment_strength == 0):

@@ -99,7 +99,12 @@ class Setting:
     changes_results: bool = True     # False: a run made with another value is still the same run (resume, study)
     report: bool = False             # a row of the report's Methods table
     strategies: tuple = STRATEGIES   # the strategies it acts on (STRATEGY_GROUPS); another refuses it
+    before: Any = None               # what runs made before the setting existed ran with (None: its default)
 
+
+    def default_for(self, strategy: str):
+        """The default with `strategy`."""
+        return self.default[strategy] if isinstance(self.default, PerStrategy) else self.default
 
     @property
     def flag(self) -> str:
@@ -235,15 +240,18 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
       choices=("val_loss", "val_auc", "val_balanced_accuracy"), report=True),
     S("balance", str, "weights", "class imbalance: weights (class-weighted loss), sampler (balanced batches), none",
       choices=("weights", "sampler", "none"), report=True),
-    S("augment", str, "basic", "training augmentation (finetune, lpft; features with --feature-views): basic (small "
-                               "rotation, shift, zoom, brightness/contrast), xray (also what differs between X-ray "
-                               "machines: gamma, blur or sharpening, noise, JPEG quality, resolution, framing) or none",
-      choices=AUGMENT_CHOICES, parse=parse_augment, report=True),
+    # features' defaults (xray views) and finetune's (basic) were chosen leaving one family of shifts out:
+    # BENCHMARKS.md, "Recipes for shifted images"
+    S("augment", str, PerStrategy(finetune="basic", features="xray", lpft="basic"),
+      "training augmentation (finetune, lpft; features: of its --feature-views): basic (small rotation, shift, zoom, "
+      "brightness/contrast), xray (also what differs between X-ray machines: gamma, blur or sharpening, noise, JPEG "
+      "quality, resolution, framing) or none", choices=AUGMENT_CHOICES, parse=parse_augment, report=True),
     S("augment_strength", float, 1.0, "scale of the training augmentation's ranges (basic at 1: rotation 10 degrees, "
                                       "shift 6%, zoom 10%, brightness/contrast 20%)", at_least=0, report=True),
-    S("feature_views", int, 1, "features (and lpft's probe): cached backbone passes per training image, the image "
-                               "itself and N-1 random views from --augment (1: the image only)", at_least=1,
-      report=True, strategies=ON_FEATURES),
+    S("feature_views", int, PerStrategy(finetune=1, features=4, lpft=1),
+      "features (and lpft's probe): cached backbone passes per training image, the image itself and N-1 random views "
+      "from --augment, drawn from --seed (1: the image only; each view costs one more backbone pass over the "
+      "training images, once per seed)", at_least=1, report=True, strategies=ON_FEATURES, before=1),
     S("preprocess", str, "none", "intensity normalisation of every image at input, in training, evaluation, "
                                  "prediction and Grad-CAM: none, equalize (histogram equalisation) or clahe "
                                  "(contrast-limited adaptive equalisation); an export's sidecar names it",
@@ -327,7 +335,7 @@ def strategy_defaults() -> dict[str, dict]:
 def changed_settings(old: dict, new: dict) -> list[str]:
     """The settings that change results and differ between `old` (a run's config.json) and `new`, as
     "name old -> new". Values of earlier versions are read as today's settings read them (augment true is basic);
-    a setting newer than the run is compared as its default, which is how that run behaved."""
+    a setting newer than the run is compared as what that run ran with (Setting.before, else its default)."""
     changed = []
     for name, value in new.items():
         setting = SETTINGS.get(name)
@@ -336,7 +344,7 @@ def changed_settings(old: dict, new: dict) -> list[str]:
         if name in old:
             before = as_today(name, old[name])
         elif setting is not None:
-            before = setting.default[new["strategy"]] if isinstance(setting.default, PerStrategy) else setting.default
+            before = setting.before if setting.before is not None else setting.default_for(new["strategy"])
         else:
             continue
         if before != value:
