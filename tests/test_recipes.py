@@ -65,8 +65,9 @@ def lpft_run(tiny, tmp_path_factory, one_thread) -> Path:
 # --- lpft ------------------------------------------------------------------------------------------------------
 
 def test_lpft_phase_1_is_features_then_phase_2_fine_tunes(lpft_run, tiny, tmp_path):
+    # lpft's probe is features without augmented views (lpft's --feature-views default, 1)
     features = tl.train(data=str(tiny), out=str(tmp_path / "features"), strategy="features", epochs=4, patience=4,
-                        lr=0.01, **{k: v for k, v in SMALL.items()})
+                        lr=0.01, feature_views=1, **{k: v for k, v in SMALL.items()})
     history = read_csv(lpft_run / "history.csv")
     assert [(int(r["epoch"]), r["phase"]) for r in history] == [(e, "probe") for e in (1, 2, 3, 4)] + [
         (5, "finetune"), (6, "finetune")]

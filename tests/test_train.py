@@ -135,7 +135,8 @@ def test_features_epoch_is_minibatch_steps_with_the_cosine_schedule(xray_dir, tm
 
     run = train(data=str(xray_dir), model="efficientnet_lite0", strategy="features", epochs=4, patience=10,
                 out=str(tmp_path / "run"), **{**FAST, "batch_size": 8})
-    n_train = sum(1 for r in read_csv(run.splits) if r["split"] == "train")
+    views = run.read_config()["settings"]["feature_views"]   # the head trains on every view of every image
+    n_train = views * sum(1 for r in read_csv(run.splits) if r["split"] == "train")
     ckpt = load_checkpoint(run.checkpoints / "last.ckpt")
     steps = {int(state["step"]) for state in ckpt["optimizer_states"][0]["state"].values()}
     per_epoch = n_train // 8 + (n_train % 8 > 1)          # mini-batches of 8, no last batch of one
