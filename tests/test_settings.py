@@ -166,3 +166,10 @@ def test_runs_of_earlier_versions_compare_as_read_today():
     # a setting newer than the run: it ran as the default, so only another value is a change
     assert changed_settings({"strategy": "finetune"}, {"strategy": "finetune", "preprocess": "none", "mixup": 0.0}) == []
     assert changed_settings({}, {"strategy": "features", "preprocess": "clahe"}) == ["preprocess 'none' -> 'clahe'"]
+
+
+def test_features_views_follow_the_augmentation():
+    assert (tl.TrainConfig(strategy="features").augment, tl.TrainConfig(strategy="features").feature_views) == ("xray", 4)
+    assert tl.TrainConfig(strategy="features", augment="none").feature_views == 1   # nothing to view: no views
+    assert tl.TrainConfig(strategy="features", augment_strength=0).feature_views == 1
+    assert tl.TrainConfig(strategy="finetune").feature_views == 1 and tl.TrainConfig(strategy="finetune").augment == "basic"
