@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from .data.preprocess import of_run as preprocess_of
+from .data.transforms import augments
 from .errors import TransferlabError
 from .settings import SETTINGS, STRATEGIES, STRATEGY_GROUPS, in_callers_words, strategy_defaults  # noqa: F401
 
@@ -32,7 +33,7 @@ class _TrainConfig:
             setattr(self, setting.name, setting.check(getattr(self, setting.name)))
         if self.batchnorm is None and self.weights == "none" and self.strategy != "features":
             self.batchnorm = "train"   # random initialisation: no pretrained statistics to keep
-        if self.feature_views is None and (self.augment == "none" or self.augment_strength == 0):
+        if self.feature_views is None and not augments(self.augment, self.augment_strength):
             self.feature_views = 1   # no augmentation: no augmented views either
         for name, value in STRATEGY_DEFAULTS[self.strategy].items():
             if getattr(self, name) is None:
@@ -60,7 +61,7 @@ class _TrainConfig:
             if self.strategy not in setting.strategies and value != setting.default_for(self.strategy):
                 raise TransferlabError(f"{setting.flag} {value} needs a strategy that "
                                        f"{STRATEGY_GROUPS[setting.strategies]}: {' or '.join(setting.strategies)}")
-        if self.feature_views > 1 and (self.augment == "none" or self.augment_strength == 0):
+        if self.feature_views > 1 and not augments(self.augment, self.augment_strength):
             raise TransferlabError(f"--feature-views {self.feature_views} needs views to draw: an --augment other than "
                                    f"none, with --augment-strength above 0")
         if self.unfreeze == "gradual" and processes > 1:

@@ -82,9 +82,14 @@ def acquisition_augment(size: int, strength: float = 1.0) -> Callable[[torch.Ten
 AUGMENTATIONS = {"basic": basic_augment, "xray": acquisition_augment}   # --augment; "none": no augmentation
 
 
+def augments(name: str, strength: float) -> bool:
+    """Whether --augment NAME at --augment-strength STRENGTH changes anything ("none" and strength 0 do not)."""
+    return name != "none" and strength != 0
+
+
 def make_augment(name: str, size: int, strength: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The training augmentation --augment names, at --augment-strength; None for "none" or strength 0."""
-    if name == "none" or strength == 0:
+    """The training augmentation --augment names, at --augment-strength; None where it would not augment."""
+    if not augments(name, strength):
         return None
     return AUGMENTATIONS[name](size, strength)
 
