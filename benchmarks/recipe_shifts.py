@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shift import FAMILIES, SHIFTS, test_split, write_set  # noqa: E402  (the shift harness's degradations)
 
 import transferlab as tl  # noqa: E402
+from transferlab.analysis.ensemble_scoring import made_from, score_from_members  # noqa: E402
 
 AUC_TIE = 0.001         # choosing: mean AUCs this close tie (then the lower validation loss wins)
 SHIFT_IMAGES = 400      # default --shift-images: each degraded set is a class-stratified subset of this many images
@@ -36,10 +37,11 @@ def slug(name: str) -> str:
 
 
 def mean_ci(values: list[float]) -> tuple[float, float, float, float]:
-    """mean, sd, and the 95% t-interval of the mean (sd and interval 0 for a single value)."""
+    """mean, sd, and the 95% t-interval of the mean (a single value: sd None, printed as no CI, and the interval
+    the point itself, so the rule's MIN_SEEDS is what stops a one-seed change)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
-        return mean, 0.0, mean, mean
+        return mean, None, mean, mean
     sd = statistics.stdev(values)
     half = stats.t.ppf(0.975, len(values) - 1) * sd / len(values) ** 0.5
     return mean, sd, mean - half, mean + half
@@ -96,14 +98,20 @@ def shift_sets(args, runs: list[tl.RunDir]) -> dict[str, dict[str, Path]]:
 
 def score(run: tl.RunDir, data: Path, name: str) -> dict:
     """ROC-AUC and accuracy at the run's threshold on one set: evaluate(), or its eval-NAME.json when that is
-    newer than the run's weights and scored as many images (an interrupted benchmark continues)."""
+    newer than what it was made from (the run's weights; an ensemble's members' results) and scored as many
+    images (an interrupted benchmark continues). An ensemble is scored from its members' results on the set
+    (score_from_members), so its members must have been scored first."""
+    ensemble = run.is_ensemble()
+    sources = made_from(run, name) if ensemble else [run.weights]
     saved = run.evaluation(name)
     result = None
-    if saved.exists() and saved.stat().st_mtime > run.weights.stat().st_mtime:
+    if saved.exists() and all(saved.stat().st_mtime > p.stat().st_mtime for p in sources):
         result = json.loads(saved.read_text())
         if result.get("n") != sum(1 for f in Path(data).rglob("*") if f.is_file()):
             result = None
-    if result is None:
+    if result is None and ensemble:
+        result = score_from_members(run, name, n_boot=N_BOOT)
+    elif result is None:
         result = tl.evaluate(run, data=data, name=name, shift=False, n_boot=N_BOOT, progress=False)
     return {"roc_auc": result["roc_auc"], "accuracy": result.get("at_threshold", result)["accuracy"]}
 
@@ -120,11 +128,13 @@ def score_shifts(args, rows: list[dict], runs: list[tl.RunDir]) -> None:
               f"worst test accuracy {min(row['shifts']['test'][s]['accuracy'] for s in SHIFTS):.4f}", flush=True)
 
 
-def by_variant(rows: list[dict]) -> dict[str, dict[int, dict]]:
-    """{variant: {seed: row}} in the rows' order."""
+def by_variant(rows: list[dict], *, ensembles: bool = True) -> dict[str, dict[int, dict]]:
+    """{variant: {seed: row}} in the rows' order; without ensembles (rows with "members"), the candidates a
+    default can be chosen from."""
     out: dict[str, dict[int, dict]] = {}
     for r in rows:
-        out.setdefault(r["variant"], {})[r["seed"]] = r
+        if ensembles or "members" not in r:
+            out.setdefault(r["variant"], {})[r["seed"]] = r
     return out
 
 
@@ -157,8 +167,9 @@ def qualifies(mine: dict[int, dict], default: dict[int, dict]) -> bool:
 
 def choose_on(rows: list[dict], shifts: list[str]) -> str:
     """Among the variants that qualify, the best mean AUC over these shifts' VALIDATION copies (seed mean);
-    within AUC_TIE of it, the lowest validation loss (as `choose`). No test image takes part."""
-    runs = by_variant(rows)
+    within AUC_TIE of it, the lowest validation loss (as `choose`). No test image takes part; ensembles are
+    compared in the tables, never chosen."""
+    runs = by_variant(rows, ensembles=False)
     default = runs["default"]
     scores = {name: (statistics.fmean(shift_mean(r, "val", shifts) for r in mine.values()),
                      statistics.fmean(r["val_loss"] for r in mine.values()))
@@ -246,11 +257,13 @@ def shift_table(rows: list[dict], families: dict[str, list[str]] = FAMILIES) -> 
 
 def cell(stat) -> str:
     mean, sd, lo, hi = stat
-    return f"{mean:.4f} ± {sd:.4f} [{lo:.4f}, {hi:.4f}]"
+    return f"{mean:.4f} (one seed: no CI)" if sd is None else f"{mean:.4f} ± {sd:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
 def delta(stat) -> str:
-    return "—" if stat is None else f"{stat[0]:+.4f} [{stat[2]:+.4f}, {stat[3]:+.4f}]"
+    if stat is None:
+        return "—"
+    return f"{stat[0]:+.4f} (one seed: no CI)" if stat[1] is None else f"{stat[0]:+.4f} [{stat[2]:+.4f}, {stat[3]:+.4f}]"
 
 
 def target_lines(table: list[dict], rows: list[dict], recommended: str) -> list[str]:
@@ -272,6 +285,27 @@ def target_lines(table: list[dict], rows: list[dict], recommended: str) -> list[
                      f"clean test accuracy not lower beyond its CI: {'yes' if acc[3] >= 0 else 'no'} (Δ {delta(acc)})")
     else:
         lines.append("- no variant qualifies as the new default: worst-shift accuracy +0.0 points vs default")
+    return lines
+
+
+def ensemble_lines(rows: list[dict], families: dict[str, list[str]] = FAMILIES) -> list[str]:
+    """Each ensemble against each of its members, paired over seeds: mean test AUC over all shifts, worst-shift
+    test accuracy, clean test accuracy."""
+    shifts = [s for names in families.values() for s in names]
+    runs = by_variant(rows)
+    lines = []
+    for name, mine in runs.items():
+        members = next(iter(mine.values())).get("members")
+        if not members:
+            continue
+        lines += ["", f"{name} (mean of {', '.join(members)}; {len(members)}x the cost of one) against each member, "
+                      f"paired over seeds:", ""]
+        for member in members:
+            auc = paired(mine, runs[member], lambda r: shift_mean(r, "test", shifts))
+            worst = paired(mine, runs[member], lambda r: min(r["shifts"]["test"][s]["accuracy"] for s in shifts))
+            clean = paired(mine, runs[member], lambda r: r["test_accuracy"])
+            lines.append(f"- vs {member}: mean shift AUC Δ {delta(auc)}, worst-shift accuracy Δ {delta(worst)}, "
+                         f"clean test accuracy Δ {delta(clean)}")
     return lines
 
 
@@ -305,7 +339,7 @@ def shifts_markdown(table: list[dict], folds: list[dict], recommended: str, rows
     verdicts = [f"{n}: {why_not([f for f in folds if f['chosen'] == n]) or 'qualifies'}" for n in candidates]
     lines += ["", f"Recommended default: **{recommended}**" + (f" ({'; '.join(verdicts)})" if verdicts else
                                                               " (the default was chosen in every fold)"), ""]
-    return "\n".join(lines + target_lines(table, rows, recommended))
+    return "\n".join(lines + target_lines(table, rows, recommended) + ensemble_lines(rows, families))
 
 
 def under_shifts(args, rows: list[dict], runs: list[tl.RunDir]) -> str:

@@ -37,6 +37,11 @@ recipes-<strategy>-shifts.md/.json (every per-run number) and, after SUMMARY, a 
          default_worst_acc=<m> recommended_mean_shift_auc=<m> recommended_worst_acc=<m>
 A variant that sets its own model (efficientnet_lite1/2) runs at that model's native image size; --image-size
 applies to the others. Variants naming settings this transferlab lacks are refused before anything trains.
+An ensemble variant ("ensemble lite0+1+2" for features, "ensemble lite0+1" for finetune; its members are run with
+it) is the mean of its member variants' runs of the same seed (`transferlab.ensemble`, threshold chosen on
+validation), scored on the shift sets from its members' results; it is compared with each member, paired over
+seeds, and never chosen as a default (a default is one model's recipe). With one seed no interval is printed and
+nothing can be chosen.
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_shifts import AUC_TIE, SHIFT_IMAGES, mean_ci, slug, under_shifts  # noqa: E402
+from recipe_shifts import AUC_TIE, SHIFT_IMAGES, cell, delta, mean_ci, slug, under_shifts  # noqa: E402
 
 import transferlab as tl  # noqa: E402
 from transferlab.config import STRATEGY_DEFAULTS  # noqa: E402
@@ -67,6 +72,7 @@ VARIANTS = {
         ("feature views 1", {"feature_views": 1}),   # the default until 2026-12-05: no augmented views
         ("preprocess equalize", {"preprocess": "equalize"}), ("preprocess clahe", {"preprocess": "clahe"}),
         ("efficientnet_lite1", {"model": "efficientnet_lite1"}), ("efficientnet_lite2", {"model": "efficientnet_lite2"}),
+        ("ensemble lite0+1+2", {"ensemble": ["default", "efficientnet_lite1", "efficientnet_lite2"]}),
     ],
     "finetune": [
         ("default", {}),
@@ -79,6 +85,7 @@ VARIANTS = {
         ("weight averaging ema", {"weight_averaging": "ema"}), ("weight averaging swa", {"weight_averaging": "swa"}),
         ("mixup 0.2", {"mixup": 0.2}), ("cutmix 1.0", {"cutmix": 1.0}),
         ("efficientnet_lite1", {"model": "efficientnet_lite1"}),
+        ("ensemble lite0+1", {"ensemble": ["default", "efficientnet_lite1"]}),
     ],
     "lpft": [   # phase 2's settings; the probe (phase 1) is the features recipe at --probe-lr
         ("default", {}),
@@ -110,9 +117,11 @@ def variant_options(args, settings: dict, seed: int, out: Path) -> dict:
 
 def unknown_settings(args, variants: list[tuple[str, dict]]) -> list[str]:
     """'variant: why' for each variant this transferlab cannot run (a setting it does not have or a value it
-    does not allow), checked before anything is trained."""
+    does not allow), checked before anything is trained. An ensemble's members are variants checked on their own."""
     bad = []
     for name, settings in variants:
+        if "ensemble" in settings:
+            continue
         try:
             tl.TrainConfig(**variant_options(args, settings, 0, run_folder(args, name, 0)))
         except (TypeError, tl.TransferlabError) as e:
@@ -121,6 +130,8 @@ def unknown_settings(args, variants: list[tuple[str, dict]]) -> list[str]:
 
 
 def run_variant(args, name: str, settings: dict, seed: int) -> dict:
+    if "ensemble" in settings:
+        return run_ensemble(args, name, settings["ensemble"], seed)
     out = run_folder(args, name, seed)
     options = variant_options(args, settings, seed, out)
     run = tl.train(**options)   # a finished run is reused as it is: check it is this recipe
@@ -131,7 +142,21 @@ def run_variant(args, name: str, settings: dict, seed: int) -> dict:
               if not (args.strategy == "features" and c.startswith("batchnorm "))]
     if differ:
         sys.exit(f"error: {out} holds a run with other settings ({', '.join(differ)}); delete it or use another --out")
-    metrics = run.read_metrics()
+    return result_row(name, seed, run.read_metrics())
+
+
+def run_ensemble(args, name: str, members: list[str], seed: int) -> dict:
+    """The mean of the member variants' runs of this seed (tl.ensemble: its threshold chosen on validation), made
+    again when a member finished after it. Compared with single models; never a candidate default."""
+    runs = [run_folder(args, member, seed) for member in members]
+    out = tl.RunDir(run_folder(args, name, seed))
+    if not out.metrics.exists() or any(out.metrics.stat().st_mtime < tl.RunDir(r).metrics.stat().st_mtime
+                                       for r in runs):
+        tl.ensemble(runs, out.path, k=len(runs))
+    return {**result_row(name, seed, out.read_metrics()), "members": members}
+
+
+def result_row(name: str, seed: int, metrics: dict) -> dict:
     row = {"variant": name, "seed": seed, "seconds": round(metrics["seconds"]["total"], 1),
            "val_loss": metrics["val"]["loss"], "best_epoch": metrics["best_epoch"]}
     # accuracy at the run's decision threshold (binary: chosen on validation; metrics[split] itself is at 0.5)
@@ -150,12 +175,15 @@ def summarise(rows: list[dict], names: list[str]) -> list[dict]:
             entry[f"{split}_{key}"] = mean_ci([r[f"{split}_{key}"] for r in mine])
         paired = [r["val_roc_auc"] - default[r["seed"]]["val_roc_auc"] for r in mine if r["seed"] in default]
         entry["val_auc_vs_default"] = mean_ci(paired) if paired and name != "default" else None
+        entry["ensemble"] = any("members" in r for r in mine)
         table.append(entry)
     return table
 
 
 def choose(table: list[dict]) -> dict:
-    """The best mean validation AUC; among those within AUC_TIE of it, the lowest validation loss."""
+    """The best mean validation AUC; among those within AUC_TIE of it, the lowest validation loss. Ensembles are
+    compared, never chosen: a default is one model's recipe."""
+    table = [e for e in table if not e["ensemble"]]
     best = max(e["val_roc_auc"][0] for e in table)
     close = [e for e in table if e["val_roc_auc"][0] >= best - AUC_TIE]
     return min(close, key=lambda e: e["val_loss"])
@@ -171,10 +199,6 @@ def beats_default(chosen: dict, default: dict) -> bool:
 
 
 def markdown(table: list[dict], chosen: dict) -> str:
-    def cell(stat):
-        mean, sd, lo, hi = stat
-        return f"{mean:.4f} ± {sd:.4f} [{lo:.4f}, {hi:.4f}]"
-
     lines = ["| recipe | seeds | val AUC | val acc | val loss | test AUC | test acc | Δ val AUC vs default | s/run |",
              "|---|---|---|---|---|---|---|---|---|"]
     for e in table:
@@ -182,7 +206,7 @@ def markdown(table: list[dict], chosen: dict) -> str:
         name = f"**{e['variant']}** (chosen)" if e is chosen else e["variant"]
         lines.append(f"| {name} | {e['seeds']} | {cell(e['val_roc_auc'])} | {cell(e['val_accuracy'])} | "
                      f"{e['val_loss']:.4f} | {cell(e['test_roc_auc'])} | {cell(e['test_accuracy'])} | "
-                     f"{'' if diff is None else f'{diff[0]:+.4f} [{diff[2]:+.4f}, {diff[3]:+.4f}]'} | "
+                     f"{'' if diff is None else delta(diff)} | "
                      f"{e['seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -218,6 +242,7 @@ def main(argv=None) -> int:
         unknown = sorted(set(wanted) - {name for name, _ in variants})
         if unknown:
             parser.error(f"unknown variants {unknown}; known: {[name for name, _ in variants]}")
+        wanted += [m for name, settings in variants if name in wanted for m in settings.get("ensemble", [])]
         variants = [v for v in variants if v[0] in wanted]
     bad = unknown_settings(args, variants)
     if bad:

@@ -73,3 +73,33 @@ def test_cli_and_one_line_errors(runs, tmp_path, capsys, xray_dir):
     assert cli.main(["ensemble", paths[0], str(other.path), "--k", "2", "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "different" in err
+
+
+def test_evaluate_an_ensemble_on_another_set_scores_its_members_mean(runs, tmp_path, xray_dir, capsys):
+    from transferlab.analysis.external import evaluate
+    from transferlab.rundir import RunDir
+
+    out = ensemble([r.path for r in runs], tmp_path / "top2", k=2)
+    result = evaluate(out.path, data=xray_dir / "test", name="other", n_boot=50, progress=False)
+    members = [RunDir(m) for m in out.members()]
+    theirs = [{r["file"]: float(r["prob_PNEUMONIA"]) for r in read_csv(m.path / "predictions-other.csv")}
+              for m in members]   # each member evaluated on the set, as a run is
+    mine = read_csv(out.path / "predictions-other.csv")
+    assert len(mine) == result["n"] == len(list((xray_dir / "test").rglob("*.jpeg")))
+    for row in mine:
+        assert float(row["prob_PNEUMONIA"]) == pytest.approx(np.mean([t[row["file"]] for t in theirs]))
+    metrics = out.read_metrics()
+    classes, threshold = metrics["classes"], metrics["threshold"]
+    labels = np.array([classes.index(r["label"]) for r in mine])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in mine])
+    expected = split_metrics(labels, probs, classes.index("PNEUMONIA"), threshold, classes)
+    assert result["threshold"] == threshold and result["members"] == [str(m.path) for m in members]
+    assert result["at_threshold"]["accuracy"] == pytest.approx(expected["at_threshold"]["accuracy"])
+    assert result["roc_auc"] == pytest.approx(expected["roc_auc"]) and "ci" in result
+    assert out.read_evaluation("other")["n"] == result["n"]
+
+    assert cli.main(["evaluate", str(out.path), "--data", str(xray_dir / "test"), "--name", "other"]) == 0
+    assert "written:" in capsys.readouterr().out
+    assert cli.main(["evaluate", str(out.path), "--adapt", "prior"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--adapt" in err and "member" in err

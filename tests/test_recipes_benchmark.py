@@ -119,6 +119,22 @@ def test_one_seed_is_not_enough_to_change_a_default():
     assert selection.recommend(folds, min_seeds=1) == "robust"
 
 
+def test_an_ensemble_is_compared_with_its_members_and_never_chosen():
+    rows = rows_of(bigger={"family_gain": {f: 0.01 for f in FAMILIES}})
+    rows += [{**run_row("ensemble", s, family_gain={f: 0.05 for f in FAMILIES}, val_auc=0.95),
+              "members": ["default", "bigger"]} for s in range(3)]
+    folds, recommended = decide(rows)
+    assert "ensemble" not in {f["chosen"] for f in folds} and recommended != "ensemble"
+    lines = selection.ensemble_lines(rows)
+    assert lines[1].startswith("ensemble (mean of default, bigger; 2x the cost of one)")
+    assert lines[3].startswith("- vs default: mean shift AUC Δ +0.0500 [") and lines[4].startswith("- vs bigger: ")
+    table = recipes.summarise([{**r, "seconds": 1.0} for r in rows], ["default", "bigger", "ensemble"])
+    assert [e["ensemble"] for e in table] == [False, False, True]
+    assert recipes.choose(table)["variant"] != "ensemble"   # its higher validation AUC does not make it a default
+    one = selection.mean_ci([0.9])
+    assert selection.cell(one) == "0.9000 (one seed: no CI)" and selection.delta(one) == "+0.9000 (one seed: no CI)"
+
+
 def test_the_shift_subset_is_stratified_fixed_and_capped():
     items = [(Path(f"n{i}.jpeg"), "NORMAL") for i in range(30)] + [(Path(f"p{i}.jpeg"), "PNEUMONIA") for i in range(70)]
     sub = selection.stratified_subset(items, 20)
@@ -127,12 +143,16 @@ def test_the_shift_subset_is_stratified_fixed_and_capped():
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_recipes_shifts_end_to_end(xray_dir, tmp_path, capsys):
-    """Two tiny features runs, every shift on validation and test copies, the tables and the SHIFTS line; the
-    copies chosen on come from the validation split only, and a second call reuses every evaluation."""
+def test_recipes_shifts_end_to_end(xray_dir, tmp_path, capsys, monkeypatch):
+    """Two tiny features runs and their ensemble, every shift on validation and test copies, the tables and the
+    SHIFTS line; the copies chosen on come from the validation split only, and a second call reuses every
+    evaluation."""
+    monkeypatch.setitem(recipes.VARIANTS, "features", [*recipes.VARIANTS["features"],
+                                                       ("ensemble of two", {"ensemble": ["default", "lr 1e-2"]})])
     out = tmp_path / "recipes"
     argv = ["--data", str(xray_dir), "--strategy", "features", "--seeds", "1", "--max-images", "40",
-            "--image-size", "32", "--variants", "lr 1e-2", "--shifts", "--shift-images", "6", "--out", str(out)]
+            "--image-size", "32", "--variants", "ensemble of two", "--shifts", "--shift-images", "6",
+            "--out", str(out)]   # its members are run with it
     start = time.perf_counter()
     assert recipes.main(argv) == 0
     first = time.perf_counter() - start
@@ -147,7 +167,14 @@ def test_recipes_shifts_end_to_end(xray_dir, tmp_path, capsys):
         assert f"\n| {family} | " in text
     assert "mean shift AUC >= clean AUC - 0.01:" in text and "`python benchmarks/recipes.py --data " in text
     doc = json.loads((out / "recipes-features-shifts.json").read_text())
-    assert [(r["variant"], r["seed"]) for r in doc["runs"]] == [("default", 0), ("lr 1e-2", 0)]
+    assert [(r["variant"], r["seed"]) for r in doc["runs"]] == [("default", 0), ("lr 1e-2", 0), ("ensemble of two", 0)]
+    # the ensemble: scored from its members' results on each set, compared with them, never chosen
+    assert "ensemble of two (mean of default, lr 1e-2; 2x the cost of one)" in text and "- vs lr 1e-2: " in text
+    assert "ensemble of two" not in {f["chosen"] for f in doc["folds"]}
+    member_auc = [json.loads((out / "features" / v / "seed0" / "eval-shift-test-6-blur_sigma_3.json").read_text())
+                  for v in ("default", "lr_1e-2")]
+    mine = json.loads((out / "features" / "ensemble_of_two" / "seed0" / "eval-shift-test-6-blur_sigma_3.json").read_text())
+    assert mine["members"] and mine["n"] == member_auc[0]["n"] == 6
     for r in doc["runs"]:
         assert set(r["shifts"]["val"]) == set(selection.SHIFTS)
         assert set(r["shifts"]["test"]) == set(selection.SHIFTS) | {selection.CLEAN}
@@ -165,7 +192,7 @@ def test_recipes_shifts_end_to_end(xray_dir, tmp_path, capsys):
     assert len({tuple(sorted(f.name for f in folder.rglob("*.png"))) for folder in (sets / "val-6").iterdir()}) == 1
     # an interrupted benchmark continues: every eval-NAME.json is reused
     evals = sorted((out / "features").glob("*/seed0/eval-shift-*.json"))
-    assert len(evals) == 2 * (2 * len(selection.SHIFTS) + 1)
+    assert len(evals) == 3 * (2 * len(selection.SHIFTS) + 1)
     before = [f.stat().st_mtime_ns for f in evals]
     assert recipes.main(argv) == 0
     assert [f.stat().st_mtime_ns for f in evals] == before

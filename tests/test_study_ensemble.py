@@ -21,6 +21,8 @@ from transferlab.prediction import predict
 from transferlab.rundir import RunDir, read_csv
 from transferlab.study.config import StudyConfig
 
+from conftest import make_xray_dataset
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 64
 TRAIN = ["--image-size", str(SIZE), "--epochs", "2", "--batch-size", "16", "--val-fraction", "0.25", "--no-progress"]
@@ -28,13 +30,16 @@ TRAIN = ["--image-size", str(SIZE), "--epochs", "2", "--batch-size", "16", "--va
 
 @pytest.fixture(scope="module")
 def study(xray_dir, tmp_path_factory):
-    """efficientnet_lite0 features x 3 seeds (ImageNet weights, 64 px), an ensemble of 2 and 2-view TTA."""
+    """efficientnet_lite0 features x 3 seeds (ImageNet weights, 64 px), an ensemble of 2 and 2-view TTA, all on
+    an external set too."""
     out = tmp_path_factory.mktemp("study") / "s"
+    made = make_xray_dataset(tmp_path_factory.mktemp("made"), patients_per_class=4, seed=5, splits=("test",))
+    external = shutil.copytree(made / "test", tmp_path_factory.mktemp("ext") / "hospital_c")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(comparison, "N_BOOT", 50)
         assert cli.main(["study", "--data", str(xray_dir), "--models", "efficientnet_lite0", "--strategies",
                          "features", "--seeds", "3", "--out", str(out), "--no-catalog", "--ensemble", "2", "--tta",
-                         "2", *TRAIN]) == 0
+                         "2", "--external", str(external), *TRAIN]) == 0
     return out
 
 
@@ -80,6 +85,23 @@ def test_ensemble_and_tta_in_the_results(study):
     assert [r["strategy"] for r in summary] == ["features", "ensemble"]
 
 
+def test_the_ensemble_on_the_external_set_is_its_members_mean(study):
+    folder = RunDir(study / "ensemble-top2")
+    result = folder.read_evaluation("hospital_c")
+    members = [RunDir(m) for m in folder.members()]
+    theirs = [{r["file"]: float(r["prob_PNEUMONIA"]) for r in read_csv(m.path / "predictions-hospital_c.csv")}
+              for m in members]
+    rows = read_csv(folder.path / "predictions-hospital_c.csv")
+    assert len(rows) == result["n"] == len(theirs[0]) > 0
+    for r in rows:
+        assert float(r["prob_PNEUMONIA"]) == pytest.approx(np.mean([t[r["file"]] for t in theirs]))
+    assert result["threshold"] == folder.read_metrics()["threshold"] and "accuracy" in result
+    analysis = json.loads((study / "analysis.json").read_text())
+    assert "ensemble-top2" in analysis["external_results"]["hospital_c"]
+    html = (study / "report.html").read_text()
+    assert re.search(r"External set: hospital_c.*?<td>ensemble-top2</td>", html, re.S)
+
+
 def test_report_shows_the_ensemble_and_the_tta_table(study):
     html = (study / "report.html").read_text()
     section_d = html[html.index('id="section-D"'):html.index('id="section-E"')]
@@ -107,7 +129,7 @@ def test_sections_d_and_e_name_the_same_run_chosen_on_validation(study):
 
 def test_running_the_study_again_rebuilds_nothing(study, tmp_path, capsys):
     watched = [study / "ensemble-top2" / "metrics.json", study / "ensemble-top2" / "eval-test-tta.json",
-               *(study / "runs").glob("*/eval-*-tta.json")]
+               study / "ensemble-top2" / "eval-hospital_c.json", *(study / "runs").glob("*/eval-*-tta.json")]
     before = {p: p.stat().st_mtime_ns for p in watched}
     capsys.readouterr()
     assert cli.main(["study", str(study / "study.yaml")]) == 0

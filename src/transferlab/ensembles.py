@@ -16,22 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .analysis.ensemble_scoring import labels_and_probs, mean_probabilities
 from .analysis.runs import validation_score
+from .analysis.set_scores import scores_with_cis
 from .errors import TransferlabError
 from .evaluation import decide, positive_index, split_metrics
 from .metrics import choose_threshold, mcnemar
 from .rundir import RunDir, read_csv, write_csv, write_json
 
 SPLITS = ("train", "val", "test")
-
-
-def is_ensemble(run: RunDir) -> bool:
-    return run.config.exists() and "ensemble" in run.read_config()
-
-
-def members(run: RunDir) -> list[Path]:
-    """The member run directories of an ensemble directory."""
-    return [run.path / m["run"] for m in run.read_config()["ensemble"]["members"]]
 
 
 def rank_runs(run_dirs) -> list[RunDir]:
@@ -56,7 +49,7 @@ def ensemble(run_dirs, out: str | Path, *, k: int = 3) -> RunDir:
             raise TransferlabError(f"{run.path} has classes {run.read_metrics()['classes']}, {chosen[0].path} {classes}: "
                                    f"an ensemble needs the same classes")
     pos = positive_index(classes, first_metrics["positive_class"])
-    split_rows = {split: _mean_probabilities(chosen, split, classes) for split in SPLITS}
+    split_rows = {split: mean_probabilities(chosen, split, classes) for split in SPLITS}
     split_rows = {split: rows for split, rows in split_rows.items() if rows is not None}
     if "val" not in split_rows:
         raise TransferlabError("the runs have no validation predictions in common, so no ensemble can be ranked "
@@ -64,12 +57,12 @@ def ensemble(run_dirs, out: str | Path, *, k: int = 3) -> RunDir:
     method = first_metrics.get("threshold_method") or "youden"
     threshold = None
     if pos is not None:
-        labels, probs = _arrays(split_rows["val"], classes)
+        labels, probs = labels_and_probs(split_rows["val"], classes)
         threshold = choose_threshold((labels == pos).astype(int), probs[:, pos], method)
 
     out = RunDir(out)
     out.path.mkdir(parents=True, exist_ok=True)
-    metrics = {name: split_metrics(*_arrays(rows, classes), pos, threshold, classes) for name, rows in split_rows.items()}
+    metrics = {name: split_metrics(*labels_and_probs(rows, classes), pos, threshold, classes) for name, rows in split_rows.items()}
     member_metrics = [r.read_metrics() for r in chosen]
     write_json(out.metrics, {
         "classes": classes, "positive_class": first_metrics["positive_class"], "threshold": threshold,
@@ -98,35 +91,10 @@ def ensemble(run_dirs, out: str | Path, *, k: int = 3) -> RunDir:
     write_csv(out.predictions, [
         {**row, "predicted": classes[d]}
         for split, rows in split_rows.items()
-        for row, d in zip(rows, decide(_arrays(rows, classes)[1], pos, threshold))])
+        for row, d in zip(rows, decide(labels_and_probs(rows, classes)[1], pos, threshold))])
     if chosen[0].splits.exists():
         shutil.copyfile(chosen[0].splits, out.splits)
     return out
-
-
-def _mean_probabilities(runs: list[RunDir], split: str, classes: list[str], *, file: str | None = None,
-                        suffix: str = "") -> list[dict] | None:
-    """Rows split, file, label, prob_<class> (the members' mean) for one split, or None if a member lacks it.
-    The members must have scored exactly the same files. Read from each member's predictions.csv, or from its
-    `file` (one split's rows, e.g. predictions-test-tta.csv) and its prob_<class><suffix> columns."""
-    columns = [f"prob_{c}{suffix}" for c in classes]
-    per_run = []
-    for run in runs:
-        if file is not None and not (run.path / file).exists():
-            return None
-        rows = {r["file"]: r for r in read_csv(run.path / file if file else run.predictions)
-                if r.get("split", split) == split}
-        if not rows:
-            return None
-        per_run.append(rows)
-    files = list(per_run[0])
-    for run, rows in zip(runs[1:], per_run[1:]):
-        if set(rows) != set(files):
-            raise TransferlabError(f"{run.path} and {runs[0].path} scored different {split} images; an ensemble "
-                                   f"needs runs on one split (a study's runs share theirs)")
-    mean = np.mean([[[float(rows[f][c]) for c in columns] for f in files] for rows in per_run], axis=0)
-    return [{"split": split, "file": f, "label": per_run[0][f]["label"],
-             **{f"prob_{c}": float(v) for c, v in zip(classes, p)}} for f, p in zip(files, mean)]
 
 
 def evaluate_tta(run_dir, *, views: int, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -135,10 +103,8 @@ def evaluate_tta(run_dir, *, views: int, n_boot: int = 1000, seed: int = 0) -> d
     `study --tta` does): their plain and N-view probabilities averaged image by image, the plain decided at the
     ensemble's threshold, the N-view at one re-chosen with its method on validation's mean N-view probabilities,
     on the validation images the ensemble's own threshold was chosen on. Written as eval-test-tta.json, like a run's."""
-    from .analysis.external import _metrics
-
     run = RunDir(run_dir)
-    metrics, chosen = run.read_metrics(), [RunDir(m) for m in members(run)]
+    metrics, chosen = run.read_metrics(), [RunDir(m) for m in run.members()]
     classes, threshold = metrics["classes"], metrics["threshold"]
     pos = positive_index(classes, metrics["positive_class"])
     for member, split in itertools.product(chosen, ("val", "test")):
@@ -147,24 +113,24 @@ def evaluate_tta(run_dir, *, views: int, n_boot: int = 1000, seed: int = 0) -> d
             raise TransferlabError(f"{member.path} has no {views}-view result on {split}: run `transferlab evaluate "
                                    f"{member.path} --split {split} --name {split}-tta --tta {views}` first "
                                    f"(`study --tta` does)")
-    plain = _mean_probabilities(chosen, "test", classes, file="predictions-test-tta.csv")
-    tta = _mean_probabilities(chosen, "test", classes, file="predictions-test-tta.csv", suffix="_tta")
-    labels, tta_probs = _arrays(tta, classes)
+    plain = mean_probabilities(chosen, "test", classes, file="predictions-test-tta.csv")
+    tta = mean_probabilities(chosen, "test", classes, file="predictions-test-tta.csv", suffix="_tta")
+    labels, tta_probs = labels_and_probs(tta, classes)
     t_threshold, chosen_on = threshold, None
     if pos is not None:
         own_val = {r["file"] for r in read_csv(run.predictions) if r["split"] == "val"}
-        val = [r for r in _mean_probabilities(chosen, "val", classes, file="predictions-val-tta.csv", suffix="_tta")
+        val = [r for r in mean_probabilities(chosen, "val", classes, file="predictions-val-tta.csv", suffix="_tta")
                if r["file"] in own_val]
-        val_y, val_probs = _arrays(val, classes)
+        val_y, val_probs = labels_and_probs(val, classes)
         t_threshold = choose_threshold((val_y == pos).astype(int), val_probs[:, pos], metrics["threshold_method"])
         chosen_on = f"val, mean of the members' {views}-view probabilities"
     result = {"run": str(run.path), "name": "test-tta", "n": len(tta), "classes": classes,
               "positive_class": metrics["positive_class"], "threshold": threshold,
               "threshold_chosen_on": metrics["threshold_chosen_on"], "members": [str(m.path) for m in chosen],
-              **_metrics(*_arrays(plain, classes), pos, threshold, n_boot, seed, classes),
+              **scores_with_cis(*labels_and_probs(plain, classes), pos, threshold, n_boot, seed, classes),
               "tta": {"views": views, "how": f"mean of the members' {views}-view probabilities",
                       "threshold": t_threshold, "threshold_chosen_on": chosen_on,
-                      **_metrics(labels, tta_probs, pos, t_threshold, n_boot, seed, classes)}}
+                      **scores_with_cis(labels, tta_probs, pos, t_threshold, n_boot, seed, classes)}}
     run.write_evaluation(result)
     return result
 
@@ -172,16 +138,10 @@ def evaluate_tta(run_dir, *, views: int, n_boot: int = 1000, seed: int = 0) -> d
 def _mcnemar_vs_best(rows: list[dict], best: RunDir, classes: list[str], pos: int | None, threshold) -> dict:
     """Exact McNemar test on the test images: the ensemble's decisions against those of its best member, the run
     chosen on validation."""
-    labels, probs = _arrays(rows, classes)
+    labels, probs = labels_and_probs(rows, classes)
     theirs = {r["file"]: classes.index(r["predicted"]) for r in read_csv(best.predictions) if r["split"] == "test"}
     test = mcnemar(labels, decide(probs, pos, threshold), np.array([theirs[r["file"]] for r in rows]))
     return {"run": str(best.path), "test_mcnemar": test}
-
-
-def _arrays(rows: list[dict], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.array([classes.index(r["label"]) for r in rows])
-    probs = np.array([[r[f"prob_{c}"] for c in classes] for r in rows], dtype=float)
-    return labels, probs
 
 
 def _relative(path: Path, start: Path) -> str:

@@ -51,7 +51,6 @@ def export(run_dir, format: str = "onnx", out=None) -> Path:
     import torch
 
     from .rundir import write_json
-    from .ensembles import is_ensemble
 
     if format not in FORMATS:
         raise TransferlabError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -59,7 +58,7 @@ def export(run_dir, format: str = "onnx", out=None) -> Path:
         raise TransferlabError("ONNX export needs the onnx package: pip install onnx onnxruntime "
                                "(or use --format torchscript)")
     run = RunDir(run_dir)
-    net, size, described = (_ensemble if is_ensemble(run) else _single)(run)
+    net, size, described = (_ensemble if run.is_ensemble() else _single)(run)
     metrics = run.read_metrics()
     out = Path(out) if out else run.path / FORMATS[format]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,9 +102,7 @@ def _ensemble(run) -> tuple:
     """An ensemble directory's members in one module that averages their probabilities."""
     from torch import nn
 
-    from .ensembles import members
-
-    parts = [_single(RunDir(m)) for m in members(run)]
+    parts = [_single(RunDir(m)) for m in run.members()]
     sizes = {size for _, size, _ in parts}
     if len(sizes) > 1:
         raise TransferlabError(f"{run.path}: its members take different input sizes ({', '.join(map(str, sorted(sizes)))} "
@@ -129,7 +126,7 @@ def _ensemble(run) -> tuple:
     return MeanOfMembers().eval(), sizes.pop(), {
         "model": config["settings"]["model"], "preprocess": parts[0][2]["preprocess"],
         "ensemble": {"members": [{"run": str(RunDir(m).path.resolve()), "model": d["model"]}
-                                 for m, (_, _, d) in zip(members(run), parts)],
+                                 for m, (_, _, d) in zip(run.members(), parts)],
                      "combined": "mean of the members' probabilities (each after its own normalisation and softmax)"},
         "normalisation": {"baked_into_graph": True, "formula": "(pixels / 255 - mean) / std, per member",
                           "per_member": [d["normalisation"] for _, _, d in parts]}}

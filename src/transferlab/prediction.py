@@ -51,7 +51,6 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     from .analysis.errors import gradcam_overlays
     from .data.images import load_images
     from .data.transforms import ImageTensorDataset
-    from .ensembles import is_ensemble
     from .evaluation import decide, load_model
     from .inference import predict_probs
     from .rundir import RunDir, write_csv
@@ -62,7 +61,7 @@ def predict(run_dir, paths, cam: bool = False, out=None, *, skip_bad: bool = Fal
     if tta < 1:
         raise TransferlabError(f"--tta must be at least 1 (1 = no augmentation), not {tta}")
     run = RunDir(run_dir)
-    if is_ensemble(run):
+    if run.is_ensemble():
         if cam or adapt or tta != 1:
             raise TransferlabError(f"{run.path} is an ensemble: predict with one of its runs for --cam, --adapt or --tta")
         rows = _predict_ensemble(run, paths, skip_bad=skip_bad, device=device, progress=progress)
@@ -111,14 +110,13 @@ def _predict_ensemble(run, paths, **kwargs) -> list[dict]:
     """The members' probabilities averaged image by image, decided at the ensemble's validation threshold."""
     import numpy as np
 
-    from .ensembles import members
     from .evaluation import decide
 
     metrics = run.read_metrics()
     classes, threshold = metrics["classes"], metrics["threshold"]
     pos = None if metrics["positive_class"] is None else classes.index(metrics["positive_class"])
     columns = [f"prob_{c}" for c in classes]
-    per_member = [{r["file"]: r for r in predict(member, paths, **kwargs)} for member in members(run)]
+    per_member = [{r["file"]: r for r in predict(member, paths, **kwargs)} for member in run.members()]
     files = list(per_member[0])
     probs = np.mean([[[rows[f][c] for c in columns] for f in files] for rows in per_member], axis=0)
     return [{"file": f, **{c: float(v) for c, v in zip(columns, p)}, "predicted": classes[k],

@@ -63,5 +63,5 @@ class Evaluation(TypedDict, total=False):
     tta: dict
     agreement: dict                     # analysis.agreement.annotate (a study's other runs)
     next_step: dict                     # analysis.decision.verdict
-    members: list[str]                  # an ensemble's test-tta result: its member runs
+    members: list[str]                  # an ensemble's result (analysis.ensemble_scoring): its member runs
     seconds: float

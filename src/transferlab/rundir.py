@@ -47,6 +47,14 @@ class RunDir:
             raise CheckpointError(f"{self.path} is not a transferlab run directory (no config.json)")
         return json.loads(self.config.read_text())
 
+    def is_ensemble(self) -> bool:
+        """An ensemble directory (ensembles.ensemble): config.json lists member runs instead of holding a model."""
+        return self.config.exists() and "ensemble" in self.read_config()
+
+    def members(self) -> list[Path]:
+        """An ensemble directory's member run directories."""
+        return [self.path / m["run"] for m in self.read_config()["ensemble"]["members"]]
+
     def read_metrics(self) -> RunMetrics:
         if not self.metrics.exists():
             raise CheckpointError(f"{self.path} has no metrics.json: the run did not finish (resume it with --resume)")

@@ -111,7 +111,8 @@ def analyze_study(study_dir: str | Path, runs: list[dict], *, gradcam: bool = Tr
                   external: list[dict] = (), ensemble: str | None = None) -> dict:
     """Everything sections D and E (and the data checks) need, measured on the study's runs; `external`: the
     study's --external sets ({name, data}), whose eval-<name>.json each run holds; `ensemble`: the study's
-    ensemble directory (--ensemble), compared in section D beside the run groups but kept out of everything else."""
+    ensemble directory (--ensemble), compared in section D beside the run groups and shown on the external sets,
+    but kept out of everything else."""
     loaded = load_study_runs(study_dir, runs)
     groups = group_runs(loaded)
     first = loaded[0]
@@ -135,8 +136,9 @@ def analyze_study(study_dir: str | Path, runs: list[dict], *, gradcam: bool = Tr
             except (RuntimeError, ValueError, TransferlabError) as exc:   # an architecture Grad-CAM cannot handle: say so, go on
                 gradcam_failures.append(f"Grad-CAM failed for {run.name}: {str(exc).splitlines()[0][:200]}")
     chosen = chosen_run(loaded)
-    ext = external_section_data(loaded, chosen, list(external), gradcam, gradcam_failures)
     combined = load_run(Path(study_dir) / ensemble) if ensemble else None
+    ext = external_section_data([*loaded, *([combined] if combined else [])], chosen, list(external), gradcam,
+                                gradcam_failures)
     return {
         "chosen_run": chosen.name,
         "ensemble": ensemble_comparison(combined, chosen) if combined else None,

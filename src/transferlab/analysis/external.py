@@ -32,6 +32,8 @@ from .adaptation import (ADAPT_HELP, adapted_probabilities, calibration_of, pars
                          target_prior_of)
 from .decision import verdict
 from .domain import file_statistics, statistics_shift
+from .ensemble_scoring import PER_MODEL, score_from_members
+from .set_scores import predicted_shares, scores_with_cis
 from .target_labels import labelled_blocks, plan_labels
 
 
@@ -71,7 +73,9 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
              shift: bool = True, device: str = "auto", progress: bool = True, n_boot: int = 1000,
              seed: int = 0, tta: int = 1, label_budget: int | None = None, labels: str | Path | None = None,
              recalibrate: bool = False, skip_bad: bool = False) -> dict:
-    """Metrics of a finished run (labels permitting), the label-free shift estimates, and any adaptation.
+    """Metrics of a finished run (labels permitting), the label-free shift estimates, and any adaptation. An
+    ensemble directory: each member evaluated so (its own eval-NAME.json), then the mean of their probabilities
+    scored at the ensemble's threshold (analysis.ensemble_scoring).
 
     Without `data` (or with the run's own data and no manifest) the run's `split` (default "test") is rebuilt
     from its saved settings and seed, whole (without the run's `max_images`). Any other `data` is scored whole:
@@ -89,6 +93,20 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     check_options(tta=tta, label_budget=label_budget, labels=labels, recalibrate=recalibrate)
     start = time.perf_counter()
     run = RunDir(run_dir)
+    if run.is_ensemble():
+        asked = {"adapt": adapt, "tta": tta != 1, "label_budget": label_budget, "labels": labels,
+                 "recalibrate": recalibrate}
+        per_model = [PER_MODEL[key] for key, value in asked.items() if value]
+        if per_model:
+            raise TransferlabError(f"{run.path} is an ensemble: evaluate one of its members for "
+                                   f"{', '.join(per_model)} (they act on one model's outputs)")
+        names = {evaluate(member, data=data, split=split, manifest=manifest, name=name, unlabelled=unlabelled,
+                          shift=shift, device=device, progress=progress, n_boot=n_boot, seed=seed,
+                          skip_bad=skip_bad)["name"] for member in run.members()}
+        if len(names) > 1:
+            raise TransferlabError(f"the members of {run.path} named the set differently "
+                                   f"({', '.join(sorted(names))}): give --name")
+        return score_from_members(run, names.pop(), n_boot=n_boot, seed=seed)
     model, config = load_model(run)
     metrics_json = run.read_metrics()
     adapt = parse_adapt(adapt)
@@ -107,9 +125,9 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
               "n": len(target.files), "n_unreadable": len(target.bad), "unreadable": target.bad[:20],
               "has_labels": target.labelled, "classes": classes, "positive_class": metrics_json["positive_class"],
               "threshold": threshold, "threshold_chosen_on": "val" if threshold is not None else None,
-              "notes": target.notes, "adapt": adapt, "predicted_share": _shares(pred, classes)}
+              "notes": target.notes, "adapt": adapt, "predicted_share": predicted_shares(pred, classes)}
     if target.labelled:
-        result.update(_metrics(target.labels, probs, pos, threshold, n_boot, seed, classes))
+        result.update(scores_with_cis(target.labels, probs, pos, threshold, n_boot, seed, classes))
         started_from = config["settings"].get("init")
         if started_from and (Path(started_from) / "model.safetensors").exists():
             result["versus_init"] = _versus_init(started_from, target, pred, dev, progress, n_boot, seed)
@@ -138,7 +156,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
                                  probs=probs, pred=pred, pos=pos if len(classes) == 2 else None,
                                  threshold_method=run_threshold_method(config), recalibrate=recalibrate,
                                  target_labels=target.labels if target.labelled else None, threshold=threshold,
-                                 score_exact=lambda y, p, t: _metrics(y, p, pos, t, n_boot, seed, classes), seed=seed)
+                                 score_exact=lambda y, p, t: scores_with_cis(y, p, pos, t, n_boot, seed, classes), seed=seed)
         if "_recalibrated_decision" in blocks:
             columns["recalibrated"] = (blocks.pop("_recalibrated_probs"), blocks.pop("_recalibrated_decision"))
         result.update(blocks)
@@ -147,18 +165,18 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     for method, (a_probs, a_threshold, info) in adapted_probabilities(adapt, model, config, target.pixels, probs,
                                                                       source, score).items():
         a_pred = _decide(a_probs, pos, a_threshold)
-        entry = {"how": ADAPT_HELP[method], **info, "threshold": a_threshold, "predicted_share": _shares(a_pred, classes)}
+        entry = {"how": ADAPT_HELP[method], **info, "threshold": a_threshold, "predicted_share": predicted_shares(a_pred, classes)}
         if target.labelled:
-            entry.update(_metrics(target.labels, a_probs, pos, a_threshold, n_boot, seed, classes))
+            entry.update(scores_with_cis(target.labels, a_probs, pos, a_threshold, n_boot, seed, classes))
         result["adapted"][method] = entry
         columns[method] = (a_probs, a_pred)
     if tta != 1:
         t_probs, t_threshold, info = _tta(tta, model, config, target, source, pos, threshold, dev, progress, seed,
                                           weights=run.weights)
         t_pred = _decide(t_probs, pos, t_threshold)
-        result["tta"] = {**info, "threshold": t_threshold, "predicted_share": _shares(t_pred, classes)}
+        result["tta"] = {**info, "threshold": t_threshold, "predicted_share": predicted_shares(t_pred, classes)}
         if target.labelled:
-            result["tta"].update(_metrics(target.labels, t_probs, pos, t_threshold, n_boot, seed, classes))
+            result["tta"].update(scores_with_cis(target.labels, t_probs, pos, t_threshold, n_boot, seed, classes))
         columns["tta"] = (t_probs, t_pred)
     result["next_step"] = verdict(result, metrics_json.get("val", {}))
     result["seconds"] = time.perf_counter() - start
@@ -179,7 +197,7 @@ def _versus_init(started_from: str, target: Target, pred: np.ndarray, device, pr
     pos = positive_index(classes, metrics["positive_class"])
     probs, _ = _Scorer(model, config, device, progress)(target.pixels)
     before = _decide(probs, pos, metrics.get("threshold"))
-    return {"run": started_from, **_metrics(target.labels, probs, pos, metrics.get("threshold"), n_boot, seed, classes),
+    return {"run": started_from, **scores_with_cis(target.labels, probs, pos, metrics.get("threshold"), n_boot, seed, classes),
             "mcnemar": mcnemar(target.labels, pred, before)}
 
 
@@ -384,49 +402,6 @@ def _tta(views: int, model, config: dict, target: Target, source: dict | None, p
 
 
 # --- metrics and outputs -------------------------------------------------------------------------------------
-
-def _metrics(labels: np.ndarray, probs: np.ndarray, pos: int | None, threshold: float | None, n_boot: int, seed: int,
-             classes: list[str]) -> dict:
-    """split_metrics at 0.5 and at the threshold, plus bootstrap 95% CIs (images resampled) of accuracy,
-    balanced accuracy (and AUC for two classes) at the decision rule."""
-    from scipy.stats import rankdata
-
-    from ..evaluation import split_metrics
-
-    out = split_metrics(labels, probs, pos, threshold, classes)
-    out.pop("threshold", None)   # the 0.5 of the plain metrics; the entry's "threshold" is its decision threshold
-    pred = _decide(probs, pos, threshold)
-    k = probs.shape[1]
-    correct = pred == labels
-    ranks = rankdata(probs[:, pos]) if k == 2 else None
-    rng = np.random.default_rng(seed)
-    values: dict[str, list] = {"accuracy": [], "balanced_accuracy": [], "roc_auc": []}
-    n_present = int((np.bincount(labels, minlength=k) > 0).sum())
-    for _ in range(n_boot):
-        i = rng.integers(0, len(labels), len(labels))
-        n_class = np.bincount(labels[i], minlength=k)
-        present = n_class > 0
-        if present.sum() < n_present:   # metrics.bootstrap_ci's rule: resamples that lose a class are left out
-            continue
-        values["accuracy"].append(correct[i].mean())
-        if n_present < 2:
-            continue
-        recall = np.bincount(labels[i], weights=correct[i], minlength=k)[present] / n_class[present]
-        values["balanced_accuracy"].append(recall.mean())
-        if ranks is not None:   # Mann-Whitney AUC on the resample (ties: average ranks of the full set)
-            positive = labels[i] == pos
-            r = rankdata(ranks[i])
-            n1, n0 = positive.sum(), (~positive).sum()
-            values["roc_auc"].append((r[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-    out["ci"] = {k: [float(q) for q in np.quantile(v, [0.025, 0.975])] for k, v in values.items() if v}
-    out["ci_n_boot"] = n_boot
-    return out
-
-
-def _shares(pred: np.ndarray, classes: list[str]) -> dict:
-    counts = np.bincount(pred, minlength=len(classes))
-    return {c: float(counts[i] / max(len(pred), 1)) for i, c in enumerate(classes)}
-
 
 def _prediction_rows(target: Target, classes: list[str], columns: dict) -> list[dict]:
     rows = []

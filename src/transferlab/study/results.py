@@ -28,10 +28,9 @@ def ensemble_row(study_dir: Path, name: str) -> dict:
     and the exact McNemar test against the run chosen on validation (its best member)."""
     from ..analysis.comparison import test_cis
     from ..analysis.runs import load_run
-    from ..ensembles import members
 
     run = load_run(study_dir / name)
-    sizes = sorted({RunDir(m).read_config()["model"]["image_size"] for m in members(RunDir(run.path))})
+    sizes = sorted({RunDir(m).read_config()["model"]["image_size"] for m in RunDir(run.path).members()})
     row = {"model": run.model, "strategy": "ensemble", "seed": "", "run": name,
            "weights": run.config["model"]["weights"], "image_size": "/".join(map(str, sizes)),
            **flatten_metrics(run.metrics), **tta_columns(run.path),

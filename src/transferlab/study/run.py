@@ -64,7 +64,7 @@ def _collect(plan: StudyPlan, start: float) -> Path:
     runs = [{"model": r.model, "strategy": r.strategy, "seed": r.seed, "run": f"runs/{r.name}"} for r in plan.runs]
     external = evaluate_external(config, out, runs)
     evaluate_tta(config, out, [r["run"] for r in runs])
-    ensemble = study_ensemble(config, out, runs)
+    ensemble = study_ensemble(config, out, runs, external)
     catalog_entries = study_catalog(config, out, num_classes=plan.num_classes)
     write_json(out / "study.json", {"config": config.to_dict(), "runs": runs, "notes": plan.notes,
                                     "external": external, "ensemble": ensemble, "catalog": catalog_entries,

@@ -57,11 +57,13 @@ def evaluate_tta(config: StudyConfig, out: Path, run_names: list[str]) -> None:
                      device=config.train.get("device", "auto"), progress=config.train.get("progress", True))
 
 
-def study_ensemble(config: StudyConfig, out: Path, runs: list[dict]) -> dict | None:
+def study_ensemble(config: StudyConfig, out: Path, runs: list[dict], external: list[dict] = ()) -> dict | None:
     """--ensemble K: the mean of the K runs best on validation (ensembles.ensemble) as OUT/ensemble-topK, with
-    --tta also scored with test-time augmentation; {"run": "ensemble-topK", "k": K}. Kept while newer than every
-    run's metrics (and, for --tta, than their test-time results)."""
+    --tta also scored with test-time augmentation, and on each --external set (`external`, evaluate_external's
+    sets) from its members' results there; {"run": "ensemble-topK", "k": K}. Each kept while newer than what it
+    was made from (every run's metrics; their test-time results; the members' results on the set)."""
     from ..analysis.comparison import N_BOOT
+    from ..analysis.ensemble_scoring import made_from, score_from_members
     from ..ensembles import ensemble, evaluate_tta as ensemble_tta
 
     if not config.ensemble:
@@ -80,6 +82,10 @@ def study_ensemble(config: StudyConfig, out: Path, runs: list[dict]) -> dict | N
                      lambda saved: saved.get("tta", {}).get("views") == config.tta):
             print(f"test-time augmentation x{config.tta}: {name}", flush=True)
             ensemble_tta(folder.path, views=config.tta, n_boot=N_BOOT)
+    for s in external:
+        if not _kept(folder.evaluation(s["name"]), made_from(folder, s["name"]), lambda saved: True):
+            print(f"external {s['name']}: {name}", flush=True)
+            score_from_members(folder.path, s["name"], n_boot=N_BOOT)
     return {"run": name, "k": config.ensemble}
 
 

@@ -52,7 +52,7 @@ def external_subsection(s: Section, name: str, ext: dict, a: dict) -> None:
         row.append(_headline_cell((sh_ or {}).get("headline")))
         row.append(" / ".join(fmt(acc.get(m)) for m in ("atc", "doc", "label_shift", "gde")))
         for m in adapt:
-            x = r["adapted"].get(m, {})
+            x = r.get("adapted", {}).get(m, {})   # an ensemble's row has none (adaptation is per model)
             xa = x.get("at_threshold", x)
             row.append(f"{fmt(xa.get('accuracy'))} / {fmt(xa.get('balanced_accuracy'))}")
         rows.append(row)
