@@ -4,7 +4,7 @@ The public API (imported on first use, so that `transferlab --help` stays fast):
 
     train(data=..., model=..., strategy=..., out=...) -> RunDir      one model, one strategy (finetune, features, lpft)
     lr_find(data=..., model=..., strategy=..., out=...) -> LRFinding the LR range test; train(lr="auto") runs it
-    evaluate(run_dir, split="test") -> dict                          metrics of a finished run
+    evaluate(run_dir, split="test") -> dict                          metrics of a finished run (or an ensemble directory)
     evaluate(run_dir, data="other/", adapt=["prior"]) -> dict        ... on any set of images, with shift estimates
     load_model(run_dir) -> (TransferModel, config)                   the trained model, safely loaded
     create_model(name, num_classes, weights="default")               an ImageNet model with a new head

@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "target's labels, its class proportions (BBSE, EM), whether its images differ "
                                    "from validation (domain classifier) and the accuracy to expect (ATC, DoC). "
                                    "Writes eval-NAME.json and predictions-NAME.csv into the run directory.")
-    p.add_argument("run", help="run directory written by `transferlab train`")
+    p.add_argument("run", help="run directory written by `transferlab train`, or an ensemble directory (each member "
+                               "evaluated, then the mean of their probabilities scored)")
     p.add_argument("--data", help="the set to score (default: the run's own data)")
     p.add_argument("--manifest", help="CSV of path,label[,patient_id][,split] inside --data")
     p.add_argument("--split", help="own data: the split to score (default: test); other data: score only this "
