@@ -105,7 +105,7 @@ def score(run: tl.RunDir, data: Path, name: str) -> dict:
     sources = made_from(run, name) if ensemble else [run.weights]
     saved = run.evaluation(name)
     result = None
-    if saved.exists() and all(saved.stat().st_mtime > p.stat().st_mtime for p in sources):
+    if saved.exists() and all(p.exists() and saved.stat().st_mtime > p.stat().st_mtime for p in sources):
         result = json.loads(saved.read_text())
         if result.get("n") != sum(1 for f in Path(data).rglob("*") if f.is_file()):
             result = None
@@ -304,7 +304,7 @@ def ensemble_lines(rows: list[dict], families: dict[str, list[str]] = FAMILIES) 
             auc = paired(mine, runs[member], lambda r: shift_mean(r, "test", shifts))
             worst = paired(mine, runs[member], lambda r: min(r["shifts"]["test"][s]["accuracy"] for s in shifts))
             clean = paired(mine, runs[member], lambda r: r["test_accuracy"])
-            lines.append(f"- vs {member}: mean shift AUC Δ {delta(auc)}, worst-shift accuracy Δ {delta(worst)}, "
+            lines.append(f"- vs {member}: mean shift AUC Δ {delta(auc)}, each run's worst-shift accuracy Δ {delta(worst)}, "
                          f"clean test accuracy Δ {delta(clean)}")
     return lines
 

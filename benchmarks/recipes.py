@@ -41,7 +41,7 @@ An ensemble variant ("ensemble lite0+1+2" for features, "ensemble lite0+1" for f
 it) is the mean of its member variants' runs of the same seed (`transferlab.ensemble`, threshold chosen on
 validation), scored on the shift sets from its members' results; it is compared with each member, paired over
 seeds, and never chosen as a default (a default is one model's recipe). With one seed no interval is printed and
-nothing can be chosen.
+--shifts recommends no change (it needs 3 seeds).
 """
 from __future__ import annotations
 

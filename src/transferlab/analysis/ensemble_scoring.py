@@ -4,7 +4,7 @@ ensemble's own threshold (chosen on validation when the ensemble was made, ensem
     evaluate("runs/top3", data="hospital_b/")      each member evaluated on the set, then score_from_members
 
 `evaluate` (analysis.external) evaluates an ensemble directory's members and then calls `score_from_members`;
-a study (study.scoring) and benchmarks/recipes.py call it directly for members they have already evaluated.
+a study (study.scoring) and benchmarks/recipe_shifts.py call it directly for members they have already evaluated.
 """
 from __future__ import annotations
 
@@ -90,10 +90,10 @@ def score_from_members(run_dir, name: str, *, n_boot: int = 1000, seed: int = 0)
               "adapt": [], "predicted_share": predicted_shares(pred, classes)}
     if result["has_labels"]:
         result.update(scores_with_cis(labels, probs, pos, threshold, n_boot, seed, classes))
-        result["next_step"] = verdict(result, metrics.get("val", {}))
-    else:
-        result["next_step"] = {"verdict": "label", "why": f"no labels: nothing says how the ensemble does here; its "
-                                                          f"members' eval-{name}.json hold label-free estimates"}
+    step = verdict(result, metrics.get("val", {}))
+    if step["verdict"] != "usable":   # labelling, recalibration and retraining act on one model
+        step["why"] += "; for an ensemble, do it with one of its members"
+    result["next_step"] = step
     run.write_evaluation(result)
     write_csv(run.path / f"predictions-{name}.csv",
               [{"file": r["file"], "label": r["label"], **{f"prob_{c}": r[f"prob_{c}"] for c in classes},

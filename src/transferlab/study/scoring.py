@@ -90,8 +90,8 @@ def study_ensemble(config: StudyConfig, out: Path, runs: list[dict], external: l
 
 
 def _kept(saved: Path, sources: list[Path], same) -> bool:
-    """Whether a result written earlier still stands: it is newer than every file it was made from and
+    """Whether a result written earlier still stands: every file it was made from exists and is older, and
     same(its JSON) holds."""
-    return saved.exists() and all(saved.stat().st_mtime >= p.stat().st_mtime for p in sources) \
+    return saved.exists() and all(p.exists() and saved.stat().st_mtime >= p.stat().st_mtime for p in sources) \
         and same(json.loads(saved.read_text()))
 
