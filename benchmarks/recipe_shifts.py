@@ -343,8 +343,9 @@ def shifts_markdown(table: list[dict], folds: list[dict], recommended: str, rows
 
 
 def under_shifts(args, rows: list[dict], runs: list[tl.RunDir]) -> str:
-    """--shifts: score every run, run the folds, print and write the tables and the JSON; returns the SHIFTS line."""
-    score_shifts(args, rows, runs)
+    """--shifts: score every run not scored yet (`runs`: their folders, in order; rows reused from an earlier output
+    have their scores), run the folds, print and write the tables and the JSON; returns the SHIFTS line."""
+    score_shifts(args, [r for r in rows if "shifts" not in r], runs)
     table = shift_table(rows)
     folds = [fold(rows, family) for family in FAMILIES]
     recommended = recommend(folds)

@@ -42,6 +42,10 @@ it) is the mean of its member variants' runs of the same seed (`transferlab.ense
 validation), scored on the shift sets from its members' results; it is compared with each member, paired over
 seeds, and never chosen as a default (a default is one model's recipe). With one seed no interval is printed and
 --shifts recommends no change (it needs 3 seeds).
+
+--first-seed K runs seeds K..K+N-1; --reuse FILE takes the runs (and their shift scores) of an earlier
+recipes-<strategy>[-shifts].json of this script, made with the same model, strategy and budget, for the variant
+and seed pairs not run now, so that seeds trained in another session count without training them again.
 """
 from __future__ import annotations
 
@@ -211,6 +215,28 @@ def markdown(table: list[dict], chosen: dict) -> str:
     return "\n".join(lines)
 
 
+REUSE_MUST_MATCH = ("model", "strategy", "epochs", "max_images", "image_size", "shift_images")
+
+
+def reused_rows(args, parser) -> list[dict]:
+    """The runs of --reuse, refused in one line when that file was made with another model, strategy or budget
+    (or, with --shifts, has no shift scores)."""
+    if args.reuse is None:
+        return []
+    try:
+        earlier = json.loads(Path(args.reuse).read_text())
+        rows, their = earlier["runs"], earlier["args"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        parser.error(f"--reuse {args.reuse}: not an output JSON of this script ({e})")
+    differ = [k for k in REUSE_MUST_MATCH if their.get(k) != getattr(args, k)]
+    if differ:
+        parser.error(f"--reuse {args.reuse} was made with other {', '.join(differ)} "
+                     f"({', '.join(f'{k}={their.get(k)!r}' for k in differ)})")
+    if args.shifts and any("shifts" not in r for r in rows):
+        parser.error(f"--reuse {args.reuse} has no shift scores (it was made without --shifts)")
+    return rows
+
+
 # --- --shifts: choose on one family of shifts (validation copies), report on the others (test copies) ---------------
 
 def main(argv=None) -> int:
@@ -219,6 +245,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--strategy", default="features", choices=sorted(VARIANTS))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST_SEED..FIRST_SEED+SEEDS-1")
+    parser.add_argument("--reuse", help="an earlier output JSON of this script whose runs count too "
+                                                   "(same model, strategy and budget; see above)")
     parser.add_argument("--variants", help="comma list of variant names to run (default: all of the strategy's)")
     parser.add_argument("--epochs", type=int, help="the default recipe's epochs (default: the strategy's)")
     parser.add_argument("--max-images", type=int, help="at most this many images per split (default: all)")
@@ -253,14 +282,19 @@ def main(argv=None) -> int:
           f"{args.seeds} seeds, data {args.data}, max images {args.max_images or 'all'}, image size "
           f"{args.image_size or 'the model’s own'}"
           + (f"; variants with another model: {', '.join(models)}" if models else ""), flush=True)
+    reused = reused_rows(args, parser)
     rows = []
     for name, settings in variants:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             row = run_variant(args, name, settings, seed)
             rows.append(row)
             print(f"{name:22s} seed {seed}: val AUC {row['val_roc_auc']:.4f} acc {row['val_accuracy']:.4f} | "
                   f"test AUC {row['test_roc_auc']:.4f} acc {row['test_accuracy']:.4f} ({row['seconds']:.0f} s of training)",
                   flush=True)
+    ran = list(rows)
+    rows += [r for r in reused if r["variant"] in {name for name, _ in variants}
+             and not any((r["variant"], r["seed"]) == (m["variant"], m["seed"]) for m in ran)]
+    rows.sort(key=lambda r: ([name for name, _ in variants].index(r["variant"]), r["seed"]))
     table = summarise(rows, [name for name, _ in variants])
     chosen = choose(table)
     text = markdown(table, chosen)
@@ -270,7 +304,7 @@ def main(argv=None) -> int:
     (out / f"recipes-{args.strategy}.json").write_text(json.dumps(
         {"args": vars(args), "runs": rows, "table": table, "chosen": chosen["variant"]}, indent=2))
     default = next(e for e in table if e["variant"] == "default")
-    runs = [tl.RunDir(run_folder(args, r["variant"], r["seed"])) for r in rows]
+    runs = [tl.RunDir(run_folder(args, r["variant"], r["seed"])) for r in ran]
     shifts_line = under_shifts(args, rows, runs) if args.shifts else None
     print(f"SUMMARY strategy={args.strategy} chosen={chosen['variant'].replace(' ', '_')} "
           f"change_default={'yes' if beats_default(chosen, default) else 'no'} "

@@ -197,4 +197,18 @@ def test_recipes_shifts_end_to_end(xray_dir, tmp_path, capsys, monkeypatch):
     assert recipes.main(argv) == 0
     assert [f.stat().st_mtime_ns for f in evals] == before
     assert capsys.readouterr().out.strip().splitlines()[-1] == lines[-1]
+    # seeds from another session count: seed 1 runs now, seed 0 is taken from the earlier output as it is
+    earlier = out / "recipes-features-shifts.json"
+    again = [*argv[:-1], str(tmp_path / "again"), "--first-seed", "1", "--reuse", str(earlier)]
+    assert recipes.main(again) == 0
+    merged = json.loads((tmp_path / "again" / "recipes-features-shifts.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in merged["runs"]] == [
+        ("default", 0), ("default", 1), ("lr 1e-2", 0), ("lr 1e-2", 1), ("ensemble of two", 0), ("ensemble of two", 1)]
+    assert merged["runs"][0] == doc["runs"][0] and not (tmp_path / "again" / "features" / "default" / "seed0").exists()
+    assert set(merged["runs"][1]["shifts"]["test"]) == set(selection.SHIFTS) | {selection.CLEAN}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):   # another budget: refused before anything trains
+        recipes.main([*argv[:-1], str(tmp_path / "other"), "--image-size", "48", "--reuse", str(earlier)])
+    assert "was made with other image_size (image_size=32)" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
     print(f"first call {first:.0f} s")
