@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST_SEED..FIRST_SEED+SEEDS-1")
     parser.add_argument("--reuse", help="an earlier output JSON of this script whose runs count too "
-                                                   "(same model, strategy and budget; see above)")
+                                         "(same model, strategy and budget; see above)")
     parser.add_argument("--variants", help="comma list of variant names to run (default: all of the strategy's)")
     parser.add_argument("--epochs", type=int, help="the default recipe's epochs (default: the strategy's)")
     parser.add_argument("--max-images", type=int, help="at most this many images per split (default: all)")
@@ -263,6 +263,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.shift_images is not None and args.shift_images < 2:
         parser.error("--shift-images must be at least 2")
+    if args.first_seed < 0:
+        parser.error("--first-seed must be 0 or more")
     args.command = "python benchmarks/recipes.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     variants = VARIANTS[args.strategy]
@@ -292,10 +294,11 @@ def main(argv=None) -> int:
                   f"test AUC {row['test_roc_auc']:.4f} acc {row['test_accuracy']:.4f} ({row['seconds']:.0f} s of training)",
                   flush=True)
     ran = list(rows)
-    rows += [r for r in reused if r["variant"] in {name for name, _ in variants}
-             and not any((r["variant"], r["seed"]) == (m["variant"], m["seed"]) for m in ran)]
-    rows.sort(key=lambda r: ([name for name, _ in variants].index(r["variant"]), r["seed"]))
-    table = summarise(rows, [name for name, _ in variants])
+    names = [name for name, _ in variants]
+    done = {(r["variant"], r["seed"]) for r in ran}
+    rows += [r for r in reused if r["variant"] in names and (r["variant"], r["seed"]) not in done]
+    rows.sort(key=lambda r: (names.index(r["variant"]), r["seed"]))
+    table = summarise(rows, names)
     chosen = choose(table)
     text = markdown(table, chosen)
     print(text)
